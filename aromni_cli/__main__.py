@@ -1,0 +1,3 @@
+from aromni.app import main
+
+main()

@@ -1,0 +1,103 @@
+"""The ``aromni`` console entry point: assembles the typer app and maps errors to exit codes.
+
+Exit codes: 0 success; 2 usage errors and bad input (one line on stderr); 1 other failures;
+141 when stdout is closed early (as a program killed by SIGPIPE); 130 on Ctrl-C.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from aromni import __version__
+from aromni.commands import (asr, caption, chat, detok, generate, t2i, tokenize_audio, tokenize_image, train, tts)
+from aromni.commands import eval as eval_cmd
+
+app = typer.Typer(
+    name="aromni",
+    help="AR-Omni toolkit: one autoregressive transformer over text, image and speech tokens.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+COMMANDS = [
+    ("tokenize-image", tokenize_image.run, "Images -> joint-vocabulary token stream."),
+    ("tokenize-audio", tokenize_audio.run, "Audio -> joint-vocabulary token stream."),
+    ("detok", detok.run, "Token stream -> text on stdout, images as PNG, speech as WAV."),
+    ("generate", generate.run, "Token stream in, token stream out (streams as it decodes)."),
+    ("train", train.run, "Train a model or tokenizer from a YAML config."),
+    ("chat", chat.run, "Interactive or batch (JSONL) multi-turn chat."),
+    ("tts", tts.run, "Text -> speech (WAV or raw PCM, streamed)."),
+    ("asr", asr.run, "Speech -> text."),
+    ("caption", caption.run, "Image -> text."),
+    ("t2i", t2i.run, "Text -> image (PNG)."),
+    ("eval", eval_cmd.run, "Evaluate a model (WER, CIDEr, CLIPScore, latency, RTF)."),
+]
+for _name, _fn, _help in COMMANDS:
+    app.command(name=_name, help=(_fn.__doc__ or _help), short_help=_help)(_fn)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"aromni {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.", envvar="AROMNI_DEBUG"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """AR-Omni toolkit: one autoregressive transformer over text, image and speech tokens."""
+    if debug:
+        os.environ["AROMNI_DEBUG"] = "1"
+
+
+def _quiet_pipe_exit() -> None:
+    # stdout's reader went away: point stdout at /dev/null so the interpreter's final flush is silent
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    os._exit(141)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from aromni.core.errors import AromniError, NotAvailableError
+
+    debug = "--debug" in (argv or sys.argv) or os.environ.get("AROMNI_DEBUG", "") not in ("", "0")
+    try:
+        app(args=argv, prog_name="aromni")
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        _quiet_pipe_exit()
+    except KeyboardInterrupt:
+        print("aromni: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except AromniError as e:
+        if debug:
+            raise
+        print(f"aromni: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except NotAvailableError as e:
+        if debug:
+            raise
+        print(f"aromni: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # anything unexpected: one line, exit 1 (traceback with --debug)
+        if debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"aromni: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_pipe_exit()

@@ -1,0 +1,9 @@
+"""`aromni asr`."""
+from __future__ import annotations
+
+from aromni.core.errors import NotAvailableError
+
+
+def run() -> None:
+    """Not yet available."""
+    raise NotAvailableError("'aromni asr' is not yet available in this build")

@@ -1,0 +1,9 @@
+"""`aromni eval`."""
+from __future__ import annotations
+
+from aromni.core.errors import NotAvailableError
+
+
+def run() -> None:
+    """Not yet available."""
+    raise NotAvailableError("'aromni eval' is not yet available in this build")

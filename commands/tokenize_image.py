@@ -1,0 +1,9 @@
+"""`aromni tokenize-image`."""
+from __future__ import annotations
+
+from aromni.core.errors import NotAvailableError
+
+
+def run() -> None:
+    """Not yet available."""
+    raise NotAvailableError("'aromni tokenize-image' is not yet available in this build")

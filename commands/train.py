@@ -1,0 +1,9 @@
+"""`aromni train`."""
+from __future__ import annotations
+
+from aromni.core.errors import NotAvailableError
+
+
+def run() -> None:
+    """Not yet available."""
+    raise NotAvailableError("'aromni train' is not yet available in this build")

@@ -1,0 +1,9 @@
+"""`aromni tts`."""
+from __future__ import annotations
+
+from aromni.core.errors import NotAvailableError
+
+
+def run() -> None:
+    """Not yet available."""
+    raise NotAvailableError("'aromni tts' is not yet available in this build")

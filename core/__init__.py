@@ -1,0 +1,1 @@
+"""aromni core library: model, tokenizers, decoding, training, I/O. Knows nothing of the CLI."""

@@ -1,0 +1,135 @@
+"""aromni's native bundle: one directory with the model, its vocabulary layout and its tokenizers.
+
+Layout::
+
+    aromni.json          {"format": "aromni-bundle", "version": 1, "family": ..., "model": ModelConfig,
+                          "vocab": VocabLayout, "text_tokenizer": spec, "image_tokenizer": spec,
+                          "speech_tokenizer": spec, "prompts": {...}}
+    model.safetensors    backbone weights in aromni's (Meta-named) keys
+    ...                  tokenizer files named by their specs
+
+A tokenizer spec is ``{"type": NAME, ...}``; ``TOKENIZER_LOADERS[kind][NAME](spec, root, device)`` loads it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .errors import CheckpointError
+from .model import ModelConfig, Transformer
+from .vocab import VocabLayout
+
+BUNDLE_FILE = "aromni.json"
+FORMAT = "aromni-bundle"
+
+# kind ("text" | "image" | "speech") -> type name -> loader(spec, root, device)
+TOKENIZER_LOADERS: dict[str, dict[str, Callable[..., Any]]] = {"text": {}, "image": {}, "speech": {}}
+
+
+def register_tokenizer(kind: str, name: str):
+    """Decorator for a tokenizer loader ``fn(spec: dict, root: str, device) -> tokenizer``."""
+    def deco(fn):
+        TOKENIZER_LOADERS[kind][name] = fn
+        return fn
+    return deco
+
+
+def _ensure_registered() -> None:
+    # importing the modules registers their loaders; missing modules just mean fewer loaders
+    import importlib
+    for mod in ("text_tokenizer", "image_tokenizer", "speech_tokenizer"):
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{mod}":
+                raise
+
+
+@dataclass
+class Omni:
+    """A loaded model with everything needed to turn modalities into tokens and back."""
+
+    model: Transformer
+    vocab: VocabLayout
+    family: str = "aromni"  # "ar-omni" selects the reference prompt templates
+    text: Any = None
+    image: Any = None
+    speech: Any = None
+    prompts: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_embeddings.weight.device
+
+
+def save_bundle(omni: Omni, root: str) -> None:
+    """Write ``omni`` as a native bundle (safetensors + aromni.json)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(root, exist_ok=True)
+    meta: dict[str, Any] = {"format": FORMAT, "version": 1, "family": omni.family,
+                            "model": omni.model.cfg.to_dict(), "vocab": omni.vocab.to_dict(), "prompts": omni.prompts}
+    for kind, tok in (("text", omni.text), ("image", omni.image), ("speech", omni.speech)):
+        if tok is not None:
+            meta[f"{kind}_tokenizer"] = tok.save(root)
+    state = {k: v.detach().contiguous().cpu() for k, v in omni.model.state_dict().items()}
+    tmp = os.path.join(root, "model.safetensors.tmp")
+    save_file(state, tmp, metadata={"format": FORMAT})
+    os.replace(tmp, os.path.join(root, "model.safetensors"))
+    with open(os.path.join(root, BUNDLE_FILE), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def is_bundle(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, BUNDLE_FILE))
+
+
+def read_meta(root: str) -> dict:
+    try:
+        with open(os.path.join(root, BUNDLE_FILE)) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{root}: unreadable {BUNDLE_FILE} ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{root}: {BUNDLE_FILE} is not an aromni bundle")
+    return meta
+
+
+def load_tokenizer(kind: str, spec: dict | None, root: str, device="cpu"):
+    if not spec:
+        return None
+    _ensure_registered()
+    loader = TOKENIZER_LOADERS[kind].get(spec.get("type"))
+    if loader is None:
+        raise CheckpointError(f"{root}: unknown {kind} tokenizer type {spec.get('type')!r}")
+    return loader(spec, root, device)
+
+
+def load_bundle(root: str, device="cpu", dtype: torch.dtype = torch.float32, tokenizers: bool = True) -> Omni:
+    """Load a native bundle onto ``device`` in ``dtype`` (weights memory-mapped, cast once)."""
+    from .loading import load_state_into
+
+    meta = read_meta(root)
+    cfg = ModelConfig.from_dict(meta["model"])
+    vocab = VocabLayout.from_dict(meta["vocab"])
+    path = os.path.join(root, "model.safetensors")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{root}: model.safetensors is missing")
+    from safetensors.torch import load_file
+    try:
+        state = load_file(path)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
+    model = load_state_into(cfg, state, device=device, dtype=dtype, source=path)
+    omni = Omni(model=model, vocab=vocab, family=meta.get("family", "aromni"), prompts=meta.get("prompts", {}),
+                source=root)
+    if tokenizers:
+        omni.text = load_tokenizer("text", meta.get("text_tokenizer"), root, device)
+        omni.image = load_tokenizer("image", meta.get("image_tokenizer"), root, device)
+        omni.speech = load_tokenizer("speech", meta.get("speech_tokenizer"), root, device)
+    return omni

@@ -1,0 +1,62 @@
+"""Device, dtype and seeding helpers."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from .errors import AromniError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise AromniError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AromniError(f"device {name!r} requested but CUDA is not available")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise AromniError(f"device {name!r} requested but MPS is not available")
+    return dev
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA with bf16 support, else fp32."""
+    if name in (None, "", "auto"):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise AromniError(f"unknown dtype {name!r} (auto, fp32, bf16, fp16)")
+    return DTYPES[name]
+
+
+def seed_everything(seed: int | None) -> torch.Generator | None:
+    """Seed python, numpy and torch; returns a CPU generator for sampling (None if seed is None)."""
+    if seed is None:
+        return None
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def default_threads() -> None:
+    """Respect OMP_NUM_THREADS; otherwise let torch use all cores."""
+    n = os.environ.get("OMP_NUM_THREADS")
+    if n and n.isdigit():
+        torch.set_num_threads(int(n))
