@@ -11,8 +11,23 @@ import sys
 import typer
 
 from aromni import __version__
-from aromni.commands import (asr, caption, chat, detok, generate, t2i, tokenize_audio, tokenize_image, train, tts)
-from aromni.commands import eval as eval_cmd
+import importlib
+
+COMMANDS = [
+    ("tokenize-image", "tokenize_image", "Images -> joint-vocabulary token stream."),
+    ("tokenize-audio", "tokenize_audio", "Audio -> joint-vocabulary token stream."),
+    ("detok", "detok", "Token stream -> text on stdout, images as PNG, speech as WAV."),
+    ("generate", "generate", "Token stream in, token stream out (streams as it decodes)."),
+    ("train", "train", "Train a model or tokenizer from a YAML config."),
+    ("chat", "chat", "Interactive or batch (JSONL) multi-turn chat."),
+    ("tts", "tts", "Text -> speech (WAV or raw PCM, streamed)."),
+    ("asr", "asr", "Speech -> text."),
+    ("caption", "caption", "Image -> text."),
+    ("t2i", "t2i", "Text -> image (PNG)."),
+    ("eval", "eval", "Evaluate a model (WER, CIDEr, CLIPScore, latency, RTF)."),
+    ("plot", "plot", "Plot training metrics or evaluation reports to PNG."),
+    ("corpus", "corpus", "Generate the synthetic tri-modal corpus (scenes, espeak-ng speech)."),
+]
 
 app = typer.Typer(
     name="aromni",
@@ -24,21 +39,25 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMANDS = [
-    ("tokenize-image", tokenize_image.run, "Images -> joint-vocabulary token stream."),
-    ("tokenize-audio", tokenize_audio.run, "Audio -> joint-vocabulary token stream."),
-    ("detok", detok.run, "Token stream -> text on stdout, images as PNG, speech as WAV."),
-    ("generate", generate.run, "Token stream in, token stream out (streams as it decodes)."),
-    ("train", train.run, "Train a model or tokenizer from a YAML config."),
-    ("chat", chat.run, "Interactive or batch (JSONL) multi-turn chat."),
-    ("tts", tts.run, "Text -> speech (WAV or raw PCM, streamed)."),
-    ("asr", asr.run, "Speech -> text."),
-    ("caption", caption.run, "Image -> text."),
-    ("t2i", t2i.run, "Text -> image (PNG)."),
-    ("eval", eval_cmd.run, "Evaluate a model (WER, CIDEr, CLIPScore, latency, RTF)."),
-]
-for _name, _fn, _help in COMMANDS:
-    app.command(name=_name, help=(_fn.__doc__ or _help), short_help=_help)(_fn)
+
+def _unavailable(name: str, err: BaseException):
+    def run() -> None:
+        from aromni.core.errors import NotAvailableError
+        raise NotAvailableError(f"'aromni {name}' is unavailable: {type(err).__name__}: {err}")
+    return run
+
+
+def _register() -> None:
+    # A command whose module fails to import (e.g. a missing optional dependency) stays listed and says why.
+    for name, module, short in COMMANDS:
+        try:
+            fn = importlib.import_module(f"aromni.commands.{module}").run
+        except Exception as e:  # noqa: BLE001 - reported when the command is run
+            fn = _unavailable(name, e)
+        app.command(name=name, help=(fn.__doc__ or short), short_help=short)(fn)
+
+
+_register()
 
 
 def _version(value: bool) -> None:

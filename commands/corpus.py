@@ -1,0 +1,9 @@
+"""`aromni corpus`."""
+from __future__ import annotations
+
+from aromni.core.errors import NotAvailableError
+
+
+def run() -> None:
+    """Not yet available."""
+    raise NotAvailableError("'aromni corpus' is not yet available in this build")
