@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="aromni")
     except SystemExit:
+        if "PacifyFlushWrapper" in type(sys.stdout).__name__:  # click turned a BrokenPipeError into exit 1
+            _quiet_pipe_exit()
         raise
     except BrokenPipeError:
         _quiet_pipe_exit()

@@ -1,9 +1,73 @@
-"""`aromni asr`."""
+"""`aromni asr`: speech -> text."""
 from __future__ import annotations
 
-from aromni.core.errors import NotAvailableError
+import json
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
+from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
+                                     decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
+from aromni.core.errors import AromniError, InputError
 
 
-def run() -> None:
-    """Not yet available."""
-    raise NotAvailableError("'aromni asr' is not yet available in this build")
+def run(
+    audio: Annotated[Optional[List[str]], typer.Argument(
+        help="Audio files (any format soundfile reads); none or - reads stdin.", show_default=False)] = None,
+    batch: Batch = None,
+    window: Annotated[float, typer.Option("--window", help="Longest audio window per prompt, seconds; longer "
+                                                           "audio is cut at silences.")] = 20.0,
+    max_new_tokens: MaxNew = None,
+    greedy: Greedy = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    repetition_penalty: RepPenalty = None,
+    compat: Compat = False,
+    batch_size: BatchSize = 8,
+    model: Model = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Speech -> text: one line per input (JSON lines with --json). All inputs, and the windows of long
+    inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
+
+    \b
+    Examples:
+      aromni asr speech.wav
+      cat speech.wav | aromni asr | aromni t2i > picture.png
+    """
+    from aromni.core import tasks
+    from aromni.core.audio_io import load_audio
+
+    if batch is not None:
+        if audio:
+            raise AromniError("give either audio files or --batch, not both")
+        items = read_jsonl(batch, "ASR items")
+        paths = []
+        for n, it in enumerate(items, 1):
+            p = it.get("audio") or it.get("wav_path")
+            if not isinstance(p, str):
+                raise InputError(f"item {n}: needs \"audio\" (a file path)", batch)
+            paths.append(resolve_rel(p, batch))
+    else:
+        paths = list(audio or ["-"])
+    if paths.count("-") > 1:
+        raise AromniError("stdin (-) can be given only once")
+    if window <= 0:
+        raise AromniError("--window must be > 0")
+    opts = decode_options("asr", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
+                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
+    data = [input_bytes(p, "audio") for p in paths]  # read (and fail on missing files) before loading the model
+    omni = load_model(model, device, dtype, quiet, seed)
+    if omni.speech is None:
+        raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")
+    wavs = [load_audio(b, omni.speech.sample_rate, source=name) for b, name in data]
+    texts = tasks.asr(omni, wavs, opts, seed=seed, window_s=window)
+    for (_, name), t in zip(data, texts):
+        print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))

@@ -1,9 +1,66 @@
-"""`aromni caption`."""
+"""`aromni caption`: image -> text."""
 from __future__ import annotations
 
-from aromni.core.errors import NotAvailableError
+import json
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
+from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
+                                     decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
+from aromni.core.errors import AromniError, InputError
 
 
-def run() -> None:
-    """Not yet available."""
-    raise NotAvailableError("'aromni caption' is not yet available in this build")
+def run(
+    images: Annotated[Optional[List[str]], typer.Argument(
+        help="Image files; none or - reads stdin.", show_default=False)] = None,
+    batch: Batch = None,
+    instruction: Annotated[Optional[str], typer.Option(
+        "--instruction", help="Instruction text (default: \"Describe this image.\").")] = None,
+    max_new_tokens: MaxNew = None,
+    greedy: Greedy = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    repetition_penalty: RepPenalty = None,
+    compat: Compat = False,
+    batch_size: BatchSize = 8,
+    model: Model = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Image -> text: one caption per line (JSON lines with --json), all inputs decoded together in batches.
+    --batch FILE.jsonl takes {"image": path} per line."""
+    from aromni.core import tasks
+    from aromni.core.image_tokenizer import open_image
+
+    if batch is not None:
+        if images:
+            raise AromniError("give either image files or --batch, not both")
+        items = read_jsonl(batch, "caption items")
+        paths = []
+        for n, it in enumerate(items, 1):
+            p = it.get("image")
+            if not isinstance(p, str):
+                raise InputError(f"item {n}: needs \"image\" (a file path)", batch)
+            paths.append(resolve_rel(p, batch))
+    else:
+        paths = list(images or ["-"])
+    if paths.count("-") > 1:
+        raise AromniError("stdin (-) can be given only once")
+    opts = decode_options("caption", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
+                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
+    data = [input_bytes(p, "image") for p in paths]
+    pil = [open_image(b, name) for b, name in data]
+    omni = load_model(model, device, dtype, quiet, seed)
+    if instruction is not None:
+        omni.prompts = dict(omni.prompts or {})
+        omni.prompts["instructions"] = {**(omni.prompts.get("instructions") or {}), "caption": instruction}
+    texts = tasks.caption(omni, pil, opts, seed=seed)
+    for (_, name), t in zip(data, texts):
+        print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))

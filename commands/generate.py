@@ -1,9 +1,149 @@
-"""`aromni generate`."""
+"""`aromni generate`: token stream in, token stream out, streamed token by token."""
 from __future__ import annotations
 
-from aromni.core.errors import NotAvailableError
+import sys
+from typing import IO, Iterator, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from aromni.commands._common import Device, Dtype, Model, Output, Quiet, Seed, log
+from aromni.commands._decode import (BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageTemp, MaxNew,
+                                     RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
+from aromni.core.errors import AromniError
 
 
-def run() -> None:
-    """Not yet available."""
-    raise NotAvailableError("'aromni generate' is not yet available in this build")
+class OrderedLines:
+    """Writes rows in input order as lines: the earliest unfinished row streams token by token, later rows are
+    held until every row before them is complete."""
+
+    def __init__(self, writer, n: int, prefix: list[list[int]] | None = None):
+        self.w, self.n, self.head = writer, n, 0
+        self.buf: list[list[int]] = [list(p) for p in prefix] if prefix else [[] for _ in range(n)]
+        self.done = [False] * n
+        self._flush_head()
+
+    def _flush_head(self) -> None:
+        while self.head < self.n:
+            toks = self.buf[self.head]
+            self.w.tokens(toks)
+            toks.clear()
+            if not self.done[self.head]:
+                return
+            self.w.end()
+            self.head += 1
+
+    def token(self, row: int, tok: int) -> None:
+        if row == self.head:
+            self.w.token(tok)
+        else:
+            self.buf[row].append(tok)
+
+    def finish(self, row: int) -> None:
+        self.done[row] = True
+        if row == self.head:
+            self._flush_head()
+
+
+def _stdin_sequences(stdin: IO[bytes]) -> Iterator[tuple[list[int], Optional[str]]]:
+    """Whole NPY/JSON on stdin, or lines decoded one by one as they arrive."""
+    from aromni.core.tokens import NPY_MAGIC, iter_line_sequences, parse_tokens
+
+    head = stdin.peek(8)[:8] if hasattr(stdin, "peek") else b""
+    if head.startswith(NPY_MAGIC) or head.lstrip()[:1] in (b"[", b"{"):
+        ts = parse_tokens(stdin.read(), "<stdin>")
+        for s in ts.sequences:
+            yield s, ts.layout
+        return
+    yield from iter_line_sequences(stdin, "<stdin>")
+
+
+def run(
+    tokens: Annotated[str, typer.Argument(help="Prompt token stream (NPY, JSON or lines of ids); - for stdin.")] = "-",
+    output: Output = "-",
+    task: Annotated[str, typer.Option(
+        "--task", help="Masks and defaults: chat, text, asr, caption, tts, t2i, s2i.")] = "chat",
+    max_new_tokens: MaxNew = None,
+    greedy: Greedy = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    repetition_penalty: RepPenalty = None,
+    cfg_text: CfgText = None,
+    cfg_image: CfgImage = None,
+    image_temperature: ImageTemp = None,
+    echo: Annotated[bool, typer.Option("--echo", help="Write each prompt before its generated tokens.")] = False,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", help="lines (streamed), json or npy; default from the -o suffix, else lines.")] = None,
+    compat: Compat = False,
+    batch_size: BatchSize = 8,
+    compile: Compile = False,
+    model: Model = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Continue token streams with the model: one output line per input sequence (generated ids only, or the
+    prompt too with --echo), written token by token as they are decoded.
+
+    A prompt ending inside an open <boi> or <boa> span continues that image or speech. Input from a file is
+    decoded in batches of --batch-size; lines piped on stdin are decoded one by one as they arrive. Row i
+    samples with seed --seed + i, so batching never changes a row's output.
+    """
+    from aromni.core.generate import generate
+    from aromni.core.tasks import base_seed
+    from aromni.core.tokens import LineWriter, TokenStream, read_tokens, write_tokens
+
+    fmt = fmt or ("npy" if output.endswith(".npy") else "json" if output.endswith(".json") else "lines")
+    if fmt not in ("lines", "json", "npy"):
+        raise AromniError(f"--format must be lines, json or npy, not {fmt!r}")
+    if fmt == "npy" and output == "-":
+        from aromni.commands._common import refuse_tty
+        refuse_tty("NPY data")
+    if tokens == "-" and (sys.stdin is None or sys.stdin.isatty()):
+        raise AromniError("no token stream given: pass a file or pipe it on stdin")
+    opts = decode_options(task, compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
+                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg_text=cfg_text,
+                          cfg_image=cfg_image, image_temperature=image_temperature, batch_size=batch_size,
+                          compile=compile)
+    stream_file = None if tokens == "-" else read_tokens(tokens)  # parse errors before the model loads
+    omni = load_model(model, device, dtype, quiet, seed)
+    v = omni.vocab
+    s0 = base_seed(seed)
+    collected: list[list[int]] = []
+    out = None
+    if fmt == "lines":
+        out = sys.stdout.buffer if output == "-" else open(output, "wb")
+    writer = LineWriter(out, v.fingerprint) if out is not None else None
+
+    def decode_batch(prompts: list[list[int]], first: int) -> None:
+        lines = OrderedLines(writer, len(prompts), prompts if echo else None) if writer else None
+        g = generate(omni.model, v, prompts, opts, seeds=[s0 + first + k for k in range(len(prompts))],
+                     on_token=lines.token if lines else None, on_finish=lines.finish if lines else None)
+        if writer is None:
+            collected.extend([(p if echo else []) + t for p, t in zip(prompts, g.tokens)])
+        log(f"aromni: {g.new_tokens} tokens in {g.prefill_s + g.decode_s:.2f}s "
+            f"({g.tokens_per_s:.1f} tok/s decode)", quiet)
+
+    try:
+        if stream_file is not None:
+            v.check_compatible(stream_file.layout, tokens)
+            seqs = stream_file.sequences
+            if not seqs:
+                raise AromniError(f"{tokens}: no token sequences")
+            for i in range(0, len(seqs), batch_size):
+                decode_batch(seqs[i: i + batch_size], i)
+        else:
+            n = 0
+            for seq, layout in _stdin_sequences(sys.stdin.buffer):
+                v.check_compatible(layout, "<stdin>")
+                decode_batch([seq], n)
+                n += 1
+            if n == 0:
+                raise AromniError("<stdin>: no token sequences")
+        if writer is None:
+            write_tokens(TokenStream(collected, v.fingerprint), output, fmt, out=sys.stdout.buffer)
+    finally:
+        if out is not None and out is not sys.stdout.buffer:
+            out.close()

@@ -1,9 +1,88 @@
 """`aromni tokenize-audio`."""
 from __future__ import annotations
 
-from aromni.core.errors import NotAvailableError
+import struct
+import sys
+from typing import List
+
+import typer
+from typing_extensions import Annotated
+
+from aromni.commands._common import Device, Model, Output, Quiet, input_bytes, log
+from aromni.core.errors import AromniError, InputError
 
 
-def run() -> None:
-    """Not yet available."""
-    raise NotAvailableError("'aromni tokenize-audio' is not yet available in this build")
+def wav_truncation(data: bytes) -> str | None:
+    """Why a RIFF/WAVE file is cut short (its data chunk declares more bytes than it holds), else None.
+    soundfile reads such files without complaint, returning only the samples that are present."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos: pos + 4], struct.unpack("<I", data[pos + 4: pos + 8])[0]
+        if cid == b"data":
+            have = len(data) - pos - 8
+            if size in (0, 0xFFFFFFFF):  # streamed WAV: length unknown until EOF
+                return None
+            return f"truncated WAV file: header declares {size} bytes of audio, the file holds {have}" \
+                if have < size else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def run(
+    audio: Annotated[List[str], typer.Argument(help="Audio files (any format soundfile reads); - reads stdin.")],
+    output: Output = "-",
+    codes: Annotated[bool, typer.Option("--codes", help="Raw codec codes 0..K-1 instead of <boa> ids <eoa>.")] = False,
+    model: Model = None,
+    quiet: Quiet = False,
+    device: Device = "auto",
+) -> None:
+    """Audio -> joint-vocabulary token stream: one sequence ``<boa> audio ids <eoa>`` per input (40 codes/s for
+    WavTokenizer). Channels are averaged to mono (up to 8) and audio is resampled to the codec's rate.
+    Output: the line format on stdout (one line per input, written as each file is done), or .npy/.json by
+    the -o suffix."""
+    from aromni.core.api import load
+    from aromni.core.audio_io import load_audio
+    from aromni.core.tokens import TokenStream, audio_block, write_tokens
+
+    if audio.count("-") > 1:
+        raise AromniError("stdin (-) can be given only once")
+    omni = load(model, device=device, model=False)
+    tok = omni.speech
+    if tok is None:
+        raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")
+    layout = None if codes else omni.vocab.fingerprint
+    streaming = output == "-"
+    if streaming and layout:
+        sys.stdout.buffer.write(f"#aromni-layout={layout}\n".encode())
+    seqs: list[list[int]] = []
+    bar = None
+    if len(audio) > 1 and not quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=len(audio), unit="file", file=sys.stderr, desc="tokenize-audio")
+    for path in audio:
+        data, name = input_bytes(path, "audio")
+        if not data:
+            raise InputError("empty file", name)
+        why = wav_truncation(data)
+        if why:
+            raise InputError(why, name)
+        wav = load_audio(data, tok.sample_rate, source=name)
+        c = tok.encode(wav).tolist()
+        seq = c if codes else audio_block(c, omni.vocab)
+        if streaming:
+            sys.stdout.buffer.write((" ".join(map(str, seq)) + "\n").encode())
+            sys.stdout.buffer.flush()
+        else:
+            seqs.append(seq)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if not streaming:
+        try:
+            write_tokens(TokenStream(seqs, layout), output)
+        except OSError as e:
+            raise AromniError(f"{output}: cannot write ({e.strerror or e})") from None
+        log(f"{output}: {len(seqs)} sequence(s)", quiet)

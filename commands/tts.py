@@ -1,9 +1,117 @@
-"""`aromni tts`."""
+"""`aromni tts`: text -> speech, streamed as it is generated."""
 from __future__ import annotations
 
-from aromni.core.errors import NotAvailableError
+import json
+import os
+import sys
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from aromni.commands._common import Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, log, text_arg
+from aromni.commands._decode import (Batch, BatchSize, Compat, Compile, Greedy, MaxNew, OutDir, RepPenalty, Stats,
+                                     Temperature, TopK, TopP, decode_options, load_model, make_dir, print_line,
+                                     read_jsonl)
+from aromni.core.errors import AromniError, InputError
 
 
-def run() -> None:
-    """Not yet available."""
-    raise NotAvailableError("'aromni tts' is not yet available in this build")
+def _stats_lines(st: dict) -> str:
+    fa = f"{st['first_audio_s'] * 1000:.0f} ms" if st.get("first_audio_s") is not None else "n/a"
+    rtf = f"{st['rtf']:.3f}" if st.get("rtf") is not None else "n/a"
+    return (f"aromni: first audio {fa}, {st['tokens_per_s']:.1f} tokens/s, real-time factor {rtf} "
+            f"({st['audio_s']:.2f}s of audio, {st['tokens']} tokens, {st['sentences']} sentence(s))")
+
+
+def run(
+    text: Annotated[Optional[str], typer.Argument(help="Text to speak; missing or - reads stdin.")] = None,
+    output: Output = "-",
+    raw: Annotated[bool, typer.Option("--raw", help="Headerless PCM s16le mono at the codec's rate.")] = False,
+    stats: Stats = False,
+    batch: Batch = None,
+    out_dir: OutDir = None,
+    max_new_tokens: MaxNew = None,
+    max_speech_tokens: Annotated[Optional[int], typer.Option(
+        "--max-speech-tokens", help="Cap on speech codes per sentence (40 per second).")] = None,
+    greedy: Greedy = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    repetition_penalty: RepPenalty = None,
+    compat: Compat = False,
+    batch_size: BatchSize = 8,
+    compile: Compile = False,
+    model: Model = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Text -> speech as WAV (or raw PCM with --raw) on stdout or -o FILE.
+
+    Audio is written while the model is still generating: long text is split into sentences that are spoken one
+    after another. On a file the WAV header carries the exact length; on a pipe it says "unknown length"
+    (0xFFFFFFFF), which ffmpeg, sox and most players accept. --batch FILE.jsonl ({"text": ..., "output"?: name}
+    per line) decodes all items together and writes WAVs to --out-dir.
+
+    \b
+    Examples:
+      aromni tts "Hello there." > hello.wav
+      aromni tts --raw "Hello" | aplay -r 24000 -f S16_LE -t raw -
+      echo "Read me." | aromni tts -o speech.wav --stats
+    """
+    from aromni.core import tasks
+    from aromni.core.audio_io import AudioWriter
+
+    opts = decode_options("tts", compat, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens,
+                          greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
+                          repetition_penalty=repetition_penalty, batch_size=batch_size, compile=compile)
+    if batch is not None:
+        if text is not None:
+            raise AromniError("give either TEXT or --batch, not both")
+        items = read_jsonl(batch, "TTS items")
+        texts = []
+        for n, it in enumerate(items, 1):
+            if not isinstance(it.get("text"), str) or not it["text"].strip():
+                raise InputError(f"item {n}: needs a non-empty \"text\"", batch)
+            texts.append(it["text"])
+        d = make_dir(out_dir or ".")
+        omni = load_model(model, device, dtype, quiet, seed)
+        results = tasks.tts_batch(omni, texts, opts, seed=seed)
+        for n, (it, r) in enumerate(zip(items, results)):
+            name = it.get("output") or f"tts_{n:04d}.{'pcm' if raw else 'wav'}"
+            path = os.path.join(d, name)
+            try:
+                with open(path, "wb") as f:
+                    w = AudioWriter(f, omni.speech.sample_rate, raw=raw)
+                    w.write(r.wav)
+                    w.close()
+            except OSError as e:
+                raise AromniError(f"{path}: cannot write ({e.strerror or e})") from None
+            if json_out:
+                print_line(json.dumps({"text": it["text"], "output": path, **r.stats}))
+            else:
+                print_line(path)
+            if stats:
+                log(_stats_lines(r.stats))
+        return
+
+    if json_out and output == "-":
+        raise AromniError("--json prints the result on stdout; write the audio with -o FILE")
+    text = text_arg(text, "text")
+    omni = load_model(model, device, dtype, quiet, seed)
+    sr = omni.speech.sample_rate if omni.speech is not None else 0
+    if raw:
+        log(f"aromni: raw PCM s16le mono {sr} Hz", quiet)
+    with binary_output(output, "audio") as f:
+        w = AudioWriter(f, sr, raw=raw)
+        r = tasks.tts(omni, text, opts, on_audio=w.write, seed=seed)
+        w.close()
+    if len(r.wav) == 0:
+        log("aromni: warning: the model produced no speech", quiet)
+    if stats:
+        log(_stats_lines(r.stats))
+    if json_out:
+        json.dump({"output": output, "sample_rate": sr, "codes": len(r.codes), **r.stats}, sys.stdout)
+        print_line("")

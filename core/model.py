@@ -228,6 +228,8 @@ class InferenceState:
         self.batch, self.max_len = batch, max_len
         self.length = 0
         self.pad = torch.zeros(batch, dtype=torch.long, device=device)
+        # optional [batch, max_len] bool: False marks cached positions no query may attend to (holes)
+        self.key_mask: torch.Tensor | None = None
 
     def reset(self, pad: torch.Tensor | None = None) -> None:
         self.length = 0
@@ -310,6 +312,8 @@ class Transformer(nn.Module):
             qidx = torch.arange(L, L + T, device=tokens.device)
             mask = (kidx.view(1, 1, -1) <= qidx.view(1, -1, 1)) & (kidx.view(1, 1, -1) >= pad.view(-1, 1, 1))
             mask = mask.unsqueeze(1)  # [B, 1, T, L+T]
+            if state.key_mask is not None:
+                mask = mask & state.key_mask[:B, None, None, : L + T]
             # a fully padded query row would give NaN: let it see itself
             mask = mask | (kidx.view(1, 1, 1, -1) == qidx.view(1, 1, -1, 1))
             cache_pos, causal = L, False

@@ -23,6 +23,7 @@ from .vocab import VocabLayout
 
 NPY_MAGIC = b"\x93NUMPY"
 LAYOUT_RE = re.compile(r"aromni-layout=(\S+)")
+ID_RE = re.compile(r"-?[0-9]+")
 
 
 @dataclass
@@ -97,9 +98,9 @@ def _from_json(text: str, source: str) -> TokenStream:
     if isinstance(obj, dict):
         layout = obj.get("layout")
         obj = obj.get("sequences", obj.get("tokens"))
-    if isinstance(obj, list) and all(isinstance(x, int) for x in obj):
+    if isinstance(obj, list) and all(type(x) is int for x in obj):
         seqs = [obj]
-    elif isinstance(obj, list) and all(isinstance(x, list) and all(isinstance(y, int) for y in x) for x in obj):
+    elif isinstance(obj, list) and all(isinstance(x, list) and all(type(y) is int for y in x) for x in obj):
         seqs = obj
     else:
         raise InputError("JSON tokens must be a list of ints, a list of lists of ints, or "
@@ -108,11 +109,12 @@ def _from_json(text: str, source: str) -> TokenStream:
 
 
 def _parse_line(line: str, source: str, lineno: int) -> list[int]:
-    try:
-        return [int(t) for t in line.split()]
-    except ValueError:
-        bad = next(t for t in line.split() if not t.lstrip("-").isdigit())
-        raise InputError(f"line {lineno}: {bad!r} is not a token id", source) from None
+    out = []
+    for t in line.split():
+        if not ID_RE.fullmatch(t):  # plain ASCII decimal (int() would also take "1_000" or "²")
+            raise InputError(f"line {lineno}: {t!r} is not a token id", source)
+        out.append(int(t))
+    return out
 
 
 def _from_lines(text: str, source: str) -> TokenStream:
@@ -196,6 +198,8 @@ def write_tokens(stream: TokenStream, path: str, fmt: str | None = None, out: IO
     else:
         raise InputError(f"unknown token format {fmt!r} (npy, json, lines)")
     if path == "-":
+        import sys
+        out = out or sys.stdout.buffer
         out.write(data)
         out.flush()
     else:

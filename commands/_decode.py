@@ -1,0 +1,112 @@
+"""Decoding options and helpers shared by generate, tts, asr, caption, t2i and chat."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from aromni.commands._common import log
+from aromni.core.errors import AromniError, InputError
+
+MaxNew = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on generated tokens (task default).")]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", help="Text/speech sampling temperature.")]
+TopP = Annotated[Optional[float], typer.Option("--top-p", help="Text/speech nucleus mass (1 = off).")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", help="Text/speech top-k (0 = off).")]
+RepPenalty = Annotated[Optional[float], typer.Option("--repetition-penalty", help="Penalty on repeated text tokens.")]
+Greedy = Annotated[Optional[bool], typer.Option(
+    "--greedy/--sample", show_default=False,
+    help="Greedy or sampled text/speech for the whole response. Default: the task's mode with AR-Omni's "
+         "switching (greedy after <-Ins-> and <boa>, sampling after <-Res-> and <eoa>).")]
+CfgText = Annotated[Optional[float], typer.Option("--cfg-text", help="Image CFG text scale (default 3.07).")]
+CfgImage = Annotated[Optional[float], typer.Option(
+    "--cfg-image", help="Image CFG image scale (t2i default 1.0; matters for text-only prompts too).")]
+ImageTemp = Annotated[Optional[float], typer.Option("--image-temperature", help="Image sampling temperature.")]
+Compat = Annotated[bool, typer.Option(
+    "--compat", help="Reproduce the reference decoder exactly (masks, penalty, caps); see README.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows decoded together.")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="Static KV cache + torch.compile'd decode step (CUDA graphs on GPU; slow warm-up).")]
+Batch = Annotated[Optional[str], typer.Option("--batch", help="JSONL file of inputs, decoded together in batches.")]
+OutDir = Annotated[Optional[str], typer.Option("--out-dir", "-d", help="Directory for output files.")]
+Stats = Annotated[bool, typer.Option("--stats", help="Print first-audio latency, tokens/s and real-time factor "
+                                                     "on stderr.")]
+
+
+def decode_options(task: str, compat: bool = False, **kw):
+    """DecodeOptions for ``task`` with the CLI overrides that were given (None = task default)."""
+    from aromni.core.decoding import options_for
+
+    return options_for(task, compat=compat, **kw)
+
+
+def load_model(model: Optional[str], device: str, dtype: str, quiet: bool, seed: Optional[int] = None):
+    """api.load with a timing line on stderr; seeds python/numpy/torch."""
+    from aromni.core.api import load
+    from aromni.core.device import default_threads, seed_everything
+
+    default_threads()
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    omni = load(model, device=device, dtype=dtype)
+    log(f"aromni: loaded {omni.source or 'model'} on {omni.device} in {time.perf_counter() - t0:.1f}s", quiet)
+    return omni
+
+
+def read_jsonl(path: str, what: str) -> list[dict]:
+    """Objects of a JSONL file (``-``: stdin); blank lines skipped, errors name the line."""
+    if path == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise AromniError(f"no {what} given: pipe the JSONL file on stdin")
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise InputError(e.strerror or str(e), path) from None
+        except UnicodeDecodeError:
+            raise InputError("not a UTF-8 text file", path) from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"line {n}: invalid JSON ({e.msg})", path) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"line {n}: expected a JSON object", path)
+        out.append(obj)
+    if not out:
+        raise InputError(f"no {what} in the file", path)
+    return out
+
+
+def resolve_rel(path: str, batch_file: str) -> str:
+    """Paths in a batch file are relative to the file's directory."""
+    if path == "-" or os.path.isabs(path) or batch_file == "-":
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(batch_file)), path)
+
+
+def make_dir(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise AromniError(f"{path}: cannot create output directory ({e.strerror or e})") from None
+    return path
+
+
+def print_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def one_line(text: str) -> str:
+    """Text for line-oriented output (one result per line)."""
+    return " ".join(text.split())

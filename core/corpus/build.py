@@ -1,0 +1,327 @@
+"""Build the synthetic tri-modal corpus: manifests, images and speech, reproducibly from a seed.
+
+Layout of ``out_dir``: ``train.jsonl``, ``heldout.jsonl``, ``corpus.json`` (summary), ``img/*.png``,
+``wav/*.wav`` (content-addressed, so a rebuild into the same folder reuses them).
+
+Every manifest line has the keys ``id task split text image audio voice speed attrs`` (null where a task
+has no such part; paths relative to the manifest), plus ``turns`` for chats and ``voice_heldout`` for
+held-out lines with speech input. Per task:
+
+- tts: ``text`` (sometimes in written form, "Hello world!") -> ``audio`` in the one output voice.
+- asr: ``audio`` (input voices) -> ``text`` (normal form: lower case, no punctuation).
+- caption: ``image`` -> ``text`` (canonical caption). t2i: ``text`` (caption, sometimes a paraphrase) -> ``image``.
+- s2i: ``audio`` (a spoken caption) -> ``text`` (its transcript) + ``image``  ("transcribe and draw").
+- text: plain ``text``.
+- chat: ``turns``: ``{"role": "user"|"assistant", "text"?, "image"?, "attrs"?, "audio"?, "transcript"?,
+  "voice"?, "speed"?}``. A turn's ``audio`` says its ``transcript``; after a spoken user turn the assistant's
+  response is meant to follow ``<-Ins->`` transcript ``<-Res->`` (reference §3.2).
+
+``attrs`` (scenes.py) states what an image shows or a caption says. Held-out: scenes using any held-out
+(shape, colour, position) triple, held-out sentences, and the held-out voice (``voice_heldout: true``);
+nothing held out ever appears in train.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from . import scenes as S
+from . import sentences as T
+from . import speech as P
+
+MANIFESTS = ("train.jsonl", "heldout.jsonl")
+LINE_KEYS = ("id", "task", "split", "text", "image", "audio", "voice", "speed", "attrs")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    n_scenes: int = 3000          # train scenes; each gives a caption line and a t2i line
+    n_s2i: int = 1500             # train spoken captions with their image (each also an asr line)
+    asr_per_sentence: int = 3     # input voices per training sentence
+    n_tts_captions: int = 600     # captions spoken in the output voice
+    n_chat: int = 600
+    heldout_scenes: int = 300
+    heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
+    n_chat_heldout: int = 30
+    max_sentences: int | None = None  # cap the training sentences (tiny builds); held-out scales along
+    two_prob: float = 0.2         # share of two-object scenes
+    heldout_combo_frac: float = 0.125
+    heldout_sentence_frac: float = 0.1
+    paraphrase_prob: float = 0.3  # t2i / s2i inputs that use a caption paraphrase
+    written_prob: float = 0.3     # tts inputs in written form
+    image_size: int = 64
+
+
+PRESETS = {
+    "default": CorpusConfig(),
+    "ci": CorpusConfig(n_scenes=24, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6, heldout_scenes=8,
+                       heldout_s2i=3, n_chat_heldout=2, max_sentences=12),
+}
+
+GREETINGS = ("hello", "good morning", "good afternoon", "good evening")
+REPLIES = {g: f"{g} how can i help you" for g in GREETINGS} | {
+    "hi there": "hi how can i help you",
+    "hello there": "hello how can i help you",
+    "hello world": "hello how can i help you",
+    "how are you": "i am fine thank you",
+    "what is your name": "my name is omni",
+    "thank you": "you are welcome",
+    "thank you very much": "you are welcome",
+    "goodbye": "goodbye see you later",
+    "see you later": "see you later",
+    "good night": "good night",
+}
+DRAW_REQUESTS = ("draw {}", "please draw {}", "can you draw {}")
+DESCRIBE_QUESTIONS = ("what is in this picture", "describe this picture", "what do you see")
+
+
+def _line(task: str, split: str, **kw) -> dict:
+    d = {k: None for k in LINE_KEYS}
+    d.update(task=task, split=split, **kw)
+    return d
+
+
+class _Builder:
+    """Collects lines, images and speech jobs for one split; speech paths are filled in after synthesis."""
+
+    def __init__(self, out_dir: str, split: str, cfg: CorpusConfig, sample_rate: int, speech: bool):
+        self.out, self.split, self.cfg, self.sr, self.speech = out_dir, split, cfg, sample_rate, speech
+        self.lines: list[dict] = []
+        self.images: list[tuple[str, dict]] = []
+        self.jobs: set[P.SpeechJob] = set()
+        self.counters: dict[str, int] = {}
+
+    def image(self, attrs: dict, kind: str) -> str:
+        n = self.counters.get(kind, 0)
+        self.counters[kind] = n + 1
+        rel = f"img/{self.split}_{kind}_{n:05d}.png"
+        self.images.append((rel, attrs))
+        return rel
+
+    def audio(self, text: str, voice: P.Voice) -> dict:
+        job = P.SpeechJob(text, voice)
+        self.jobs.add(job)
+        return {"audio": "wav/" + P.wav_name(text, voice, self.sr), "voice": voice.name, "speed": voice.speed}
+
+    def add(self, task: str, **kw) -> dict:
+        line = _line(task, self.split, **kw)
+        self.lines.append(line)
+        return line
+
+
+def _pick(rng: np.random.Generator, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _clean(attrs: dict) -> dict:
+    """attrs for a manifest: a copy (offsets kept, so draw(attrs) reproduces the image)."""
+    return json.loads(json.dumps(attrs))
+
+
+def _spoken_caption(rng, attrs, paraphrase_prob) -> str:
+    v = int(rng.integers(1, S.N_VARIANTS)) if rng.random() < paraphrase_prob else 0
+    return S.caption(attrs, v)
+
+
+def _scene_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
+    for _ in range(n):
+        a = S.sample_scene(rng, b.cfg.two_prob, combos)
+        img = b.image(a, "scene")
+        b.add("caption", text=S.caption(a), image=img, attrs=_clean(a))
+        t2i_text = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob)
+        b.add("t2i", text=t2i_text, image=img, attrs=_clean(a))
+
+
+def _s2i_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
+    voices = P.input_voices()
+    for _ in range(n):
+        a = S.sample_scene(rng, b.cfg.two_prob, combos)
+        img = b.image(a, "s2i")
+        said = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob)
+        speakers = [(_pick(rng, voices), False)] + ([(P.HELDOUT_VOICE, True)] if heldout else [])
+        for voice, vh in speakers:
+            sp = b.audio(said, voice)
+            extra = {"voice_heldout": vh} if heldout else {}
+            b.add("s2i", text=said, image=img, attrs=_clean(a), **sp, **extra)
+            b.add("asr", text=said, attrs=_clean(a), **sp, **extra)
+
+
+def _sentence_tasks(b: _Builder, rng, sents: list[str], heldout: bool) -> None:
+    voices = P.input_voices()
+    for s in sents:
+        b.add("text", text=s)
+        if not b.speech:
+            continue
+        tts_text = T.written(s) if (not heldout and rng.random() < b.cfg.written_prob) else s
+        b.add("tts", text=tts_text, **b.audio(tts_text, P.OUTPUT_VOICE))
+        if heldout:
+            for voice, vh in ((_pick(rng, voices), False), (P.HELDOUT_VOICE, True)):
+                b.add("asr", text=s, voice_heldout=vh, **b.audio(s, voice))
+        else:
+            for k in rng.permutation(len(voices))[:b.cfg.asr_per_sentence]:
+                b.add("asr", text=s, **b.audio(s, voices[int(k)]))
+
+
+def _tts_caption_tasks(b: _Builder, rng, combos: set, n: int) -> None:
+    for _ in range(n):
+        a = S.sample_scene(rng, b.cfg.two_prob, combos)
+        text = S.caption(a)
+        b.add("tts", text=text, attrs=_clean(a), **b.audio(text, P.OUTPUT_VOICE))
+
+
+def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None:
+    voices = P.input_voices()
+    kinds = ("draw", "describe", "say", "spoken_draw") if b.speech else ("draw", "describe")
+    for _ in range(n):
+        turns: list[dict] = []
+        if rng.random() < 0.5:
+            g = _pick(rng, tuple(REPLIES))
+            if b.speech and rng.random() < 0.5:
+                sp = b.audio(g, _pick(rng, voices))
+                turns.append({"role": "user", "audio": sp["audio"], "transcript": g, "voice": sp["voice"],
+                              "speed": sp["speed"]})
+            else:
+                turns.append({"role": "user", "text": g})
+            turns.append({"role": "assistant", "text": REPLIES[g]})
+        for _ in range(int(rng.integers(1, 3))):
+            kind = _pick(rng, kinds)
+            if kind in ("draw", "spoken_draw", "describe"):
+                a = S.sample_scene(rng, b.cfg.two_prob, combos)
+                img = b.image(a, "chat")
+            if kind == "draw":
+                req = _pick(rng, DRAW_REQUESTS).format(S.caption(a, _pick(rng, (0, 0, 3))))
+                turns += [{"role": "user", "text": req},
+                          {"role": "assistant", "image": img, "attrs": _clean(a)}]
+            elif kind == "spoken_draw":
+                said = S.caption(a)
+                sp = b.audio(said, _pick(rng, voices))
+                turns += [{"role": "user", "audio": sp["audio"], "transcript": said, "voice": sp["voice"],
+                           "speed": sp["speed"]},
+                          {"role": "assistant", "image": img, "attrs": _clean(a)}]
+            elif kind == "describe":
+                turns += [{"role": "user", "image": img, "attrs": _clean(a),
+                           "text": _pick(rng, DESCRIBE_QUESTIONS)},
+                          {"role": "assistant", "text": S.caption(a)}]
+            else:  # say
+                s = _pick(rng, sents)
+                sp = b.audio(s, P.OUTPUT_VOICE)
+                turns += [{"role": "user", "text": f"say {s}"},
+                          {"role": "assistant", "audio": sp["audio"], "transcript": s, "voice": sp["voice"],
+                           "speed": sp["speed"]}]
+        b.add("chat", turns=turns)
+
+
+def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: bool) -> tuple[list[_Builder], dict]:
+    """All lines, images and speech jobs of a build (no file is written)."""
+    held_combos = S.heldout_combos(seed, cfg.heldout_combo_frac)
+    train_combos = set(S.all_combos()) - held_combos
+    train_sents, held_sents = T.split_sentences(seed, cfg.heldout_sentence_frac)
+    if cfg.max_sentences is not None:
+        k = max(1, round(cfg.max_sentences * len(held_sents) / len(train_sents)))
+        train_sents, held_sents = train_sents[:cfg.max_sentences], held_sents[:k]
+
+    def rng(*stream):  # one stream per part: changing one count leaves the others' draws alone
+        return np.random.default_rng([seed, *stream])
+
+    tr = _Builder(out_dir, "train", cfg, sample_rate, speech)
+    _scene_tasks(tr, rng(1), train_combos, cfg.n_scenes, heldout=False)
+    _sentence_tasks(tr, rng(2), train_sents, heldout=False)
+    if speech:
+        _s2i_tasks(tr, rng(3), train_combos, cfg.n_s2i, heldout=False)
+        _tts_caption_tasks(tr, rng(4), train_combos, cfg.n_tts_captions)
+    _chat_tasks(tr, rng(5), train_combos, train_sents, cfg.n_chat)
+    # captions of every training single-object combination as plain text
+    for s, c, p in sorted(train_combos):
+        for z in S.SIZES:
+            tr.add("text", text=S.caption({"objects": [{"shape": s, "colour": c, "size": z, "position": p}]}))
+
+    he = _Builder(out_dir, "heldout", cfg, sample_rate, speech)
+    _scene_tasks(he, rng(11), held_combos, cfg.heldout_scenes, heldout=True)
+    _sentence_tasks(he, rng(12), held_sents, heldout=True)
+    if speech:
+        _s2i_tasks(he, rng(13), held_combos, cfg.heldout_s2i, heldout=True)
+        _tts_caption_tasks(he, rng(14), held_combos, cfg.heldout_s2i)
+    _chat_tasks(he, rng(15), held_combos, held_sents, cfg.n_chat_heldout)
+
+    for b in (tr, he):
+        for j, line in enumerate(b.lines):
+            line["id"] = f"{b.split}-{j:06d}"
+    info = {"heldout_combos": sorted(list(c) for c in held_combos), "train_sentences": len(train_sents),
+            "heldout_sentences": len(held_sents)}
+    return [tr, he], info
+
+
+def build_corpus(out_dir: str, seed: int = 0, preset: str = "default", sample_rate: int = 24000,
+                 speech: bool = True, workers: int = 2, progress: bool = False, **overrides) -> dict:
+    """Write the corpus into ``out_dir`` and return a summary (counts, sizes, seconds).
+
+    ``preset`` picks a CorpusConfig from PRESETS; keyword ``overrides`` replace its fields.
+    ``speech=False`` leaves out everything that needs espeak-ng (tts, asr, s2i, spoken chat turns).
+    """
+    from tqdm import tqdm
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown corpus preset {preset!r} (known: {', '.join(PRESETS)})")
+    cfg = replace(PRESETS[preset], **overrides)
+    if speech:
+        P.require_espeak()
+    t0 = time.time()
+    os.makedirs(os.path.join(out_dir, "img"), exist_ok=True)
+    builders, info = plan(out_dir, cfg, seed, sample_rate, speech)
+
+    images = [im for b in builders for im in b.images]
+    for rel, attrs in tqdm(images, desc="images", unit="img", disable=not progress, leave=False):
+        S.draw(attrs, cfg.image_size).save(os.path.join(out_dir, rel), optimize=False)
+    t_img = time.time() - t0
+
+    jobs = set().union(*(b.jobs for b in builders))
+    if jobs:
+        with tqdm(total=len(jobs), desc="speech", unit="utt", disable=not progress, leave=False) as bar:
+            P.synthesize_many(jobs, os.path.join(out_dir, "wav"), sample_rate, workers, on_done=bar.update)
+    t_speech = time.time() - t0 - t_img
+
+    for b, name in zip(builders, MANIFESTS):
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            for line in b.lines:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    counts = {b.split: _task_counts(b.lines) for b in builders}
+    wav_bytes = sum(os.path.getsize(os.path.join(out_dir, "wav", P.wav_name(j.text, j.voice, sample_rate)))
+                    for j in jobs)
+    summary = {
+        "seed": seed, "preset": preset, "config": asdict(cfg), "sample_rate": sample_rate, "speech": speech,
+        "espeak_ng": P.espeak_version() if speech else None,
+        "voices": {"input": [v.name for v in P.input_voices()[::len(P.INPUT_SPEEDS)]],
+                   "input_speeds": list(P.INPUT_SPEEDS), "output": asdict(P.OUTPUT_VOICE),
+                   "heldout": asdict(P.HELDOUT_VOICE)},
+        "lines": counts, "images": len(images), "utterances": len(jobs),
+        "speech_hours": round((wav_bytes - 44 * len(jobs)) / 2 / sample_rate / 3600, 3),
+        **info,
+    }
+    with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+        f.write("\n")
+    summary["bytes"] = _du(out_dir)
+    summary["seconds"] = {"images": round(t_img, 1), "speech": round(t_speech, 1), "total": round(time.time() - t0, 1)}
+    return summary
+
+
+def _task_counts(lines: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in lines:
+        out[line["task"]] = out.get(line["task"], 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _du(root: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+
+
+def read_manifest(path: str) -> list[dict]:
+    """The lines of a manifest (paths stay relative to its folder)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,283 @@
+"""The decoding loop: prefill once, then one token per step for a whole batch, over one KV cache.
+
+Rows are left-padded into one cache and advance in lockstep; a row that finishes early is fed ``<pad>`` and
+ignored. Switching between text, image and speech only changes masks and strategy (decoding.Policy): the cache
+is never rebuilt, unlike the reference, which re-prefills the whole context at every switch (§4.2).
+
+Image CFG (§4.5) runs as extra rows of the same cache: for every sequence b there are three streams,
+F (the full context), I (only the tokens in {<bos>, <boi>, <eoi>, image codes}) and U (unconditional), and one
+forward per step serves all of them. Every stream receives every token; a token that a stream must not see is
+written as a *hole* (``state.key_mask`` False, no position consumed), so I is exactly the filtered context and
+U restarts at each ``<boi>``. The mixed logits ``U + g_img (I - U) + g_txt (F - I)`` pick the image code.
+
+U is ``[<boi>]`` (+ the codes so far); the reference uses ``[<bos>, <boi>]`` (``compat``). For a prompt without
+images the reference's I equals its U, so its image scale does nothing; here I = ``[<bos>, <boi>]`` differs
+from U, so ``cfg_image`` weighs the pull of the sequence-start context, and ``cfg_image = 1`` reproduces the
+reference's effective guidance ``I + g_txt (F - I)`` exactly.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .decoding import IMAGE, Chooser, DecodeOptions, Policy, Row, initial_mode, options_for
+from .errors import InputError
+from .model import Transformer, apply_rope
+from .vocab import VocabLayout
+
+
+@dataclass
+class Generation:
+    """Generated ids per row (forced tokens included, prompt excluded) and timings."""
+
+    tokens: list[list[int]]
+    finish: list[str]
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    first_token_s: float = 0.0
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# CFG streams
+# ----------------------------------------------------------------------------------------------
+def image_stream_token(tok: int, vocab: VocabLayout) -> bool:
+    """Is ``tok`` kept in the image-only stream I (reference: {image codes, BOS, BOI, EOI})?"""
+    return tok in (vocab.bos, vocab.boi, vocab.eoi) or vocab.is_image(tok)
+
+
+def cfg_streams(prompt: list[int], vocab: VocabLayout, compat: bool = False) -> tuple[list[int], list[int]]:
+    """(I, U) prompts for one sequence. U holds the open image span if the prompt ends inside one."""
+    image_only = [t for t in prompt if image_stream_token(t, vocab)]
+    uncond = [vocab.bos] if compat else []
+    for i in range(len(prompt) - 1, -1, -1):
+        t = prompt[i]
+        if t == vocab.boi:
+            uncond += prompt[i:]
+            break
+        if not vocab.is_image(t):
+            break
+    return image_only, uncond
+
+
+# ----------------------------------------------------------------------------------------------
+# Static decode step (CUDA path): attention over the whole preallocated cache, fixed shapes
+# ----------------------------------------------------------------------------------------------
+def _static_attention(a, x, cs, mask, idx):
+    c = a.cfg
+    B, S = x.shape[0], mask.shape[-1]
+    q = a.wq(x).view(B, 1, c.n_heads, c.head_dim)
+    k = a.wk(x).view(B, 1, c.n_kv_heads, c.head_dim)
+    v = a.wv(x).view(B, 1, c.n_kv_heads, c.head_dim)
+    if c.qk_norm:
+        q, k = a.q_norm(q), a.k_norm(k)
+    from .model import apply_rope
+    q, k = apply_rope(q, cs).transpose(1, 2), apply_rope(k, cs).transpose(1, 2)
+    kc, vc = a.cache.k[:B, :, :S], a.cache.v[:B, :, :S]
+    kc.index_copy_(2, idx, k)
+    vc.index_copy_(2, idx, v.transpose(1, 2))
+    y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=c.n_heads != c.n_kv_heads)
+    return a.wo(y.transpose(1, 2).reshape(B, 1, c.dim))
+
+
+def static_decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor,
+                       key_valid: torch.Tensor) -> torch.Tensor:
+    """tokens, pos [N, 1]; idx [1] (cache slot); key_valid [N, S] -> logits [N, V]. Shapes never change, so the
+    step can be captured by ``torch.compile(mode="reduce-overhead")`` (CUDA graphs)."""
+    S = key_valid.shape[1]
+    mask = (key_valid | (torch.arange(S, device=tokens.device) == idx)).view(tokens.shape[0], 1, 1, S)
+    x = model.tok_embeddings(tokens)
+    cs = model.rope[pos]
+    for layer in model.layers:
+        if layer.swin:
+            h = x + layer.attention_norm(_static_attention(layer.attention, x, cs, mask, idx))
+            x = h + layer.ffn_norm(layer.feed_forward(h))
+        else:
+            h = x + _static_attention(layer.attention, layer.attention_norm(x), cs, mask, idx)
+            x = h + layer.feed_forward(layer.ffn_norm(h))
+    return model.output(model.norm(x)).float()[:, -1]
+
+
+_COMPILED: dict = {}
+
+
+def compiled_step(device: torch.device) -> Callable:
+    """``static_decode_step`` under torch.compile: CUDA graphs on CUDA (gpt-fast's recipe), inductor elsewhere."""
+    key = device.type
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        _COMPILED[key] = torch.compile(static_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def _left_pad(seqs: list[list[int]], pad_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    pads = torch.zeros(len(seqs), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            out[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        pads[i] = width - len(s)
+    return out, pads
+
+
+@torch.no_grad()  # not inference_mode: the KV cache it allocates is reused by later calls
+def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], opts: DecodeOptions | None = None,
+             seeds: list[int | None] | None = None, on_token: Callable[[int, int], None] | None = None,
+             on_finish: Callable[[int], None] | None = None, static: bool | None = None) -> Generation:
+    """Decode a batch of prompts. ``seeds[b]`` seeds row b's own generator (same seed, same row output whatever
+    the batch); ``on_token(row, token)`` is called for every token as soon as it is chosen, ``on_finish(row)``
+    once when a row ends.
+    ``static`` (default ``opts.compile``): decode steps over the whole cache with fixed shapes, compiled."""
+    opts = opts or options_for("chat")
+    B = len(prompts)
+    if B == 0:
+        return Generation([], [])
+    seeds = list(seeds) if seeds is not None else [None] * B
+    if len(seeds) != B:
+        raise ValueError("one seed per prompt")
+    dev = model.tok_embeddings.weight.device
+    ctx = model.cfg.max_seq_len
+    for p in prompts:
+        if not p:
+            raise InputError("empty prompt")
+        bad = [t for t in p if not 0 <= t < vocab.vocab_size]
+        if bad:
+            raise InputError(f"token {bad[0]} is outside the vocabulary (0..{vocab.vocab_size - 1})")
+    t0 = time.perf_counter()
+
+    # --- rows and streams ------------------------------------------------------------------------
+    policy = Policy(vocab, opts)
+    modes = [initial_mode(p, vocab)[0] for p in prompts]
+    use_cfg = opts.use_cfg and (opts.images or IMAGE in modes)
+    streams = [list(p) for p in prompts]
+    holes: list[list[int]] = [[] for _ in prompts]  # per stream: prompt offsets that are holes
+    if use_cfg:
+        iu = [cfg_streams(p, vocab, opts.compat) for p in prompts]
+        for k in (0, 1):
+            for s in iu:
+                streams.append(s[k] if s[k] else [vocab.pad])  # an empty stream holds one hole
+                holes.append([] if s[k] else [0])
+    S = 3 if use_cfg else 1
+    N = len(streams)
+    P = max(len(s) for s in streams)
+    if P >= ctx:
+        raise InputError(f"prompt of {P} tokens does not fit the model's context of {ctx} tokens")
+    rows: list[Row] = []
+    for p, mode in zip(prompts, modes):
+        budget = min(opts.max_new_tokens, ctx - P)
+        if opts.max_total_tokens is not None:
+            budget = min(budget, opts.max_total_tokens - len(p))
+        row = policy.new_row(p, max(budget, 0))
+        if budget <= 0:
+            row.done, row.finish = True, "length"
+        elif mode == IMAGE and budget < vocab.image_tokens - row.count + 1 and not opts.compat:
+            raise InputError(f"no room for an image of {vocab.image_tokens} tokens after a prompt of {len(p)} "
+                             f"tokens (context {ctx}, max new tokens {opts.max_new_tokens})")
+        rows.append(row)
+    max_new = max(r.budget for r in rows)
+    static = opts.compile if static is None else static
+    max_len = ctx if static else min(ctx, P + max_new + 1)
+    tokens, pads = _left_pad(streams, vocab.pad, P)
+    state = model.setup_cache(N, max_len)
+    state.reset(pad=pads.to(dev))
+    key_valid = torch.zeros(N, state.max_len, dtype=torch.bool)
+    npos = torch.zeros(N, dtype=torch.long)
+    for n, s in enumerate(streams):
+        key_valid[n, P - len(s): P] = True
+        for h in holes[n]:
+            key_valid[n, P - len(s) + h] = False
+        npos[n] = len(s) - len(holes[n])
+    key_valid = key_valid.to(dev)
+    if use_cfg:
+        state.key_mask = key_valid
+
+    chooser = Chooser(vocab, opts, rows, prompts, seeds, dev)
+    gen = Generation([r.out for r in rows], [r.finish for r in rows],
+                     prompt_tokens=sum(len(p) for p in prompts))
+
+    # --- prefill -------------------------------------------------------------------------------
+    logits = model(tokens.to(dev), state, last_only=True)[:, -1]  # [N, V]
+    t1 = time.perf_counter()
+    gen.prefill_s = t1 - t0
+    step_fn = compiled_step(dev) if (static and opts.compile) else static_decode_step
+    idx = torch.zeros(1, dtype=torch.long, device=dev)
+
+    # --- decode --------------------------------------------------------------------------------
+    first = True
+    while not all(r.done for r in rows):
+        was_image = [r.mode == IMAGE for r in rows]
+        cfg = (logits[B:2 * B], logits[2 * B:]) if use_cfg else None
+        out = chooser.choose(logits[:B], cfg)
+        if first:
+            gen.first_token_s = time.perf_counter() - t0
+            first = False
+        feed = [vocab.pad] * N
+        L = state.length
+        for b, t in enumerate(out):
+            if t is None:
+                continue
+            gen.new_tokens += 1
+            if on_token is not None:
+                on_token(b, t)
+            for k in range(S):
+                feed[k * B + b] = t
+        if on_finish is not None:
+            for b, t in enumerate(out):
+                if t is not None and rows[b].done:
+                    on_finish(b)
+        if all(r.done for r in rows) or L >= state.max_len:
+            break
+        # validity of the fed token in each stream; positions count only valid tokens
+        vmask = torch.zeros(N, dtype=torch.bool)
+        pos = npos.clone()
+        for b, t in enumerate(out):
+            if t is None:
+                continue
+            vmask[b] = True
+            if use_cfg:
+                vmask[B + b] = image_stream_token(t, vocab)
+                u = 2 * B + b
+                if t == vocab.boi:  # U restarts: only (<bos>,) <boi> and this image's codes
+                    first_u = P - len(streams[u])
+                    keep = key_valid[u, first_u].item() if opts.compat else False
+                    key_valid[u, :L] = False
+                    if keep:
+                        key_valid[u, first_u] = True
+                    npos[u] = pos[u] = int(keep)
+                    vmask[u] = True
+                else:
+                    vmask[u] = was_image[b] and vocab.is_image(t)
+        for n in range(N):
+            if vmask[n]:
+                npos[n] += 1
+        key_valid[:, L] = vmask.to(dev)
+        feed_t = torch.tensor(feed, dtype=torch.long, device=dev).view(N, 1)
+        pos_t = pos.clamp_max(ctx - 1).to(dev).view(N, 1)
+        if static:
+            idx.fill_(L)
+            logits = step_fn(model, feed_t, pos_t, idx, key_valid)
+            state.length += 1
+        else:
+            logits = model(feed_t, state, positions=pos_t)[:, -1]
+        gen.steps += 1
+    gen.decode_s = time.perf_counter() - t1
+    if on_finish is not None:
+        for b, r in enumerate(rows):
+            if not r.done or not r.out:  # cut by the cache, or no room at all
+                on_finish(b)
+    gen.finish = [r.finish or "length" for r in rows]
+    return gen

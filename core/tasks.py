@@ -1,0 +1,480 @@
+"""Task API on top of the decoding engine: tts, asr, caption, t2i, s2i, and multi-turn chat.
+
+Seeds: row i of a task call is decoded with its own generator seeded ``seed + i`` (i counts prompts in input
+order, after long-input splitting), so batch size and batch composition never change a row's output.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bundle import Omni
+from .decoding import DecodeOptions, options_for
+from .errors import AromniError, InputError
+from .generate import Generation, generate
+from .prompts import PromptContext, asr_prompt, caption_prompt, chat_prompt, chat_turn, s2i_prompt, t2i_prompt, tts_prompt
+from .segmenting import split_audio, split_sentences
+from .vocab import VocabLayout
+
+ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
+
+
+@dataclass
+class TTSResult:
+    wav: np.ndarray  # mono float32 at omni.speech.sample_rate
+    codes: np.ndarray  # speech codes (int64)
+    stats: dict  # first_audio_s, tokens_per_s, rtf, audio_s, tokens, sentences
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _need(omni: Omni, kind: str, task: str):
+    tok = getattr(omni, kind)
+    if tok is None:
+        raise AromniError(f"{task} needs a {kind} tokenizer, but the model at {omni.source or '?'} has none")
+    if omni.model is None:
+        raise AromniError(f"{task} needs the model weights (loaded with model=False)")
+    return tok
+
+
+def base_seed(seed: int | None) -> int:
+    return int(seed) if seed is not None else random.SystemRandom().randrange(2**62)
+
+
+def decode_rows(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed: int | None,
+                on_token: Callable[[int, int], None] | None = None) -> tuple[list[list[int]], list[Generation]]:
+    """Decode prompts in batches of ``opts.batch_size``; row i uses seed ``seed + i``."""
+    s0 = base_seed(seed)
+    out: list[list[int]] = []
+    gens = []
+    bs = opts.batch_size
+    for i in range(0, len(prompts), bs):
+        chunk = prompts[i: i + bs]
+        cb = None if on_token is None else (lambda b, t, i=i: on_token(i + b, t))
+        g = generate(omni.model, omni.vocab, chunk, opts, seeds=[s0 + i + k for k in range(len(chunk))], on_token=cb)
+        out += g.tokens
+        gens.append(g)
+    return out, gens
+
+
+def cut_at_stop(ids: list[int], vocab: VocabLayout) -> list[int]:
+    for i, t in enumerate(ids):
+        if t in (vocab.eos, vocab.eom):
+            return ids[:i]
+    return ids
+
+
+def fit_prompt(build: Callable[[str], list[int]], text: str, limit: int) -> list[int]:
+    """``build(text)``, with the text cut (at a word boundary when possible) until the prompt has <= ``limit``
+    tokens: a prompt that is too long for the context keeps its beginning."""
+    p = build(text)
+    if len(p) <= limit:
+        return p
+    lo, hi = 0, len(text)  # longest prefix that fits: binary search on characters
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(build(text[:mid])) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    cut = text[:lo]
+    if " " in cut.strip():
+        cut = cut.rstrip().rsplit(" ", 1)[0]
+    if lo == 0 or len(build(cut)) > limit:
+        raise InputError(f"the model's context ({limit} tokens) is too small for this prompt template")
+    return build(cut)
+
+
+def decode_text(omni: Omni, ids: list[int]) -> str:
+    """Text of a response: cut at the first ``</s>``/``<eom>``, only text ids, stripped."""
+    v = omni.vocab
+    return omni.text.decode([t for t in cut_at_stop(ids, v) if v.is_text(t)]).strip()
+
+
+def _image_codes(omni: Omni, images: list) -> torch.Tensor:
+    """PIL images (or paths / bytes) -> codes [N, image_tokens]."""
+    from PIL import Image
+
+    tok = omni.image
+    pil = []
+    for im in images:
+        if isinstance(im, Image.Image):
+            pil.append(im)
+        else:
+            from .image_tokenizer import open_image
+            pil.append(open_image(im))
+    codes = tok.encode(pil)
+    if codes.shape[1] != omni.vocab.image_tokens:
+        raise AromniError(f"the image tokenizer makes {codes.shape[1]} codes per image but the model expects "
+                          f"{omni.vocab.image_tokens}")
+    return codes
+
+
+def _speech_codes(omni: Omni, wav: np.ndarray) -> list[int]:
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if wav.size == 0:
+        raise InputError("audio holds no samples")
+    return omni.speech.encode(wav).tolist()
+
+
+def _decode_images(omni: Omni, rows: list[list[int]]) -> list:
+    codes = torch.tensor([r for r in rows], dtype=torch.long)
+    return omni.image.decode(codes)
+
+
+def parse_response(ids: list[int], vocab: VocabLayout) -> dict:
+    """Split generated ids into text ids, <-Ins->…<-Res-> transcript ids, images (code lists) and speech (code
+    lists). Tolerant of malformed spans (``--compat`` allows any non-image token in text)."""
+    text, transcript, images, speech = [], [], [], []
+    in_ins = False
+    i, n = 0, len(ids)
+    ids = cut_at_stop(ids, vocab)
+    n = len(ids)
+    while i < n:
+        t = ids[i]
+        if t == vocab.boi:
+            j, codes = i + 1, []
+            while j < n and vocab.is_image(ids[j]):
+                codes.append(vocab.image_code(ids[j]))
+                j += 1
+            if codes:
+                images.append(codes)
+            i = j + (1 if j < n and ids[j] == vocab.eoi else 0)
+            continue
+        if t == vocab.boa or vocab.is_audio(t):
+            j, codes = (i + 1 if t == vocab.boa else i), []
+            while j < n and vocab.is_audio(ids[j]):
+                codes.append(vocab.audio_code(ids[j]))
+                j += 1
+            if codes:
+                speech.append(codes)
+            i = j + (1 if j < n and ids[j] == vocab.eoa else 0)
+            continue
+        if t == vocab.ins:
+            in_ins = True
+        elif t == vocab.res:
+            in_ins = False
+        elif vocab.is_text(t):
+            (transcript if in_ins else text).append(t)
+        i += 1
+    return {"text": text, "transcript": transcript, "images": images, "speech": speech}
+
+
+# ----------------------------------------------------------------------------------------------
+# TTS
+# ----------------------------------------------------------------------------------------------
+def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Callable[[np.ndarray], None] | None = None,
+        seed: int | None = None) -> TTSResult:
+    """Text -> speech. Long text is split into sentences, spoken one after another; ``on_audio(chunk)`` gets audio
+    as soon as the chunked codec releases it (while the model is still generating)."""
+    speech = _need(omni, "speech", "tts")
+    _need(omni, "text", "tts")
+    opts = opts or options_for("tts")
+    v, ctx = omni.vocab, PromptContext.of(omni)
+    sentences = split_sentences(text)
+    if not sentences:
+        raise InputError("no text to speak")
+    s0 = base_seed(seed)
+    t0 = time.perf_counter()
+    first: list[float] = []
+    wavs: list[np.ndarray] = []
+    all_codes: list[int] = []
+    n_tok, gen_s = 0, 0.0
+
+    def emit(chunk: np.ndarray) -> None:
+        if len(chunk) == 0:
+            return
+        if not first:
+            first.append(time.perf_counter() - t0)
+        wavs.append(chunk)
+        if on_audio is not None:
+            on_audio(chunk)
+
+    for i, sent in enumerate(sentences):
+        prompt = tts_prompt(ctx, sent) + ([] if opts.compat else [v.boa])
+        dec = speech.stream()
+
+        def on_token(b: int, t: int) -> None:
+            if v.is_audio(t):
+                c = v.audio_code(t)
+                all_codes.append(c)
+                emit(dec.push([c]))
+
+        g = generate(omni.model, v, [prompt], opts, seeds=[s0 + i], on_token=on_token)
+        emit(dec.flush())
+        n_tok += g.new_tokens
+        gen_s += g.prefill_s + g.decode_s
+    wav = np.concatenate(wavs) if wavs else np.zeros(0, dtype=np.float32)
+    total = time.perf_counter() - t0
+    audio_s = len(wav) / speech.sample_rate
+    stats = {"first_audio_s": first[0] if first else None, "tokens_per_s": n_tok / gen_s if gen_s else 0.0,
+             "rtf": total / audio_s if audio_s else None, "audio_s": audio_s, "tokens": n_tok,
+             "sentences": len(sentences), "wall_s": total}
+    return TTSResult(wav.astype(np.float32), np.asarray(all_codes, dtype=np.int64), stats)
+
+
+def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None, seed: int | None = None) -> list[TTSResult]:
+    """Several texts decoded together (their sentences are the rows of one batch); no streaming."""
+    speech = _need(omni, "speech", "tts")
+    opts = opts or options_for("tts")
+    v, ctx = omni.vocab, PromptContext.of(omni)
+    owner, prompts = [], []
+    for k, text in enumerate(texts):
+        sents = split_sentences(text)
+        if not sents:
+            raise InputError(f"item {k + 1}: no text to speak")
+        for s in sents:
+            owner.append(k)
+            prompts.append(tts_prompt(ctx, s) + ([] if opts.compat else [v.boa]))
+    t0 = time.perf_counter()
+    rows, gens = decode_rows(omni, prompts, opts, seed)
+    gen_s = sum(g.prefill_s + g.decode_s for g in gens)
+    n_tok = sum(g.new_tokens for g in gens)
+    out = []
+    for k in range(len(texts)):
+        codes = [c for r, o in zip(rows, owner) if o == k for c in parse_response(r, v)["speech"] for c in c]
+        parts = [speech.decode(seg) for r, o in zip(rows, owner) if o == k for seg in parse_response(r, v)["speech"]]
+        wav = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        audio_s = len(wav) / speech.sample_rate
+        out.append(TTSResult(wav.astype(np.float32), np.asarray(codes, dtype=np.int64),
+                             {"first_audio_s": None, "tokens_per_s": n_tok / gen_s if gen_s else 0.0,
+                              "rtf": None, "audio_s": audio_s, "tokens": sum(len(r) for r, o in zip(rows, owner) if o == k),
+                              "sentences": owner.count(k)}))
+    total = time.perf_counter() - t0
+    audio_total = sum(r.stats["audio_s"] for r in out)
+    for r in out:
+        r.stats["rtf"] = total / audio_total if audio_total else None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# ASR, caption
+# ----------------------------------------------------------------------------------------------
+def asr_windows(omni: Omni, wav: np.ndarray, opts: DecodeOptions, window_s: float = ASR_WINDOW_S) -> list[np.ndarray]:
+    """Split one clip into windows whose prompts leave room for a transcript in the model's context."""
+    sp = omni.speech
+    rate = sp.sample_rate / sp.hop  # codes per second
+    base = len(asr_prompt(PromptContext.of(omni), []))
+    ctx = omni.model.cfg.max_seq_len
+    reserve = min(opts.max_new_tokens, max(32, ctx // 4))
+    max_codes = min(int(window_s * rate), ctx - base - reserve)
+    if max_codes < 1:
+        raise AromniError(f"the model's context ({ctx} tokens) leaves no room for audio in an ASR prompt")
+    return [wav[a:b] for a, b in split_audio(wav, sp.sample_rate, max_codes / rate)]
+
+
+def asr(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None,
+        window_s: float = ASR_WINDOW_S) -> list[str]:
+    """Speech -> text, one string per clip. Long clips are cut at silences into windows that are transcribed as
+    one batch and joined."""
+    _need(omni, "speech", "asr")
+    _need(omni, "text", "asr")
+    opts = opts or options_for("asr")
+    ctx = PromptContext.of(omni)
+    owner, prompts = [], []
+    for k, wav in enumerate(wavs):
+        wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+        if wav.size == 0:
+            raise InputError(f"clip {k + 1} holds no samples")
+        for w in asr_windows(omni, wav, opts, window_s):
+            owner.append(k)
+            prompts.append(asr_prompt(ctx, _speech_codes(omni, w)))
+    rows, _ = decode_rows(omni, prompts, opts, seed)
+    texts: list[list[str]] = [[] for _ in wavs]
+    for o, r in zip(owner, rows):
+        t = decode_text(omni, r)
+        if t:
+            texts[o].append(t)
+    return [" ".join(t) for t in texts]
+
+
+def caption(omni: Omni, images: list, opts: DecodeOptions | None = None, seed: int | None = None) -> list[str]:
+    """Images (PIL, paths or bytes) -> one caption each."""
+    _need(omni, "image", "caption")
+    _need(omni, "text", "caption")
+    opts = opts or options_for("caption")
+    ctx = PromptContext.of(omni)
+    codes = _image_codes(omni, images)
+    prompts = [caption_prompt(ctx, c.tolist()) for c in codes]
+    rows, _ = decode_rows(omni, prompts, opts, seed)
+    return [decode_text(omni, r) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------
+# T2I, S2I
+# ----------------------------------------------------------------------------------------------
+def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = None, seed: int | None = None) -> list:
+    """Texts -> ``n`` PIL images each (prompt-major order); row ``i * n + j`` uses seed ``seed + i * n + j``."""
+    _need(omni, "image", "t2i")
+    _need(omni, "text", "t2i")
+    if n < 1:
+        raise AromniError("--n must be at least 1")
+    opts = opts or options_for("t2i")
+    v, ctx = omni.vocab, PromptContext.of(omni)
+    prompts = []
+    limit = min(omni.model.cfg.max_seq_len, (opts.max_total_tokens or 1 << 30)) - (v.image_tokens + 1)
+    for text in texts:
+        if not text.strip():
+            raise InputError("empty text prompt")
+        prompts += [fit_prompt(lambda t: t2i_prompt(ctx, t) + [v.boi], text, limit)] * n
+    rows, _ = decode_rows(omni, prompts, opts, seed)
+    codes = []
+    for r in rows:
+        c = [v.image_code(t) for t in r if v.is_image(t)][: v.image_tokens]
+        codes.append(c + [0] * (v.image_tokens - len(c)))  # only short when the context ran out
+    return _decode_images(omni, codes)
+
+
+def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None) -> list[tuple]:
+    """Speech -> (transcript, image): ``<-Ins->`` transcript (greedy) ``<-Res->`` then an image (forced)."""
+    _need(omni, "speech", "s2i")
+    _need(omni, "image", "s2i")
+    opts = opts or options_for("s2i")
+    v, ctx = omni.vocab, PromptContext.of(omni)
+    prompts = [s2i_prompt(ctx, _speech_codes(omni, w)) + ([] if opts.compat else [v.ins]) for w in wavs]
+    if not opts.compat and prompts:
+        room = min(opts.max_new_tokens, omni.model.cfg.max_seq_len - max(len(p) for p in prompts))
+        text_room = room - (v.image_tokens + 3)  # <-Res->, <boi>, codes, <eoi>
+        if text_room < 1:
+            raise InputError("audio too long for speech-to-image in this model's context")
+        cap = min(opts.max_text_tokens or text_room, text_room)
+        opts = opts.replace(max_text_tokens=cap, text_cap_then=opts.text_cap_then or "res")
+    rows, _ = decode_rows(omni, prompts, opts, seed)
+    out = []
+    for r in rows:
+        parsed = parse_response(r, v)
+        words = parsed["transcript"] or parsed["text"]
+        img = parsed["images"][0] if parsed["images"] else []
+        img = img[: v.image_tokens] + [0] * (v.image_tokens - len(img[: v.image_tokens]))
+        out.append((omni.text.decode(words).strip(), img, bool(parsed["images"])))
+    images = _decode_images(omni, [c for _, c, _ in out]) if out else []
+    return [(text, im) for (text, _, _), im in zip(out, images)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ChatReply:
+    text: str
+    transcript: str  # the <-Ins-> … <-Res-> part (the model's transcription of the user's speech), if any
+    images: list  # PIL images
+    audio: list  # mono float32 arrays at omni.speech.sample_rate
+    tokens: list[int]
+    trimmed: int = 0  # oldest turns dropped to fit the context
+
+
+@dataclass
+class ChatSession:
+    """One conversation: history of finished turns (reference §3.2) and per-turn seeds."""
+
+    omni: Omni
+    opts: DecodeOptions = field(default_factory=lambda: options_for("chat"))
+    seed: int | None = None
+    history: list[int] = field(default_factory=list)
+    turn_ends: list[int] = field(default_factory=list)  # history length after each turn
+    turns: int = 0
+
+    def __post_init__(self):
+        self.seed = base_seed(self.seed)
+
+    def reset(self) -> None:
+        self.history, self.turn_ends = [], []
+
+    def user_turn(self, text: str | None = None, images: list | None = None, audio: np.ndarray | None = None,
+                  append: str | None = None) -> list[int]:
+        """Token ids of one user turn ("USER:" … "GPT:")."""
+        if text is None and audio is None and not images:
+            raise InputError("empty chat turn: give text, audio or an image")
+        if text is not None and not text.strip() and audio is None and not images:
+            raise InputError("empty chat turn")
+        ctx = PromptContext.of(self.omni)
+        codes = [c.tolist() for c in _image_codes(self.omni, images)] if images else None
+        if audio is not None:
+            _need(self.omni, "speech", "chat with audio")
+            return chat_turn(ctx, image_codes=codes, audio_codes=_speech_codes(self.omni, audio),
+                             append=append if append is not None else text)
+        return chat_turn(ctx, text=text, image_codes=codes)
+
+    def prompt(self, turn: list[int]) -> tuple[list[int], int]:
+        """The full prompt for ``turn``; drops the oldest turns while the prompt leaves too little room."""
+        ctx = PromptContext.of(self.omni)
+        limit = self.omni.model.cfg.max_seq_len
+        reserve = min(self.opts.max_new_tokens, max(16, limit // 4))
+        trimmed = 0
+        while True:
+            p = chat_prompt(ctx, self.history, turn)
+            if len(p) + reserve <= limit or not self.turn_ends:
+                break
+            cut = self.turn_ends.pop(0)
+            self.history = self.history[cut:]
+            self.turn_ends = [e - cut for e in self.turn_ends]
+            trimmed += 1
+        if len(p) >= limit:
+            raise InputError(f"this turn alone ({len(p)} tokens) does not fit the model's context of {limit} tokens")
+        return p, trimmed
+
+    def turn_seed(self) -> int:
+        return (self.seed * 1_000_003 + self.turns) % 2**62
+
+    def commit(self, turn: list[int], generated: list[int]) -> None:
+        self.history = self.history + turn + list(generated)
+        self.turn_ends.append(len(self.history))
+        self.turns += 1
+
+    def say(self, text: str | None = None, images: list | None = None, audio: np.ndarray | None = None,
+            append: str | None = None, on_token: Callable[[int], None] | None = None) -> ChatReply:
+        """One user turn -> the model's reply (the turn and reply join the history)."""
+        return chat_step([self], [dict(text=text, images=images, audio=audio, append=append)],
+                         on_token=None if on_token is None else (lambda b, t: on_token(t)))[0]
+
+
+def reply_from_tokens(omni: Omni, ids: list[int], opts: DecodeOptions) -> ChatReply:
+    parsed = parse_response(ids, omni.vocab)
+    images = _decode_images(omni, parsed["images"]) if parsed["images"] and omni.image is not None else []
+    audio = []
+    if omni.speech is not None:
+        for seg in parsed["speech"]:
+            wav = omni.speech.decode(seg)
+            if opts.compat and len(wav):  # the reference chat peak-normalises its speech (§13.8)
+                peak = float(np.abs(wav).max())
+                wav = wav / peak if peak > 0 else wav
+            audio.append(wav.astype(np.float32))
+    text = omni.text.decode(parsed["text"]).strip() if omni.text is not None else ""
+    transcript = omni.text.decode(parsed["transcript"]).strip() if omni.text is not None else ""
+    return ChatReply(text, transcript, images, audio, list(ids))
+
+
+def chat_step(sessions: list[ChatSession], turns: list[dict], on_token: Callable[[int, int], None] | None = None
+              ) -> list[ChatReply]:
+    """One turn for several conversations, decoded as one batch (they must share the Omni and options)."""
+    if not sessions:
+        return []
+    omni, opts = sessions[0].omni, sessions[0].opts
+    _need(omni, "text", "chat")
+    prompts, turn_ids, trims = [], [], []
+    for s, t in zip(sessions, turns):
+        ids = s.user_turn(**t)
+        p, trimmed = s.prompt(ids)
+        prompts.append(p)
+        turn_ids.append(ids)
+        trims.append(trimmed)
+    replies: list[ChatReply] = [None] * len(sessions)  # type: ignore[list-item]
+    bs = opts.batch_size
+    for i in range(0, len(sessions), bs):
+        chunk = slice(i, i + bs)
+        cb = None if on_token is None else (lambda b, t, i=i: on_token(i + b, t))
+        g = generate(omni.model, omni.vocab, prompts[chunk], opts, seeds=[s.turn_seed() for s in sessions[chunk]],
+                     on_token=cb)
+        for k, toks in enumerate(g.tokens):
+            replies[i + k] = reply_from_tokens(omni, toks, opts)
+    for s, ids, r, tr in zip(sessions, turn_ids, replies, trims):
+        s.commit(ids, r.tokens)
+        r.trimmed = tr
+    return replies

@@ -1,0 +1,188 @@
+"""Corpus build: determinism, manifest schema, held-out disjointness, speech (skipped without espeak-ng), CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aromni.core.audio_io import load_audio
+from aromni.core.corpus import scenes as S
+from aromni.core.corpus import sentences as T
+from aromni.core.corpus import speech as P
+from aromni.core.corpus.build import LINE_KEYS, build_corpus, read_manifest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = {"tts", "asr", "caption", "t2i", "s2i", "text", "chat"}
+needs_espeak = pytest.mark.skipif(P.espeak_path() is None,
+                                  reason="espeak-ng not installed (apt-get install espeak-ng); speech not tested")
+SR = 16000
+
+
+def manifests(d):
+    return [open(os.path.join(d, n), "rb").read() for n in ("train.jsonl", "heldout.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def textonly(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("corpus_text"))
+    return d, build_corpus(d, seed=3, preset="ci", speech=False)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    if P.espeak_path() is None:
+        pytest.skip("espeak-ng not installed (apt-get install espeak-ng); speech not tested")
+    d = str(tmp_path_factory.mktemp("corpus_full"))
+    return d, build_corpus(d, seed=0, preset="ci", sample_rate=SR)
+
+
+def all_texts(lines):
+    for line in lines:
+        if line["text"]:
+            yield line["text"]
+        for t in line.get("turns") or []:
+            for k in ("text", "transcript"):
+                if t.get(k):
+                    yield t[k]
+
+
+def all_attrs(lines):
+    for line in lines:
+        if line["attrs"]:
+            yield line["attrs"]
+        for t in line.get("turns") or []:
+            if t.get("attrs"):
+                yield t["attrs"]
+
+
+# --- sentences ----------------------------------------------------------------------------------
+def test_sentences_split():
+    train, held = T.split_sentences(0)
+    assert (train, held) == T.split_sentences(0)
+    assert len(train) + len(held) >= 250 and len(held) >= 20
+    assert {"hello", "hello world"} <= set(train)
+    assert not set(train) & set(held)
+    words = {w for s in train for w in s.split()}
+    assert all(w in words for s in held for w in s.split())
+    assert all(s == T.normalise(s) for s in train + held)
+    assert T.written("how are you") == "How are you?" and T.written("i like tea") == "I like tea."
+    assert T.normalise(T.written("hello world")) == "hello world"
+
+
+# --- text-only build (no espeak-ng needed) -------------------------------------------------------
+def test_build_is_deterministic_and_schema(textonly, tmp_path):
+    d, summary = textonly
+    again = build_corpus(str(tmp_path), seed=3, preset="ci", speech=False)
+    assert manifests(d) == manifests(str(tmp_path))
+    assert summary["lines"] == again["lines"]
+    other = build_corpus(str(tmp_path / "other"), seed=4, preset="ci", speech=False)
+    assert manifests(str(tmp_path / "other")) != manifests(d)
+    assert other["heldout_combos"] != summary["heldout_combos"]
+    for name, split in (("train.jsonl", "train"), ("heldout.jsonl", "heldout")):
+        lines = read_manifest(os.path.join(d, name))
+        assert {line["task"] for line in lines} == {"caption", "t2i", "text", "chat"}
+        for line in lines:
+            assert list(line)[:len(LINE_KEYS)] == list(LINE_KEYS)
+            assert line["split"] == split and line["task"] in TASKS
+            if line["image"]:
+                assert os.path.isfile(os.path.join(d, line["image"]))
+            if line["task"] == "chat":
+                roles = [t["role"] for t in line["turns"]]
+                assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+                assert not any("audio" in t for t in line["turns"])
+            if line["task"] == "caption":
+                assert line["text"] == S.caption(line["attrs"])
+            if line["task"] in ("caption", "t2i"):
+                assert S.attrs_match(S.parse_caption(line["text"]), line["attrs"])
+
+
+def test_images_are_drawn_from_their_attrs(textonly):
+    d, _ = textonly
+    for line in read_manifest(os.path.join(d, "train.jsonl"))[:12]:
+        if line["image"]:
+            img = Image.open(os.path.join(d, line["image"]))
+            assert img.size == (64, 64)
+            assert np.array_equal(np.asarray(img.convert("RGB")), np.asarray(S.draw(line["attrs"])))
+
+
+def test_heldout_is_disjoint(textonly):
+    d, summary = textonly
+    train = read_manifest(os.path.join(d, "train.jsonl"))
+    held = read_manifest(os.path.join(d, "heldout.jsonl"))
+    hc = {tuple(c) for c in summary["heldout_combos"]}
+    assert hc == S.heldout_combos(3)
+    assert not any(S.combo(o) in hc for a in all_attrs(train) for o in a["objects"])
+    for a in all_attrs(held):
+        assert any(S.combo(o) in hc for o in a["objects"])
+    _, held_sents = T.split_sentences(3)
+    train_texts = set(all_texts(train))
+    assert not train_texts & set(held_sents)
+    assert any(line["task"] == "text" and line["text"] in held_sents for line in held)
+
+
+# --- with speech ---------------------------------------------------------------------------------
+@needs_espeak
+def test_configured_voices_exist():
+    for v in P.input_voices() + [P.OUTPUT_VOICE, P.HELDOUT_VOICE]:
+        P.check_voice(v)
+    with pytest.raises(Exception, match="no voice"):
+        P.check_voice(P.Voice("en-us+no-such-variant"))
+
+
+def test_full_build_speech(full):
+    d, summary = full
+    train = read_manifest(os.path.join(d, "train.jsonl"))
+    held = read_manifest(os.path.join(d, "heldout.jsonl"))
+    assert {line["task"] for line in train} == TASKS and {line["task"] for line in held} == TASKS
+    assert summary["sample_rate"] == SR and summary["utterances"] > 0
+    audio_lines = [line for line in train + held if line["audio"]]
+    for line in audio_lines:
+        wav = load_audio(os.path.join(d, line["audio"]), SR)
+        assert 0.3 < len(wav) / SR < 6.0 and np.abs(wav).max() > 0.05
+    for line in train:
+        assert line["voice"] != P.HELDOUT_VOICE.name
+        for t in line.get("turns") or []:
+            assert t.get("voice") != P.HELDOUT_VOICE.name
+        if line["task"] == "tts":
+            assert (line["voice"], line["speed"]) == (P.OUTPUT_VOICE.name, P.OUTPUT_VOICE.speed)
+        if line["task"] in ("asr", "s2i"):
+            assert line["voice"] in P.INPUT_VOICES and line["speed"] in P.INPUT_SPEEDS
+            assert line["text"] == T.normalise(line["text"])
+        if line["task"] == "s2i":
+            assert S.attrs_match(S.parse_caption(line["text"]), line["attrs"])
+    vh = [line for line in held if line.get("voice_heldout")]
+    assert vh and all(line["voice"] == P.HELDOUT_VOICE.name for line in vh)
+    assert {line["task"] for line in vh} == {"asr", "s2i"}
+    assert all("voice_heldout" in line for line in held if line["task"] in ("asr", "s2i"))
+
+
+def test_full_build_is_deterministic_and_cached(full, tmp_path):
+    d, _ = full
+    build_corpus(str(tmp_path), seed=0, preset="ci", sample_rate=SR)
+    assert manifests(d) == manifests(str(tmp_path))
+    wav_dir = os.path.join(d, "wav")
+    before = {f: os.stat(os.path.join(wav_dir, f)).st_mtime_ns for f in os.listdir(wav_dir)}
+    build_corpus(d, seed=0, preset="ci", sample_rate=SR)  # rebuild in place: every utterance is cached
+    after = {f: os.stat(os.path.join(wav_dir, f)).st_mtime_ns for f in os.listdir(wav_dir)}
+    assert before == after
+    a = open(os.path.join(wav_dir, sorted(before)[0]), "rb").read()
+    assert a == open(os.path.join(str(tmp_path), "wav", sorted(before)[0]), "rb").read()
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def aromni(*args):
+    return subprocess.run([sys.executable, "-m", "aromni", *args], capture_output=True, cwd=ROOT, timeout=120)
+
+
+def test_cli_corpus(tmp_path):
+    r = aromni("corpus", str(tmp_path / "c"), "--preset", "ci", "--no-speech", "--seed", "3", "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == b""
+    summary = json.loads(r.stdout)
+    assert summary["seed"] == 3 and summary["speech"] is False
+    assert os.path.isfile(tmp_path / "c" / "train.jsonl") and os.path.isfile(tmp_path / "c" / "corpus.json")
+    r = aromni("corpus", str(tmp_path / "d"), "--preset", "huge")
+    assert r.returncode == 2 and b"huge" in r.stderr and r.stdout == b""

@@ -1,0 +1,206 @@
+"""The trainer: exact resume after an interrupt, signals, atomic checkpoints, accumulation, the projection
+switch, config handling and export."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from _train_data import lm_config, write_codebook, write_upstream_shards
+from aromni.core.errors import AromniError
+from aromni.core.train import checkpoint as C
+from aromni.core.train.config import load_config
+from aromni.core.train.stages import run
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+CLI = [sys.executable, "-m", "aromni", "train"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    return {"shards": write_upstream_shards(str(root / "up"), n_files=2, per_file=12),
+            "codebook": write_codebook(str(root / "codebook.npy"))}
+
+
+def metrics(out_dir: str) -> list[dict]:
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _cfg(tmp_path, data, name: str, *overrides: str):
+    path = lm_config(str(tmp_path), data["shards"])
+    base = [f"out_dir={tmp_path / name}", "loss.perceptual_weight=0.5", f"loss.codebook={data['codebook']}",
+            "loss.perceptual_tasks=[text_to_image]"]
+    return load_config(path, base + list(overrides))
+
+
+def test_interrupt_and_resume_reproduce_the_losses_exactly(tmp_path, data):
+    over = ["train.max_steps=9", "optim.grad_accum=2", "data.batch_size=2", "checkpoint.every=4"]
+    ref = run(_cfg(tmp_path, data, "ref", *over), quiet=True)
+    assert ref["interrupted"] is None and ref["step"] == 9
+
+    def interrupt(rec):
+        if rec["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer: finish the step, save, stop
+
+    cfg = _cfg(tmp_path, data, "cut", *over)
+    first = run(cfg, quiet=True, on_step=interrupt)
+    assert first["interrupted"] == "SIGINT" and first["step"] == 5
+    assert os.path.basename(C.latest_checkpoint(str(tmp_path / "cut" / "checkpoints"))) == "step-00000005"
+    second = run(cfg, resume=True, quiet=True)
+    assert second["step"] == 9 and second["interrupted"] is None
+
+    a, b = metrics(str(tmp_path / "ref")), metrics(str(tmp_path / "cut"))
+    keys = ("step", "loss", "ntp", "pl", "lr", "grad_norm", "tokens")
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]  # bit-exact
+    assert any(r["pl"] > 0 for r in a)  # the perceptual term was active
+    # the same data in the same order: 24 samples, 4 per step -> steps 7..9 are the second epoch
+    assert sum(r["tokens"] for r in a[:6]) == sum(r["tokens"] for r in b[:6])
+
+
+@pytest.mark.slow
+def test_sigterm_through_the_cli_saves_and_exits(tmp_path, data):
+    path = lm_config(str(tmp_path), data["shards"])
+    out = tmp_path / "run"
+    p = subprocess.Popen(CLI + [path, "train.max_steps=100000", "checkpoint.every=0"], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fn = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not fn.exists() or len(fn.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "continue with --resume" in err and "Traceback" not in err
+    step = metrics(str(out))[-1]["step"]
+    latest = C.latest_checkpoint(str(out / "checkpoints"))
+    assert latest.endswith(f"step-{step:08d}")
+    assert os.path.isfile(out / "config.yaml") and os.path.isfile(os.path.join(latest, "config.yaml"))
+    r = subprocess.run(CLI + [path, f"train.max_steps={step + 2}", "--resume", "-q", "--json"], env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["step"] == step + 2
+    assert [m["step"] for m in metrics(str(out))][-3:] == [step, step + 1, step + 2]
+
+
+def test_checkpoint_killed_mid_write_leaves_the_previous_one(tmp_path):
+    root = tmp_path / "ck"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from aromni.core.train import checkpoint as C
+        C.save_checkpoint({str(root)!r}, 1, {{"trainer.pt": {{"x": torch.ones(3)}}, "config.yaml": "a: 1\\n"}})
+        def dying(obj, f, *a, **k):  # write half a file, then the process dies
+            with open(f, "wb") as fh:
+                fh.write(b"PK\\x03\\x04 partial")
+                fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying
+        C.save_checkpoint({str(root)!r}, 2, {{"model.safetensors": {{"w": torch.zeros(2)}},
+                                             "trainer.pt": {{"x": torch.zeros(3)}}}})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    leftovers = [n for n in os.listdir(root) if n.startswith(C.TMP_PREFIX)]
+    assert leftovers  # the partial write is there ...
+    latest = C.latest_checkpoint(str(root))
+    assert latest.endswith("step-00000001")  # ... but the latest is still the complete one
+    assert torch.equal(C.read_file(latest, "trainer.pt")["x"], torch.ones(3))
+    # the next save cleans up and rotation keeps the newest `keep`
+    for s in (2, 3, 4):
+        C.save_checkpoint(str(root), s, {"trainer.pt": {"x": torch.full((3,), float(s))}}, keep=2)
+    assert sorted(os.listdir(root)) == ["latest", "step-00000003", "step-00000004"]
+    with pytest.raises(AromniError, match="missing"):
+        C.read_file(str(root / "step-00000004"), "model.safetensors")
+
+
+def test_gradient_accumulation_matches_a_big_batch(tmp_path, data):
+    a = run(_cfg(tmp_path, data, "big", "data.batch_size=4", "optim.grad_accum=1", "train.max_steps=3"), quiet=True)
+    b = run(_cfg(tmp_path, data, "acc", "data.batch_size=1", "optim.grad_accum=4", "train.max_steps=3"), quiet=True)
+    ma, mb = metrics(a["out_dir"]), metrics(b["out_dir"])
+    for x, y in zip(ma, mb):
+        assert x["tokens"] == y["tokens"]
+        assert abs(x["loss"] - y["loss"]) < 1e-5 and abs(x["grad_norm"] - y["grad_norm"]) < 1e-4
+
+
+@pytest.mark.parametrize("train_projection", [True, False])
+def test_projection_is_trained_unless_switched_off(tmp_path, data, train_projection):
+    from aromni.core.train.loop import Trainer
+    from aromni.core.train.resolve import build_omni
+
+    cfg = _cfg(tmp_path, data, "proj", "train.max_steps=2", "loss.perceptual_tasks=null",
+               f"loss.train_projection={str(train_projection).lower()}")
+    tr = Trainer(cfg, build_omni(cfg), quiet=True)
+    w0 = tr.module.proj.weight.detach().clone()
+    in_opt = any(p is tr.module.proj.weight for g in tr.opt.param_groups for p in g["params"])
+    tr.fit()
+    changed = not torch.equal(w0, tr.module.proj.weight.detach())
+    assert in_opt == train_projection and changed == train_projection
+    assert metrics(cfg.out_dir)[-1]["pl"] > 0
+
+
+def test_config_errors_and_print_config(tmp_path, data):
+    path = lm_config(str(tmp_path), data["shards"])
+    r = subprocess.run(CLI + [path, "optim.lr=2e-4", "data.train.0.path=/x", "--print-config"], env=ENV,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "lr: 0.0002" in r.stdout and "path: /x" in r.stdout
+    r = subprocess.run(CLI + [path, "optim.lrr=1"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "unknown key 'optim.lrr'" in r.stderr and "lm.yaml" in r.stderr
+    for bad, msg in [("optim.lr=fast", "optim.lr"), ("kind=gan", "kind"), ("lr", "not key=value"),
+                     ("data.train.5.path=x", "no element"), ("train.max_steps=0", "max_steps")]:
+        with pytest.raises(AromniError, match=msg):
+            load_config(path, [bad])
+    cfg = load_config(path, ["optim.betas=[0.9, 0.95]", "loss.perceptual_tasks=null", "optim.lr=1e-4"])
+    assert cfg.optim.betas == [0.9, 0.95] and cfg.loss.perceptual_tasks is None and cfg.optim.lr == 1e-4
+
+
+def test_export_bundle_and_validation(tmp_path, data):
+    from aromni.core.bundle import load_bundle
+
+    cfg = _cfg(tmp_path, data, "exp", "train.max_steps=4", "checkpoint.export_bundle=true", "train.eval_every=2",
+               "train.eval_batches=2", f"data.heldout=[{{type: pretrain_jsonl, path: {data['shards']}}}]",
+               "checkpoint.every=1", "checkpoint.keep=2")
+    res = run(cfg, quiet=True)
+    m = metrics(res["out_dir"])
+    assert [r["step"] for r in m if "val_loss" in r] == [2, 4]
+    assert all(k in m[0] for k in ("loss", "ntp", "pl", "lr", "grad_norm", "tokens_per_s"))
+    assert len(C.list_checkpoints(os.path.join(res["out_dir"], "checkpoints"))) == 2
+    omni = load_bundle(res["bundle"])
+    sd = C.read_file(res["checkpoint"], "model.safetensors")
+    assert all(torch.equal(v, sd[k]) for k, v in omni.model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_tokenizer_stages_then_lm_from_scratch(tmp_path):
+    """kind bpe / image_vq / codec write one tokenizer dir; an LM from a config name trains on the raw manifest."""
+    from aromni.core.bundle import load_bundle
+    from aromni.core.train.resolve import read_tokenizer_specs
+    from test_train_data import _manifest
+
+    man = _manifest(str(tmp_path / "corpus"))
+    cfg = tmp_path / "tok.yaml"
+    cfg.write_text(f"kind: bpe\nout_dir: {tmp_path / 'toks'}\ndata: {{train: [{{type: manifest, path: {man}}}], "
+                   f"batch_size: 2}}\ntokenizer: {{vocab_size: 300}}\ntrain: {{max_steps: 2}}\noptim: {{lr: 1e-3}}\n")
+    for kind in ("bpe", "image_vq", "codec"):
+        res = run(load_config(str(cfg), [f"kind={kind}"]), quiet=True)
+        assert res["tokenizer"] == {"bpe": "text", "image_vq": "image", "codec": "speech"}[kind]
+    assert sorted(read_tokenizer_specs(str(tmp_path / "toks"))) == ["image", "speech", "text"]
+
+    lm = tmp_path / "lm.yaml"
+    lm.write_text(f"kind: lm\nout_dir: {tmp_path / 'lm'}\nmodel: {{config: tiny, tokenizers: {tmp_path / 'toks'}, "
+                  f"overrides: {{max_seq_len: 256}}}}\ndata: {{train: [{{type: manifest, path: {man}}}], "
+                  f"batch_size: 2}}\nloss: {{perceptual_weight: 1.0}}\ntrain: {{max_steps: 2, device: cpu}}\n")
+    res = run(load_config(str(lm)), quiet=True)
+    omni = load_bundle(res["bundle"])
+    assert omni.vocab.text_start == omni.text.offset == 16
+    assert omni.vocab.image_codes == omni.image.codebook_size and omni.vocab.audio_codes == omni.speech.codebook_size
+    assert omni.model.cfg.vocab_size == omni.vocab.vocab_size
