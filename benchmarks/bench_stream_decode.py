@@ -159,6 +159,14 @@ def main() -> None:
         spec = tok.save(args.save)
         json.dump(spec, open(os.path.join(args.save, "speech_tokenizer.json"), "w"))
     test = [espeak(t, v, 160, tok.sample_rate) for t, v in zip(TEST_TEXT, ["en", "en+f3", "en-us", "en+m3"])]
+    if float(tok.net.quantizer.inited) == 0:
+        # an untrained codebook: k-means it on the speech's latents, as the reference does on its first batch,
+        # so the codes follow the speech instead of collapsing onto one entry
+        from aromni.core.train.codec import kmeans_init
+        with torch.inference_mode():
+            z = torch.cat([tok.net.encode_latents(torch.from_numpy(w)[None])[0].T for w in test])
+        kmeans_init(tok.net.quantizer, z.clone(), 20, torch.Generator().manual_seed(args.seed), len(z))
+        print(f"untrained codebook: k-means initialised on the {len(z)} test latents")
     clips = [tok.encode(w) for w in test]
     # how well the codec reproduces the speech itself (log-mel distance; context for the SNR numbers)
     from aromni.core.train.codec import SpectralLoss

@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -81,7 +82,6 @@ def main() -> None:
     if rank == 0:
         write_data(data, n_samples, a.seq, mc.vocab_size)
     if world > 1:  # the others wait for the shards (no process group yet)
-        import time
         while not os.path.isfile(os.path.join(data, "index.json")):
             time.sleep(0.1)
     cfg = from_dict({
@@ -97,10 +97,17 @@ def main() -> None:
     if cfg.model.vocab is None:
         raise SystemExit(f"bench_train: config {a.config} needs a 65536 vocabulary (the AR-Omni layout)")
     recs: list[dict] = []
-    run(cfg, quiet=True, on_step=recs.append)
+
+    def on_step(rec: dict) -> None:  # process CPU time too: wall time is unreliable on a shared machine
+        rec["cpu_s"] = time.process_time()
+        recs.append(rec)
+
+    t_cpu = time.process_time()
+    run(cfg, quiet=True, on_step=on_step)
     if rank != 0:
         return
     dev = "cuda" if torch.cuda.is_available() and not a.device.startswith("cpu") else "cpu"
+    cpu = [r["cpu_s"] - (recs[i - 1]["cpu_s"] if i else t_cpu) for i, r in enumerate(recs)][a.warmup:] or [0.0]
     timed = recs[a.warmup:] or recs
     tps = statistics.median(r["tokens_per_s"] for r in timed)
     fpt = flops_per_token(mc, a.seq)
@@ -110,6 +117,8 @@ def main() -> None:
            "threads": torch.get_num_threads(), "world": world, "batch": a.batch, "seq": a.seq, "accum": a.accum,
            "steps_timed": len(timed), "tokens_per_s": round(tps, 1),
            "step_s": round(statistics.median(r["tokens"] / r["tokens_per_s"] for r in timed), 3),
+           "cpu_s_per_step": round(statistics.median(cpu), 3),
+           "tokens_per_cpu_s": round(timed[0]["tokens"] / max(statistics.median(cpu), 1e-9), 1) if dev == "cpu" else None,
            "flops_per_token": fpt, "achieved_tflops_per_device": round(tps / world * fpt / 1e12, 3),
            "mfu": round(tps / world * fpt / peak, 4) if peak else None,
            "final_loss": round(recs[-1]["loss"], 4)}

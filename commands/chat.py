@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, log
 from aromni.commands._decode import (Batch, BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageTemp, MaxNew,
                                      OutDir, RepPenalty, Temperature, TopK, TopP, decode_options, load_model, make_dir,
-                                     print_line, read_jsonl, resolve_rel)
+                                     one_line, print_line, read_jsonl, resolve_rel)
 from aromni.core.errors import AromniError, InputError
 
 HELP = """commands:
@@ -190,8 +190,8 @@ def repl(omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: b
                 elif cmd == "/save":
                     if not arg:
                         raise AromniError("/save needs a path")
-                    with open(arg, "w", encoding="utf-8") as f:
-                        json.dump({"dialog_id": "chat", "turns": log_turns}, f, indent=1)
+                    with open(arg, "w", encoding="utf-8") as f:  # one JSONL line: replay with --batch
+                        f.write(json.dumps({"dialog_id": "chat", "turns": log_turns}) + "\n")
                     log(f"aromni: saved {arg}", quiet)
                 else:
                     raise AromniError(f"unknown command {cmd} (/help)")
@@ -216,7 +216,7 @@ def repl(omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: b
             else:
                 if reply.transcript:
                     log(f"(heard: {reply.transcript})", quiet)
-                print_line(reply.text if not tty else f"model> {reply.text}")
+                print_line(f"model> {reply.text}" if tty else one_line(reply.text))
                 for p in rec["images"] + rec["audio"]:
                     log(f"aromni: saved {p}", quiet)
                 if reply.trimmed:

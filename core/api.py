@@ -188,8 +188,8 @@ def _find_speech(bases: list[str]) -> tuple[str, str] | None:
     """WavTokenizer files shipped with a checkpoint: ``*wavtokenizer*.ckpt`` + ``*wavtokenizer*.yaml``."""
     for b in bases:
         for d in (b, os.path.join(b, "wavtokenizer"), os.path.join(b, "tokenizer")):
-            ck = sorted(p for p in glob.glob(os.path.join(d, "*.ckpt")) if "wavtokenizer" in os.path.basename(p).lower())
-            ym = sorted(p for p in glob.glob(os.path.join(d, "*.yaml")) if "wavtokenizer" in os.path.basename(p).lower())
+            ck, ym = ([p for p in sorted(glob.glob(os.path.join(d, ext)))
+                       if "wavtokenizer" in os.path.basename(p).lower()] for ext in ("*.ckpt", "*.yaml"))
             if len(ck) == 1 and len(ym) == 1:
                 return ym[0], ck[0]
     return None

@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 
 from .errors import CheckpointError
-from .model import ModelConfig, Transformer, rope_cache
+from .model import ModelConfig, Transformer
 
 FORMATS = ("aromni", "meta", "hf-dev", "hf")
 
@@ -109,7 +109,7 @@ def _shared_norm(t: torch.Tensor, key: str, fmt: str) -> torch.Tensor:
     if t.dim() == 1:
         return t
     if t.is_meta or bool((t == t[:1]).all()):
-        return t[0]
+        return t[0].clone()
     raise CheckpointError(f"{key}: per-head qk-norm parameters differ between heads; the {fmt} layout stores "
                           "one [head_dim] norm per layer (export to the 'hf' layout or a native bundle instead)")
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .decoding import IMAGE, Chooser, DecodeOptions, Policy, Row, initial_mode, options_for
 from .errors import InputError
-from .model import Transformer, apply_rope
+from .model import InferenceState, KVCache, Transformer, apply_rope
 from .vocab import VocabLayout
 
 
@@ -72,39 +72,47 @@ def cfg_streams(prompt: list[int], vocab: VocabLayout, compat: bool = False) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# Static decode step (CUDA path): attention over the whole preallocated cache, fixed shapes
+# Decode step: one token per row over the preallocated cache (the prefill uses Transformer.forward)
 # ----------------------------------------------------------------------------------------------
-def _static_attention(a, x, cs, mask, idx):
+def _attention(a, x, cs, mask, idx, S: int):
     c = a.cfg
-    B, S = x.shape[0], mask.shape[-1]
+    B = x.shape[0]
     q = a.wq(x).view(B, 1, c.n_heads, c.head_dim)
     k = a.wk(x).view(B, 1, c.n_kv_heads, c.head_dim)
     v = a.wv(x).view(B, 1, c.n_kv_heads, c.head_dim)
     if c.qk_norm:
         q, k = a.q_norm(q), a.k_norm(k)
-    from .model import apply_rope
     q, k = apply_rope(q, cs).transpose(1, 2), apply_rope(k, cs).transpose(1, 2)
     kc, vc = a.cache.k[:B, :, :S], a.cache.v[:B, :, :S]
     kc.index_copy_(2, idx, k)
     vc.index_copy_(2, idx, v.transpose(1, 2))
+    # GQA without copying the cache per head group
     y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=c.n_heads != c.n_kv_heads)
     return a.wo(y.transpose(1, 2).reshape(B, 1, c.dim))
 
 
-def static_decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor,
-                       key_valid: torch.Tensor) -> torch.Tensor:
-    """tokens, pos [N, 1]; idx [1] (cache slot); key_valid [N, S] -> logits [N, V]. Shapes never change, so the
-    step can be captured by ``torch.compile(mode="reduce-overhead")`` (CUDA graphs)."""
-    S = key_valid.shape[1]
-    mask = (key_valid | (torch.arange(S, device=tokens.device) == idx)).view(tokens.shape[0], 1, 1, S)
+def decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor,
+                key_valid: torch.Tensor | None = None, length: int | None = None) -> torch.Tensor:
+    """tokens, pos [N, 1]; idx [1]: the cache slot written; attention over slots [0, S) -> logits [N, V].
+
+    With ``key_valid`` [N, S] (bool) only valid slots (and the one written now) are attended; without it,
+    ``length`` gives S and every slot below it is visible (no padding, no holes: no mask at all).
+    With a full-cache ``key_valid`` the shapes never change, so the step can be captured by
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
+    """
+    if key_valid is not None:
+        S = key_valid.shape[1]
+        mask = (key_valid | (torch.arange(S, device=tokens.device) == idx)).view(tokens.shape[0], 1, 1, S)
+    else:
+        S, mask = int(length), None
     x = model.tok_embeddings(tokens)
     cs = model.rope[pos]
     for layer in model.layers:
         if layer.swin:
-            h = x + layer.attention_norm(_static_attention(layer.attention, x, cs, mask, idx))
+            h = x + layer.attention_norm(_attention(layer.attention, x, cs, mask, idx, S))
             x = h + layer.ffn_norm(layer.feed_forward(h))
         else:
-            h = x + _static_attention(layer.attention, layer.attention_norm(x), cs, mask, idx)
+            h = x + _attention(layer.attention, layer.attention_norm(x), cs, mask, idx, S)
             x = h + layer.feed_forward(layer.ffn_norm(h))
     return model.output(model.norm(x)).float()[:, -1]
 
@@ -113,17 +121,30 @@ _COMPILED: dict = {}
 
 
 def compiled_step(device: torch.device) -> Callable:
-    """``static_decode_step`` under torch.compile: CUDA graphs on CUDA (gpt-fast's recipe), inductor elsewhere."""
+    """``decode_step`` over the whole cache under torch.compile: CUDA graphs on CUDA (gpt-fast's recipe), inductor elsewhere."""
     key = device.type
     if key not in _COMPILED:
         mode = "reduce-overhead" if device.type == "cuda" else "default"
-        _COMPILED[key] = torch.compile(static_decode_step, mode=mode, fullgraph=True, dynamic=False)
+        _COMPILED[key] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
     return _COMPILED[key]
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
+def setup_cache(model: Transformer, batch: int, length: int) -> InferenceState:
+    """KV caches of ``length`` slots. Rows are left-padded to the longest prompt, so a batch may need more slots
+    than the context (each row's positions stay below it); model.setup_cache stops at the context."""
+    if length <= model.cfg.max_seq_len:
+        return model.setup_cache(batch, length)
+    w, c = model.tok_embeddings.weight, model.cfg
+    for layer in model.layers:
+        kv = layer.attention.cache
+        if kv is None or kv.k.shape[0] < batch or kv.k.shape[2] < length or kv.k.dtype != w.dtype:
+            layer.attention.cache = KVCache(batch, length, c.n_kv_heads, c.head_dim, w.dtype, w.device)
+    return InferenceState(batch, length, w.device)
+
+
 def _left_pad(seqs: list[list[int]], pad_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     pads = torch.zeros(len(seqs), dtype=torch.long)
@@ -178,7 +199,7 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
         raise InputError(f"prompt of {P} tokens does not fit the model's context of {ctx} tokens")
     rows: list[Row] = []
     for p, mode in zip(prompts, modes):
-        budget = min(opts.max_new_tokens, ctx - P)
+        budget = min(opts.max_new_tokens, ctx - len(p))  # positions restart at 0 in every row
         if opts.max_total_tokens is not None:
             budget = min(budget, opts.max_total_tokens - len(p))
         row = policy.new_row(p, max(budget, 0))
@@ -190,9 +211,11 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
         rows.append(row)
     max_new = max(r.budget for r in rows)
     static = opts.compile if static is None else static
-    max_len = ctx if static else min(ctx, P + max_new + 1)
+    max_len = P + max_new + 1
+    if static:  # one cache shape for every call (CUDA graphs), unless a batch needs more
+        max_len = max(max_len, ctx)
     tokens, pads = _left_pad(streams, vocab.pad, P)
-    state = model.setup_cache(N, max_len)
+    state = setup_cache(model, N, max_len)
     state.reset(pad=pads.to(dev))
     key_valid = torch.zeros(N, state.max_len, dtype=torch.bool)
     npos = torch.zeros(N, dtype=torch.long)
@@ -213,7 +236,8 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
     logits = model(tokens.to(dev), state, last_only=True)[:, -1]  # [N, V]
     t1 = time.perf_counter()
     gen.prefill_s = t1 - t0
-    step_fn = compiled_step(dev) if (static and opts.compile) else static_decode_step
+    step_fn = compiled_step(dev) if (static and opts.compile) else decode_step
+    need_mask = bool(pads.any()) or use_cfg  # else every cached slot below the current one is visible
     idx = torch.zeros(1, dtype=torch.long, device=dev)
 
     # --- decode --------------------------------------------------------------------------------
@@ -267,12 +291,12 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
         key_valid[:, L] = vmask.to(dev)
         feed_t = torch.tensor(feed, dtype=torch.long, device=dev).view(N, 1)
         pos_t = pos.clamp_max(ctx - 1).to(dev).view(N, 1)
+        idx.fill_(L)
         if static:
-            idx.fill_(L)
             logits = step_fn(model, feed_t, pos_t, idx, key_valid)
-            state.length += 1
         else:
-            logits = model(feed_t, state, positions=pos_t)[:, -1]
+            logits = step_fn(model, feed_t, pos_t, idx, key_valid[:, :L + 1] if need_mask else None, L + 1)
+        state.length += 1
         gen.steps += 1
     gen.decode_s = time.perf_counter() - t1
     if on_finish is not None:

@@ -36,7 +36,7 @@ def snapshot_path(repo_id: str, revision: str | None = None, cache_dir: str | No
     repo_dir = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
     hint = (f"download it first (e.g. `huggingface-cli download {repo_id}`), or pass a local directory")
     if not os.path.isdir(repo_dir):
-        raise CheckpointError(f"{repo_id}: not in the local Hugging Face cache ({cache}); {hint}")
+        raise CheckpointError(f"{repo_id}: no such local path, nor in the local Hugging Face cache ({cache}); {hint}")
     snaps = os.path.join(repo_dir, "snapshots")
     rev = revision or "main"
     ref = os.path.join(repo_dir, "refs", rev)
@@ -52,8 +52,8 @@ def snapshot_path(repo_id: str, revision: str | None = None, cache_dir: str | No
         cands = [c for c in cands if os.path.isdir(c)]
         if cands:
             return max(cands, key=os.path.getmtime)
-    what = f"revision {revision!r}" if revision else "any snapshot"
-    raise CheckpointError(f"{repo_id}: {what} not in the local Hugging Face cache ({repo_dir}); {hint}")
+    what = f"revision {revision!r}" if revision else "a snapshot"
+    raise CheckpointError(f"{repo_id}: {what} is not in the local Hugging Face cache ({repo_dir}); {hint}")
 
 
 def resolve(path: str) -> str:

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -340,6 +341,9 @@ def torch_load_weights(path: str) -> dict:
         pass
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable torch checkpoint ({str(e).splitlines()[0]})") from None
+    if not zipfile.is_zipfile(path):  # garbage, or a legacy-format file holding non-tensor objects
+        raise CheckpointError(f"{path}: unreadable torch checkpoint (weights-only unpickling failed and the file "
+                              "is not a torch.save zip archive)")
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as e:

@@ -98,6 +98,62 @@ def _read_json(path: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Page release: a tensor read through a memory map and then copied (cast, permuted, moved to a GPU) leaves
+# its file pages resident until the whole map is dropped; released one tensor at a time, peak memory stays
+# near the loaded model's size instead of model + file.
+# ----------------------------------------------------------------------------------------------
+_MADV_DONTNEED = 4
+_PAGE = 4096
+
+
+def _file_maps() -> list[tuple[int, int]]:
+    """Address ranges of this process's file-backed mappings (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for ln in lines:
+        parts = ln.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            a, b = parts[0].split("-")
+            out.append((int(a, 16), int(b, 16)))
+    return out
+
+
+def _madvise():
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return fn
+
+
+def release_pages(tensors, maps: list[tuple[int, int]] | None = None) -> None:
+    """Drop resident pages of tensors that lie in a file mapping (clean file pages: later reads re-fault them
+    from the page cache, so this never changes data). Heap tensors are left alone."""
+    maps = _file_maps() if maps is None else maps
+    fn = _madvise() if maps else None
+    if fn is None:
+        return
+    for t in tensors:
+        if t.device.type != "cpu" or not t.is_contiguous() or t.numel() == 0:
+            continue
+        a = t.data_ptr()
+        b = a + t.numel() * t.element_size()
+        if not any(lo <= a and b <= hi for lo, hi in maps):
+            continue
+        start, end = -(-a // _PAGE) * _PAGE, b // _PAGE * _PAGE
+        if end > start:
+            fn(start, end - start, _MADV_DONTNEED)
+
+
+# ----------------------------------------------------------------------------------------------
 # Layout detection
 # ----------------------------------------------------------------------------------------------
 @dataclass
@@ -215,7 +271,14 @@ def read_checkpoint(ck: Checkpoint) -> tuple[dict, ModelConfig, str, dict]:
     convert.check_state(src, convert.expected_shapes(fmt, cfg), ck.model_dir)
     st, extras = convert.to_aromni(state, fmt, cfg)
     st, cfg = convert.collapse_qk_norms(st, cfg)
+    _release_replaced(state.values(), st, extras)
     return st, cfg, fmt, extras
+
+
+def _release_replaced(sources, st: dict, extras: dict) -> None:
+    """Release the mapped pages of source tensors that conversion replaced by copies (permuted q/k, merges)."""
+    kept = {id(v) for v in st.values()} | {id(v) for d in extras.values() for v in d.values()}
+    release_pages([v for v in sources if id(v) not in kept])
 
 
 def _read_meta(ck: Checkpoint) -> tuple[dict, ModelConfig, str, dict]:
@@ -241,6 +304,7 @@ def _read_meta(ck: Checkpoint) -> tuple[dict, ModelConfig, str, dict]:
         convert.check_state(state, convert.expected_shapes("meta", cfg), source, optional=(convert.ROPE_KEY,))
     st, extras = convert.to_aromni(state, "meta", cfg)
     st, cfg = convert.collapse_qk_norms(st, cfg)
+    _release_replaced([v for s in shards for v in s.values()], st, extras)
     return st, cfg, "meta", extras
 
 
@@ -285,6 +349,12 @@ def load_state_into(cfg: ModelConfig, state: dict, device="cpu", dtype=torch.flo
         if bad:
             parts.append(f"shape mismatches {bad[:3]}{' …' if len(bad) > 3 else ''} ({len(bad)})")
         raise CheckpointError(f"{source}: does not fit the model config: " + "; ".join(parts))
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+    maps = _file_maps()
+    cast = {}
+    for k, v in state.items():  # one tensor at a time: a mapped source's pages go as soon as it is copied
+        cast[k] = v.to(device=device, dtype=dtype)
+        if cast[k] is not v:
+            release_pages([v], maps)
+    model.load_state_dict(cast, assign=True)
     model.reset_rope()
     return model.eval()

@@ -1,12 +1,13 @@
 """The decoding loop on a tiny random model: masks, switches without re-prefill, CFG batching, batching, seeds."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from aromni.core.decoding import IMAGE, Chooser, Policy, options_for
 from aromni.core.errors import InputError
-from aromni.core.generate import cfg_streams, generate, image_stream_token, static_decode_step
+from aromni.core.generate import cfg_streams, decode_step, generate, image_stream_token
 from aromni.core.model import build_model, get_config
 from aromni.core.tokens import split_segments
 from aromni.core.vocab import compact_layout
@@ -138,24 +139,25 @@ def test_greedy_ignores_seed_and_matches_argmax(model):
     assert a == naive_decode(model, PROMPTS[:1], opts, [9])
 
 
-def test_static_step_equals_dynamic(model):
+def test_decode_step_equals_transformer_forward(model):
     opts = options_for("chat", max_new_tokens=30, max_text_tokens=5, text_cap_then="boi", cfg_image=1.3)
     a = generate(model, V, PROMPTS, opts, seeds=[1, 2, 3])
-    b = generate(model, V, PROMPTS, opts, seeds=[1, 2, 3], static=True)
+    b = generate(model, V, PROMPTS, opts, seeds=[1, 2, 3], static=True)  # whole-cache mask, fixed shapes
     assert a.tokens == b.tokens
-    # one step, logits compared directly
+    # one step compared with Transformer.forward on a cache: no mask, a partial mask, a whole-cache mask
     torch.set_grad_enabled(False)
-    tok = torch.tensor([PROMPTS[0]])
-    st = model.setup_cache(1, 40)
+    tok = torch.tensor([PROMPTS[2], PROMPTS[2]])
+    L = tok.shape[1] - 1
+    st = model.setup_cache(2, 40)
     model(tok[:, :-1], st)
     ref = model(tok[:, -1:], st)[:, -1]
-    st2 = model.setup_cache(1, 40)
-    model(tok[:, :-1], st2)
-    L = tok.shape[1] - 1
-    kv = torch.zeros(1, st2.max_len, dtype=torch.bool)
-    kv[0, :L + 1] = True
-    out = static_decode_step(model, tok[:, -1:], torch.tensor([[L]]), torch.tensor([L]), kv)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for kv_len in (None, L + 1, 40):
+        st2 = model.setup_cache(2, 40)
+        model(tok[:, :-1], st2)
+        kv = None if kv_len is None else torch.arange(kv_len).expand(2, kv_len) <= L
+        out = decode_step(model, tok[:, -1:], torch.tensor([[L], [L]]), torch.tensor([L]), kv, L + 1)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.set_grad_enabled(True)
 
 
 def test_on_token_streams_every_token_in_order(model):
@@ -185,3 +187,104 @@ def test_image_row_state_at_start(model):
     g = generate(model, V, [P(1, tail=[V.boi] + codes)], options_for("t2i"), seeds=[0])
     assert len(g.tokens[0]) == V.image_tokens - 3 + 1 and g.tokens[0][-1] == V.eoi
     assert Policy(V, options_for("t2i")).new_row(P(1, tail=[V.boi] + codes), 10).mode == IMAGE
+
+
+# ----------------------------------------------------------------------------------------------
+# Task API on the tiny bundle (in process)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def omni(tiny_bundle):
+    from aromni.core.api import load
+    return load(tiny_bundle, device="cpu", dtype="fp32")
+
+
+def test_tts_audio_streams_while_generating(omni):
+    from aromni.core import tasks
+
+    steps = []
+    h = omni.model.output.register_forward_hook(lambda *a: steps.append(1))  # one call per model step
+    at_first_audio = []
+    try:
+        r = tasks.tts(omni, "A single sentence to speak.", on_audio=lambda c: at_first_audio.append(len(steps)),
+                      seed=0)
+    finally:
+        h.remove()
+    assert len(r.codes) > 30 and len(r.wav) == len(r.codes) * omni.speech.hop
+    assert at_first_audio and at_first_audio[0] < len(steps) - 5  # audio came out long before decoding ended
+    assert r.stats["first_audio_s"] < r.stats["wall_s"] and r.stats["rtf"] > 0 and r.stats["tokens_per_s"] > 0
+    again = tasks.tts(omni, "A single sentence to speak.", seed=0)
+    assert np.array_equal(again.codes, r.codes) and np.allclose(again.wav, r.wav)
+
+
+def test_tts_splits_sentences(omni):
+    from aromni.core import tasks
+
+    r = tasks.tts(omni, "One. Two is here. Three is here too!", seed=1)
+    assert r.stats["sentences"] == 2  # "One." is merged with its neighbour
+    b = tasks.tts_batch(omni, ["One. Two is here. Three is here too!"], seed=1)[0]
+    assert np.array_equal(b.codes, r.codes)  # batched rows, same seeds, same speech
+
+
+def test_asr_windows_batch_and_determinism(omni):
+    from aromni.core import tasks
+    from aromni.core.decoding import options_for
+
+    sr = omni.speech.sample_rate
+    rng = np.random.default_rng(0)
+    long = (rng.standard_normal(sr * 14) * 0.2).astype(np.float32)
+    long[sr * 4: sr * 4 + sr // 2] = 0  # a pause to cut at
+    wins = tasks.asr_windows(omni, long, options_for("asr"))
+    assert len(wins) >= 3 and sum(len(w) for w in wins) == len(long)
+    short = long[: sr]
+    both = tasks.asr(omni, [long, short], seed=0)
+    assert both[1] == tasks.asr(omni, [short], seed=0)[0]
+    assert all(isinstance(t, str) for t in both)
+    with pytest.raises(InputError):
+        tasks.asr(omni, [np.zeros(0, dtype=np.float32)])
+
+
+def test_caption_t2i_s2i(omni):
+    from PIL import Image
+
+    from aromni.core import tasks
+
+    imgs = tasks.t2i(omni, ["a red square"], n=2, seed=5)
+    assert len(imgs) == 2 and imgs[0].size == (omni.image.resolution,) * 2
+    twice = tasks.t2i(omni, ["a red square", "a red square"], n=1, seed=5)
+    assert [np.asarray(i).tolist() for i in twice] == [np.asarray(i).tolist() for i in imgs]  # row i: seed 5 + i
+    caps = tasks.caption(omni, imgs, seed=0)
+    assert len(caps) == 2 and all(isinstance(c, str) for c in caps)
+    assert tasks.caption(omni, [imgs[1]], seed=0) == caps[1:]  # greedy, batch-invariant
+    wav = (np.random.default_rng(1).standard_normal(omni.speech.sample_rate) * 0.1).astype(np.float32)
+    (text, img), = tasks.s2i(omni, [wav], seed=0)
+    assert isinstance(text, str) and isinstance(img, Image.Image)
+
+
+def test_t2i_long_prompt_is_cut_to_fit(omni):
+    from aromni.core import tasks
+
+    imgs = tasks.t2i(omni, ["word " * 400], seed=0)
+    assert len(imgs) == 1
+
+
+def test_chat_session_history_and_batch(omni):
+    from aromni.core import tasks
+    from aromni.core.decoding import options_for
+
+    opts = options_for("chat", max_new_tokens=30)
+    a = tasks.ChatSession(omni, opts, seed=3)
+    r1 = a.say("hello")
+    assert a.history[-len(r1.tokens):] == r1.tokens and len(a.turn_ends) == 1
+    r2 = a.say("more", images=[tasks.t2i(omni, ["x"], seed=0)[0]])
+    assert isinstance(r2.text, str)
+    # the same two conversations decoded as one batch give the same replies
+    s1, s2 = tasks.ChatSession(omni, opts, seed=3), tasks.ChatSession(omni, opts, seed=9)
+    batch = tasks.chat_step([s1, s2], [{"text": "hello"}, {"text": "bye"}])
+    assert batch[0].tokens == r1.tokens
+    assert batch[1].tokens == tasks.ChatSession(omni, opts, seed=9).say("bye").tokens
+    # a long conversation drops its oldest turns instead of overflowing the context
+    for _ in range(12):
+        r = a.say("tell me more about it please " * 3)
+    assert len(a.history) < omni.model.cfg.max_seq_len and r.trimmed >= 0 and len(a.turn_ends) < 14
+    a.reset()
+    assert a.history == []

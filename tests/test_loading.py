@@ -146,8 +146,9 @@ def test_meta_prefused_wqkv_w13(model, tmp_path):
         out = dict(st)
         for i in range(model.cfg.n_layers):
             p = f"layers.{i}."
-            out[p + "attention.wqkv.weight"] = torch.cat([out.pop(p + f"attention.{w}.weight") for w in "wq wk wv".split()])
-            out[p + "feed_forward.w13.weight"] = torch.cat([out.pop(p + f"feed_forward.{w}.weight") for w in ("w1", "w3")])
+            qkv = [out.pop(f"{p}attention.{w}.weight") for w in ("wq", "wk", "wv")]
+            w13 = [out.pop(f"{p}feed_forward.{w}.weight") for w in ("w1", "w3")]
+            out[p + "attention.wqkv.weight"], out[p + "feed_forward.w13.weight"] = torch.cat(qkv), torch.cat(w13)
         return out
     d = _meta_dir(model, tmp_path / "fused", fuse)
     assert torch.equal(load_checkpoint(str(d)).model(IDS), model(IDS))
@@ -344,9 +345,9 @@ def test_hub_id_from_local_cache(tmp_path, monkeypatch, arom_model):
     assert torch.equal(api.logits(omni, ids), arom_model(torch.tensor([ids]))[0])
     pinned = api.load("ModalityDance/AR-Omni-Chat-v0.1@" + snap.name, device="cpu", tokenizers=False)
     assert pinned.source == str(snap)
-    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+    with pytest.raises(CheckpointError, match="no such local path, nor in the local Hugging Face cache"):
         api.load("ModalityDance/AR-Omni-Pretrain-v0.1", device="cpu")
-    with pytest.raises(CheckpointError, match="revision 'v9' not in the local"):
+    with pytest.raises(CheckpointError, match="revision 'v9' is not in the local"):
         api.load("ModalityDance/AR-Omni-Chat-v0.1@v9", device="cpu")
 
 
@@ -451,3 +452,28 @@ def test_export_omni_round_trip(tiny_bundle, tmp_path, fmt):
         assert torch.equal(back.image.codebook(), omni.image.codebook())
     with pytest.raises(CheckpointError, match="unknown export format"):
         convert.export(omni, str(tmp_path / "x"), fmt="gguf")
+
+
+# --- memory ------------------------------------------------------------------------------------------------
+def test_release_pages_keeps_data(tmp_path):
+    """Dropping a mapped tensor's pages never changes its values; heap tensors are never touched."""
+    from aromni.core.loading import read_safetensors, release_pages
+
+    t = torch.randn(3, 5000)
+    save_file({"w": t}, tmp_path / "w.safetensors")
+    mapped = read_safetensors(str(tmp_path / "w.safetensors"))["w"]
+    assert torch.equal(mapped, t)
+    release_pages([mapped])
+    assert torch.equal(mapped, t)
+    heap = t.clone()
+    release_pages([heap])
+    assert torch.equal(heap, t)
+
+
+def test_same_dtype_load_maps_without_copy(layouts):
+    """Loading in the stored dtype on CPU assigns the mapped tensors themselves (no copy)."""
+    from aromni.core.loading import _file_maps
+
+    m = load_checkpoint(str(layouts / "bundle"), dtype=torch.float32).model
+    a = m.layers[0].feed_forward.w2.weight.data_ptr()
+    assert any(lo <= a < hi for lo, hi in _file_maps())

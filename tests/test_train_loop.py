@@ -168,8 +168,9 @@ def test_export_bundle_and_validation(tmp_path, data):
 
     cfg = _cfg(tmp_path, data, "exp", "train.max_steps=4", "checkpoint.export_bundle=true", "train.eval_every=2",
                "train.eval_batches=2", f"data.heldout=[{{type: pretrain_jsonl, path: {data['shards']}}}]",
-               "checkpoint.every=1", "checkpoint.keep=2")
+               "checkpoint.every=1", "checkpoint.keep=2", "checkpoint.export_hf=true")
     res = run(cfg, quiet=True)
+    assert os.path.isfile(os.path.join(res["out_dir"], "hf", "config.json"))
     m = metrics(res["out_dir"])
     assert [r["step"] for r in m if "val_loss" in r] == [2, 4]
     assert all(k in m[0] for k in ("loss", "ntp", "pl", "lr", "grad_norm", "tokens_per_s"))
@@ -177,6 +178,8 @@ def test_export_bundle_and_validation(tmp_path, data):
     omni = load_bundle(res["bundle"])
     sd = C.read_file(res["checkpoint"], "model.safetensors")
     assert all(torch.equal(v, sd[k]) for k, v in omni.model.state_dict().items())
+    with pytest.raises(AromniError, match="--resume"):  # a second run into the same out_dir must not clobber it
+        run(cfg, quiet=True)
 
 
 @pytest.mark.slow
@@ -204,3 +207,25 @@ def test_tokenizer_stages_then_lm_from_scratch(tmp_path):
     assert omni.vocab.text_start == omni.text.offset == 16
     assert omni.vocab.image_codes == omni.image.codebook_size and omni.vocab.audio_codes == omni.speech.codebook_size
     assert omni.model.cfg.vocab_size == omni.vocab.vocab_size
+
+
+def test_normalisation_modes_on_the_first_step(tmp_path, data):
+    """step: Σce·w / Σw over the step's micro-batches; micro (reference): the mean of per-micro-batch means."""
+    from aromni.core.train.loop import Trainer
+    from aromni.core.train.resolve import build_omni
+
+    got, parts = {}, None
+    for mode in ("step", "micro"):
+        cfg = _cfg(tmp_path, data, f"norm-{mode}", "optim.grad_accum=2", "data.batch_size=2",
+                   "loss.perceptual_weight=0", f"loss.normalize={mode}")
+        tr = Trainer(cfg, build_omni(cfg), quiet=True)
+        if parts is None:  # the two micro-batches of step 1 through the untrained model: (Σ ce·w, Σ w) each
+            probe = Trainer(cfg, build_omni(cfg), quiet=True)
+            with torch.no_grad():
+                parts = [(float(probe._micro(b)[0]), float(b.weights.sum())) for b in
+                         (next(probe.batcher), next(probe.batcher))]
+        got[mode] = tr.train_step()["ntp"]
+    (n1, w1), (n2, w2) = parts
+    assert w1 != w2
+    assert abs(got["step"] - (n1 + n2) / (w1 + w2)) < 1e-5
+    assert abs(got["micro"] - (n1 / w1 + n2 / w2) / 2) < 1e-5

@@ -84,11 +84,16 @@ def wrap(module: nn.Module, blocks: list[nn.Module], info: DistInfo, device: tor
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(device.type, (info.world,))
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else \
-            MixedPrecisionPolicy()
+        def policy(cast_inputs: bool):
+            if not param_dtype:
+                return MixedPrecisionPolicy()
+            return MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                        cast_forward_inputs=cast_inputs)
+
         for b in blocks:
-            fully_shard(b, mesh=mesh, mp_policy=mp)
-        fully_shard(module, mesh=mesh, mp_policy=mp)
+            fully_shard(b, mesh=mesh, mp_policy=policy(True))
+        # the root's inputs include the fp32 loss weights: keep them as they are
+        fully_shard(module, mesh=mesh, mp_policy=policy(False))
         return module
     return module
 

@@ -204,6 +204,11 @@ class Trainer:
 
     def _prepare(self, s: Sample) -> Item:
         v, lc = self.vocab, self.cfg.loss
+        V = self.model.cfg.vocab_size
+        if len(s.ids) and (s.ids.min() < 0 or s.ids.max() >= V):
+            bad = int(s.ids.max() if s.ids.max() >= V else s.ids.min())
+            raise AromniError(f"a {s.task!r} sample holds token {bad}, outside the model's vocabulary (0..{V - 1}); "
+                              f"was the data tokenised for another vocabulary layout?")
         lab = s.labels if s.labels is not None else s.ids
         w = target_weights(s.ids, s.labels, s.task, s.response_len, lc, eos=v.eos, ins=v.ins, res=v.res)
         if self.lam > 0:
@@ -222,6 +227,9 @@ class Trainer:
             o = self.omni
             builder = ExampleBuilder(o.vocab, o.text, o.image, o.speech, o.prompts)
         sources = [make_source(s, builder, default_split=split) for s in specs]
+        for src in sources:
+            if getattr(src, "layout", None):  # shards remember the layout they were tokenised for
+                self.vocab.check_compatible(src.layout, source=src.path)
         limit = self.seq_len if dc.pack else self.model.cfg.max_seq_len
         max_len = min(dc.max_len, limit) if dc.max_len else limit
         return SampleStream(sources, rank=self.info.rank, world=self.info.world, shuffle_buffer=shuffle,
@@ -245,7 +253,10 @@ class Trainer:
         other = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
         self.params = params
-        self.opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        try:  # the fused kernel is ~20x faster than the foreach path on CPU and faster on CUDA
+            self.opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            self.opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         warm, T = warmup_steps(self.cfg), self.cfg.train.max_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, T, warm, o.schedule, o.min_lr_ratio))

@@ -31,6 +31,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, on_step=
         return train_lm(cfg, resume=resume, quiet=quiet, on_step=on_step)
     if resume:
         raise AromniError(f"--resume applies to kind lm only (this config is kind {cfg.kind})")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise AromniError(f"kind {cfg.kind} runs in one process; start it without torchrun")
     if cfg.kind == "pretokenize":
         return pretokenize(cfg, quiet=quiet)
     return train_tokenizer(cfg, quiet=quiet, on_step=on_step)
@@ -40,15 +42,18 @@ def train_lm(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, on_
     from . import dist as D
     from .loop import CKPT_DIR, Trainer
 
+    root = os.path.join(cfg.out_dir, CKPT_DIR)
     path = cfg.checkpoint.resume_from
     if resume and not path:
-        path = ckpt.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))
+        path = ckpt.latest_checkpoint(root)
         if path is None:
-            raise CheckpointError(f"--resume: no checkpoint under {os.path.join(cfg.out_dir, CKPT_DIR)}")
+            raise CheckpointError(f"--resume: no checkpoint under {root}")
+    if not path and ckpt.list_checkpoints(root):
+        raise AromniError(f"{root} holds checkpoints of an earlier run: continue it with --resume, or choose "
+                          f"another out_dir")
     omni = build_omni(cfg)
-    trainer = Trainer(cfg, omni, quiet=quiet, on_step=on_step)
     try:
-        res = trainer.fit(resume=path)
+        res = Trainer(cfg, omni, quiet=quiet, on_step=on_step).fit(resume=path)
     finally:
         D.shutdown()
     return {"kind": "lm", "step": res.step, "out_dir": res.out_dir, "checkpoint": res.checkpoint,

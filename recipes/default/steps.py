@@ -1,0 +1,355 @@
+"""The small steps of scripts/build_default_model.sh that are not ``aromni`` commands.
+
+    steps.py prompts OUT.jsonl                       # the prompt templates as text lines (for the BPE)
+    steps.py mix MIX.yaml TRAIN.jsonl OUT.jsonl      # TRAIN.jsonl with each task's lines repeated MIX times
+    steps.py assemble LM_BUNDLE OUT --build B --recipe R   # fp16 weights + stage configs -> the shipped bundle
+    steps.py card BUNDLE --build B --recipe R        # (re)write BUNDLE/MODEL_CARD.md from the build's records
+
+Every step is deterministic: the same inputs give the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+import yaml
+
+MAX_BUNDLE_MB = 40.0
+STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm")
+STAGE_DIRS = {"pretokenize": "shards"}
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts / mix
+# ----------------------------------------------------------------------------------------------
+def prompt_texts() -> list[str]:
+    """Every literal string the prompt templates encode (each is encoded as its own segment)."""
+    from aromni.core.prompts import DEFAULT_INSTRUCTIONS
+
+    return ["USER:", "GPT:", " GPT:", "This is input: ", " This is input: "] + list(DEFAULT_INSTRUCTIONS.values())
+
+
+def write_prompts(out: str, repeat: int = 50) -> None:
+    """A manifest of ``text`` lines; repeated so the BPE merges each template into a few pieces."""
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        for _ in range(repeat):
+            for t in prompt_texts():
+                f.write(json.dumps({"task": "text", "split": "train", "text": t}) + "\n")
+    os.replace(out + ".tmp", out)
+
+
+def write_mix(mix_yaml: str, train: str, out: str) -> dict:
+    """``train`` with each line written ``mix[task]`` times (default 1); returns lines per task."""
+    with open(mix_yaml, encoding="utf-8") as f:
+        mix = yaml.safe_load(f) or {}
+    if os.path.dirname(os.path.abspath(train)) != os.path.dirname(os.path.abspath(out)):
+        sys.exit("mix: OUT must sit next to TRAIN (manifest paths are relative to the manifest)")
+    counts: dict[str, int] = {}
+    with open(train, encoding="utf-8") as src, open(out + ".tmp", "w", encoding="utf-8") as dst:
+        for line in src:
+            if not line.strip():
+                continue
+            task = json.loads(line).get("task")
+            k = int(mix.get(task, 1))
+            dst.write(line.rstrip("\n") + "\n" if k else "")
+            for _ in range(k - 1):
+                dst.write(line.rstrip("\n") + "\n")
+            counts[task] = counts.get(task, 0) + k
+    os.replace(out + ".tmp", out)
+    print(json.dumps({"mix": mix, "lines": counts}))
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# assemble
+# ----------------------------------------------------------------------------------------------
+def to_fp16(path: str) -> tuple[int, int]:
+    """Rewrite a safetensors file with fp32 tensors stored as fp16 (loaders cast back); returns (before, after)
+    bytes. Tensors whose magnitude does not fit fp16 stay fp32."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    before = os.path.getsize(path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    out = {}
+    for k, t in state.items():
+        if t.dtype == torch.float32 and (t.numel() == 0 or float(t.abs().max()) < 6.0e4):
+            t = t.half()
+        out[k] = t.contiguous()
+    save_file(out, path + ".tmp", metadata=meta)
+    os.replace(path + ".tmp", path)
+    return before, os.path.getsize(path)
+
+
+def dir_mb(path: str) -> float:
+    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(path, "**"), recursive=True)
+               if os.path.isfile(p)) / 1e6
+
+
+def assemble(src: str, out: str, build: str, recipe: str) -> None:
+    """Copy the exported LM bundle to ``out`` with fp16 weights, the stage configs and a model card."""
+    if not os.path.isfile(os.path.join(src, "aromni.json")):
+        sys.exit(f"assemble: {src} is not a bundle (did the lm stage finish?)")
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for p in sorted(glob.glob(os.path.join(tmp, "*.safetensors"))):
+        b, a = to_fp16(p)
+        print(f"{os.path.basename(p)}: {b / 1e6:.1f} MB -> {a / 1e6:.1f} MB", file=sys.stderr)
+    rdir = os.path.join(tmp, "recipe")
+    os.makedirs(rdir, exist_ok=True)
+    for stage in STAGES:  # the resolved configs, exactly as each stage ran
+        cfg = os.path.join(build, STAGE_DIRS.get(stage, stage), "config.yaml")
+        if os.path.isfile(cfg):
+            shutil.copy(cfg, os.path.join(rdir, f"{stage}.yaml"))
+    shutil.copy(os.path.join(recipe, "mix.yaml"), os.path.join(rdir, "mix.yaml"))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    write_card(out, build, recipe)
+    mb = dir_mb(out)
+    print(f"bundle {out}: {mb:.1f} MB", file=sys.stderr)
+    if mb > MAX_BUNDLE_MB and not recipe.rstrip("/").endswith("ci"):
+        sys.exit(f"assemble: the bundle is {mb:.1f} MB, over the {MAX_BUNDLE_MB:.0f} MB budget")
+
+
+# ----------------------------------------------------------------------------------------------
+# model card
+# ----------------------------------------------------------------------------------------------
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _result_line(build: str, stage: str) -> dict:
+    """The ``--json`` result a tokenizer stage printed (its last JSON line in logs/STAGE.log)."""
+    found: dict = {}
+    try:
+        with open(os.path.join(build, "logs", f"{stage}.log"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith('{"kind"'):
+                    try:
+                        found = json.loads(line)
+                    except json.JSONDecodeError:
+                        pass
+    except OSError:
+        pass
+    return found
+
+
+def _times(build: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open(os.path.join(build, "times.tsv"), encoding="utf-8") as f:
+            for line in f:
+                name, _, sec = line.strip().partition("\t")
+                if sec.isdigit():
+                    out[name] = out.get(name, 0) + int(sec)
+    except OSError:
+        pass
+    return out
+
+
+def _lm_metrics(build: str) -> tuple[dict, dict]:
+    """(last training record, last record with a validation loss) of lm/metrics.jsonl."""
+    last, val = {}, {}
+    try:
+        with open(os.path.join(build, "lm", "metrics.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    last = r
+                    if "val_loss" in r:
+                        val = r
+    except OSError:
+        pass
+    return last, val
+
+
+def _fmt_s(s: int | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
+
+
+def _params(bundle: str) -> dict[str, int]:
+    from safetensors import safe_open
+
+    out = {}
+    for p in sorted(glob.glob(os.path.join(bundle, "*.safetensors"))):
+        n = 0
+        with safe_open(p, "pt") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                size = 1
+                for d in sl.get_shape():
+                    size *= d
+                n += size
+        out[os.path.basename(p)] = n
+    return out
+
+
+TARGETS = {  # issue 7's quality targets on the held-out split: (task, metric, comparison, threshold)
+    "t2i": ("attr_accuracy", ">=", 0.80), "caption": ("attr_accuracy", ">=", 0.80), "asr": ("wer", "<=", 0.10),
+    "tts": ("wer", "<=", 0.15), "s2i": ("attr_accuracy", ">=", 0.70)}
+
+
+def _quality(build: str) -> list[str]:
+    rows = ["| task | metric | held-out | target | met |", "|---|---|---|---|---|"]
+    have = False
+    for task, (key, op, thr) in TARGETS.items():
+        rep = _read_json(os.path.join(build, "eval", f"{task}.json"))
+        v = (rep or {}).get("metrics", {}).get(key)
+        if v is None:
+            rows.append(f"| {task} | {key} | not measured | {op} {100 * thr:.0f}% | - |")
+            continue
+        have = True
+        ok = v >= thr if op == ">=" else v <= thr
+        n = (rep.get("data") or {}).get("n")
+        judge = (rep.get("settings") or {}).get("judge")
+        extra = f" (n={n}{', judge ' + str(judge) if judge else ''})" if n else ""
+        rows.append(f"| {task} | {key} | {100 * v:.1f}%{extra} | {op} {100 * thr:.0f}% | {'yes' if ok else 'no'} |")
+    return rows if have else rows + ["", "The held-out evaluation has not been run on this bundle "
+                                      "(`scripts/eval_default.py --data corpus/heldout.jsonl --model BUNDLE`)."]
+
+
+def write_card(bundle: str, build: str, recipe: str) -> str:
+    meta = _read_json(os.path.join(bundle, "aromni.json")) or {}
+    corpus = _read_json(os.path.join(build, "corpus", "corpus.json")) or {}
+    times = _times(build)
+    total = sum(times.values()) if times else None
+    last, val = _lm_metrics(build)
+    m, v = meta.get("model", {}), meta.get("vocab", {})
+    params = _params(bundle)
+    codec, vq, bpe = (_result_line(build, s).get("metrics", {}) for s in ("codec", "image_vq", "bpe"))
+    lines_train = (corpus.get("lines") or {}).get("train", {})
+    lines_held = (corpus.get("lines") or {}).get("heldout", {})
+    sp = (meta.get("speech_tokenizer") or {}).get("config", {})
+    im = (meta.get("image_tokenizer") or {})
+    ci = recipe.rstrip("/").endswith("ci")
+
+    def f(x, spec=".4f"):
+        return "-" if x is None else format(x, spec)
+
+    stage_rows = "\n".join(f"| {k} | {_fmt_s(s)} |" for k, s in times.items())
+    card = f"""# aromni default model{' (CI variant — not for use)' if ci else ''}
+
+A small AR-Omni-style any-to-any model: one decoder-only transformer reads and writes text (BPE), images (VQGAN
+codes) and speech (WavTokenizer codes) in one token stream. It is trained from scratch, in minutes to hours on a
+CPU, on aromni's **synthetic** corpus only, and exists so that every `aromni` command works out of the box and
+the whole training pipeline is exercised end to end. It is a demonstration model, not a general assistant.
+
+Rebuild it (resumable; `--install` copies it here):
+
+    scripts/build_default_model.sh{' --ci' if ci else ''} --install
+
+## Contents
+
+| file | what | parameters |
+|---|---|---|
+""" + "\n".join(f"| `{k}` | {'language model' if k == 'model.safetensors' else k.split('.')[0].replace('_', ' ')} | "
+                f"{n / 1e6:.2f} M |" for k, n in params.items()) + f"""
+
+Weights are stored as fp16 (cast back to the compute dtype when loaded). Bundle size: {dir_mb(bundle):.1f} MB.
+
+- Transformer: dim {m.get('dim')}, {m.get('n_layers')} layers, {m.get('n_heads')} heads ({m.get('n_kv_heads')} kv),
+  SwiGLU {m.get('intermediate_size')}, qk-norm, RoPE, context {m.get('max_seq_len')} tokens.
+- Vocabulary (compact layout `{v.get('name')}`, {v.get('vocab_size')} ids): {v.get('text_end', 0) - v.get('text_start', 0)} text ids,
+  {v.get('image_codes')} image codes ({v.get('image_tokens')} per image), {v.get('audio_codes')} speech codes, specials.
+- Image tokenizer: VQGAN preset `{im.get('preset', '-')}` ({(im.get('config') or {}).get('resolution', '-')} px).
+- Speech tokenizer: WavTokenizer preset `{(meta.get('speech_tokenizer') or {}).get('preset', '-')}`,
+  {sp.get('sample_rate', '-')} Hz, {sp.get('sample_rate', 0) // max(1, _prod(sp.get('ratios', [1])))} codes/s,
+  {sp.get('codebook_size', '-')} codes.
+
+## Data
+
+`aromni corpus --preset {corpus.get('preset', '-')} --seed {corpus.get('seed', '-')} --sample-rate {corpus.get('sample_rate', '-')}`:
+synthetic scenes (coloured shapes at positions, 64 px) with canonical captions and paraphrases, and espeak-ng
+{corpus.get('espeak_ng', '')} speech (input voices {', '.join((corpus.get('voices') or {}).get('input', []))}; output voice
+{((corpus.get('voices') or {}).get('output') or {}).get('name', '-')}). Training lines: {json.dumps(lines_train)}.
+Held-out lines (unseen shape/colour/position combinations, unseen sentences, an unseen voice): {json.dumps(lines_held)}.
+The LM's mixture repeats lines per task as in `recipe/mix.yaml`.
+
+## Training
+
+Recipe: `recipes/default/` (configs as run: `recipe/`). Stage times on the build machine
+({os.cpu_count()} CPU cores{'' if ci else '; other jobs may have shared them'}):
+
+| stage | time |
+|---|---|
+{stage_rows}
+| **total** | **{_fmt_s(total)}** |
+
+- BPE: {bpe.get('pieces', '-')} pieces.
+- Image VQ: final loss {f(vq.get('loss'))}{', PSNR ' + f(vq.get('psnr'), '.1f') + ' dB' if vq.get('psnr') is not None else ''}.
+- Codec: final mel loss {f(codec.get('mel'))}, {codec.get('codes_used', '-')} codes used.
+- LM: {last.get('step', '-')} steps, final training loss {f(last.get('loss'))} (NTP {f(last.get('ntp'))}),
+  held-out NTP {f(val.get('val_ntp'))}.
+
+## Quality (held-out split)
+
+""" + "\n".join(_quality(build)) + """
+
+## Limits
+
+- It knows only the synthetic world of the corpus: a few shapes, colours, sizes and positions, the corpus's
+  sentences and six espeak-ng voices. Real photographs, real voices and open-ended text are out of domain; on them
+  it produces fluent-looking nonsense.
+- Images are 64x64, speech is 16 kHz and robotic (the codec has no adversarial training); the TTS voice is
+  espeak-ng's, never a cloned one.
+- Chat is limited to the corpus's handful of greetings and requests.
+- The numbers above are from one seed on the held-out split of the same synthetic distribution; they say the
+  pipeline works, not that the model generalises.
+"""
+    path = os.path.join(bundle, "MODEL_CARD.md")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(card)
+    return path
+
+
+def _prod(xs) -> int:
+    p = 1
+    for x in xs:
+        p *= int(x)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prompts")
+    p.add_argument("out")
+    p = sub.add_parser("mix")
+    p.add_argument("mix_yaml")
+    p.add_argument("train")
+    p.add_argument("out")
+    for name in ("assemble", "card"):
+        p = sub.add_parser(name)
+        if name == "assemble":
+            p.add_argument("src")
+        p.add_argument("out")
+        p.add_argument("--build", required=True)
+        p.add_argument("--recipe", required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "prompts":
+        write_prompts(a.out)
+    elif a.cmd == "mix":
+        write_mix(a.mix_yaml, a.train, a.out)
+    elif a.cmd == "assemble":
+        assemble(a.src, a.out, a.build, a.recipe)
+    else:
+        print(write_card(a.out, a.build, a.recipe))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Rebuild aromni's bundled default model from nothing: corpus -> BPE -> image VQ -> speech codec ->
+# token shards -> language model -> bundle (fp16, with MODEL_CARD.md) -> held-out evaluation.
+#
+#   scripts/build_default_model.sh [--ci] [--install] [--no-eval] [OUT]
+#
+#   OUT        build directory (default: build/default, or build/default-ci with --ci)
+#   --ci       the scaled-down variant (recipes/default/ci/*.yaml, corpus preset ci): minutes, not hours
+#   --install  copy the finished bundle to core/assets/default/ (the model `aromni` loads by default)
+#   --no-eval  skip the held-out evaluation (the model card then says "not measured")
+#
+# Resumable: a finished stage leaves OUT/<stage>/DONE and is skipped on the next run; an interrupted LM
+# run continues from its newest checkpoint (OUT/lm/checkpoints). Delete OUT/<stage> to redo a stage (and
+# the ones after it). Stage times go to OUT/times.tsv, logs to OUT/logs/<stage>.log.
+# Environment: PYTHON (default .venv/bin/python if present, else python3), THREADS (torch threads, default
+# all cores), SEED (corpus seed, default 0), NICE (niceness of the stages, default 0), JUDGE (TTS judge of
+# the evaluation: whisper (default; offline Whisper tiny.en) or self (the model's own ASR; --ci default)).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CI=0; INSTALL=0; EVAL=1; OUT=""
+for a in "$@"; do
+  case "$a" in
+    --ci) CI=1 ;;
+    --install) INSTALL=1 ;;
+    --no-eval) EVAL=0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "build_default_model.sh: unknown option $a (see --help)" >&2; exit 2 ;;
+    *) [ -z "$OUT" ] || { echo "build_default_model.sh: one OUT directory only" >&2; exit 2; }; OUT="$a" ;;
+  esac
+done
+if [ "$CI" = 1 ]; then RECIPE="$ROOT/recipes/default/ci"; PRESET=ci; else RECIPE="$ROOT/recipes/default"; PRESET=default; fi
+OUT="${OUT:-$ROOT/build/default$([ "$CI" = 1 ] && echo -ci)}"
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac
+SEED="${SEED:-0}"
+JUDGE="${JUDGE:-$([ "$CI" = 1 ] && echo self || echo whisper)}"
+NICE="${NICE:-0}"
+THREADS="${THREADS:-$(nproc 2>/dev/null || echo 2)}"
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" PYTHONHASHSEED=0
+
+mkdir -p "$OUT/logs"
+OUT="$(cd "$OUT" && pwd)"
+cd "$OUT"   # every path in the recipe is relative to the build directory
+STEPS="$ROOT/recipes/default/steps.py"
+
+say() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+run_py() { nice -n "$NICE" "$PYTHON" "$@"; }
+
+# stage NAME DIR CMD...: run CMD unless DIR/DONE exists; log, time, then write DIR/DONE
+stage() {
+  local name="$1" dir="$2"; shift 2
+  if [ -f "$dir/DONE" ]; then say "$name: done already ($dir/DONE)"; return 0; fi
+  say "$name: running (log: $OUT/logs/$name.log)"
+  local t0 t1
+  t0=$(date +%s)
+  if ! "$@" > >(tee -a "logs/$name.log") 2> >(tee -a "logs/$name.log" >&2); then
+    say "$name: FAILED (see $OUT/logs/$name.log); rerun this script to resume"; exit 1
+  fi
+  t1=$(date +%s)
+  mkdir -p "$dir"
+  echo "$((t1 - t0))" > "$dir/DONE"
+  printf '%s\t%s\n' "$name" "$((t1 - t0))" >> times.tsv
+  say "$name: finished in $((t1 - t0)) s"
+}
+
+train() {  # train NAME: aromni train RECIPE/NAME.yaml (--resume when an LM checkpoint exists)
+  local cfg="$RECIPE/$1.yaml"; shift
+  local extra=()
+  if [ "$(basename "$cfg")" = lm.yaml ] && ls -d lm/checkpoints/step-* >/dev/null 2>&1; then extra=(--resume); fi
+  run_py -m aromni train "$cfg" --json "${extra[@]}" "$@"
+}
+
+say "recipe $RECIPE -> $OUT ($THREADS threads)"
+stage corpus corpus run_py -m aromni corpus corpus --preset "$PRESET" --seed "$SEED" --sample-rate 16000
+stage prompts prompts run_py "$STEPS" prompts prompts.jsonl
+stage mix mix run_py "$STEPS" mix "$RECIPE/mix.yaml" corpus/train.jsonl corpus/mix.jsonl
+stage bpe bpe train bpe
+stage image_vq image_vq train image_vq
+stage codec codec train codec
+stage pretokenize shards train pretokenize
+stage lm lm train lm
+stage bundle bundle run_py "$STEPS" assemble lm/bundle bundle --build "$OUT" --recipe "$RECIPE"
+if [ "$EVAL" = 1 ]; then
+  stage eval eval run_py "$ROOT/scripts/eval_default.py" --data corpus/heldout.jsonl --model bundle --out eval \
+    --judge "$JUDGE" --seed 0 -q
+  run_py "$STEPS" card bundle --build "$OUT" --recipe "$RECIPE"
+fi
+if [ "$INSTALL" = 1 ]; then
+  DEST="$ROOT/core/assets/default"
+  say "installing the bundle into $DEST"
+  rm -rf "$DEST.tmp" && cp -r bundle "$DEST.tmp" && rm -f "$DEST.tmp/DONE"
+  rm -rf "$DEST" && mv "$DEST.tmp" "$DEST"
+fi
+say "bundle: $OUT/bundle ($(du -sh bundle | cut -f1)); times: $OUT/times.tsv"

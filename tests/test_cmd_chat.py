@@ -1,0 +1,80 @@
+"""`aromni chat` through the real CLI on the tiny bundle: piped REPL and --batch dialogs (both schemas)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "AROMNI_MODEL": ""}
+
+
+def aromni(bundle, *args, input=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "aromni", *args, "--model", bundle, "-q"], input=input,
+                          capture_output=True, cwd=cwd, env=ENV, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    import soundfile as sf
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("chat_media")
+    t = np.arange(8000) / 8000
+    sf.write(d / "speech.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 8000)
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "img.png")
+    return d
+
+
+def test_repl_on_piped_stdin(tiny_bundle, media, tmp_path):
+    script = (f"hello\n/image {media / 'img.png'}\nwhat is this\n/audio {media / 'speech.wav'}\n"
+              f"/save {tmp_path / 'conv.jsonl'}\n/reset\nhi again\n/bogus\n")
+    r = aromni(tiny_bundle, "chat", "--out-dir", str(tmp_path / "files"), "--seed", "2", "--max-new-tokens", "40",
+               input=script.encode())
+    replies = r.stdout.decode().splitlines()
+    assert len(replies) == 4  # one line per turn; commands print nothing on stdout
+    assert r.returncode == 2 and b"unknown command /bogus" in r.stderr  # piped input: errors are fatal
+    saved = json.loads((tmp_path / "conv.jsonl").read_text())
+    turns = saved["turns"]
+    assert [t.get("text") for t in turns] == ["hello", "what is this", None]
+    assert turns[1]["image_paths"] == [str(media / "img.png")] and turns[2]["wav_path"] == str(media / "speech.wav")
+
+
+def test_batch_both_schemas_deterministic_across_batch_sizes(tiny_bundle, media, tmp_path):
+    dialogs = tmp_path / "dialogs.jsonl"
+    ref_schema = {"dialog_id": "d/1", "turns": [{"text": "hello"}, {"wav_path": "speech.wav"},
+                                               {"text": "look", "image_paths": ["img.png"], "reset": True}]}
+    our_schema = {"turns": [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello!"},
+                            {"role": "user", "text": "and then?", "image": "img.png"}]}
+    for name in ("speech.wav", "img.png"):
+        os.symlink(media / name, tmp_path / name)
+    dialogs.write_text(json.dumps(ref_schema) + "\n" + json.dumps(our_schema) + "\n")
+    runs = []
+    for bs, out in (("8", "a"), ("1", "b")):
+        r = aromni(tiny_bundle, "chat", "--batch", str(dialogs), "--out-dir", str(tmp_path / out), "--seed", "4",
+                   "--max-new-tokens", "60", "--batch-size", bs)
+        assert r.returncode == 0, r.stderr
+        runs.append([json.loads(x) for x in r.stdout.decode().splitlines()])
+    a, b = runs
+    assert [d["dialog_id"] for d in a] == ["d/1", "dialog0002"]
+    assert len(a[0]["turns"]) == 3 and len(a[1]["turns"]) == 2 and a[1]["turns"][0] == {"text": "hello!",
+                                                                                         "given": True}
+    strip = lambda runs: [[{k: v for k, v in t.items() if k not in ("images", "audio")} for t in d["turns"]]  # noqa
+                          for d in runs]
+    assert strip(a) == strip(b)  # batch size never changes a dialog
+    for d in a:
+        for t in d["turns"]:
+            for p in t.get("images", []) + t.get("audio", []):
+                assert os.path.isfile(p) and os.path.dirname(p) == str(tmp_path / "a")
+
+
+def test_batch_rejects_malformed_dialogs(tiny_bundle, tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"turns": [{"role": "assistant", "text": "x"}]}\n')
+    r = aromni(tiny_bundle, "chat", "--batch", str(f))
+    assert r.returncode == 2 and b"must follow a user turn" in r.stderr
