@@ -1,9 +1,12 @@
-"""Python entry points: ``load`` any supported checkpoint into an :class:`Omni`, ``logits`` of a token sequence.
+"""Python entry points: ``load`` any supported checkpoint into an :class:`Omni`, ``logits`` of a token sequence,
+``export`` an Omni to another layout.
 
 >>> import aromni
+>>> from aromni.core.api import export, logits
 >>> omni = aromni.load("ModalityDance/AR-Omni-Chat-v0.1")   # hub id from the local HF cache, or a path
->>> aromni.core.api.logits(omni, [0, 16384, 16385]).shape
+>>> logits(omni, [0, 16384, 16385]).shape
 torch.Size([3, 65536])
+>>> export(omni, "chat-hf", fmt="hf")                         # transformers' ChameleonForConditionalGeneration
 """
 from __future__ import annotations
 
@@ -14,10 +17,13 @@ import torch
 
 from . import hub
 from .bundle import Omni, load_bundle, load_tokenizer, read_meta
+from .convert import export
 from .device import resolve_device, resolve_dtype
 from .errors import AromniError, CheckpointError, InputError
 from .loading import Checkpoint, Loaded, detect, load_checkpoint
 from .vocab import VocabLayout, arom_layout
+
+__all__ = ["load", "logits", "export", "default_model_path"]
 
 WAVTOKENIZER_ENV = "AROMNI_WAVTOKENIZER"
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "default")

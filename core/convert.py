@@ -209,11 +209,32 @@ def collapse_qk_norms(state: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]
     return state, replace(cfg, qk_norm_per_head=False)
 
 
+class _MetaBuild(torch.overrides.TorchFunctionMode):
+    """Inside ``torch.device("meta")``: skips random init (meaningless on meta tensors) and computes ``arange``
+    on the CPU (the RoPE table). Both would otherwise run Python meta kernels whose first use imports
+    torch._dynamo: seconds of start-up for every CLI call."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in ("normal_", "uniform_", "trunc_normal_"):
+            t = args[0] if args else kwargs.get("tensor")  # torch.nn.init.* pass it by keyword
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        if func is torch.arange and kwargs.get("device") is None:
+            kwargs["device"] = "cpu"
+        return func(*args, **kwargs)
+
+
+def meta_model(cfg: ModelConfig) -> Transformer:
+    """A Transformer with meta (storage-less) parameters, to be assigned real tensors."""
+    with torch.device("meta"), _MetaBuild():
+        return Transformer(cfg)
+
+
 def expected_shapes(fmt: str, cfg: ModelConfig) -> dict[str, tuple]:
     """Key -> shape that a complete ``fmt`` checkpoint of ``cfg`` holds (computed on the meta device)."""
-    with torch.device("meta"):
-        model = Transformer(cfg)
-        st = from_aromni(model.state_dict(), fmt, cfg)
+    with torch.device("meta"), _MetaBuild():
+        st = from_aromni(Transformer(cfg).state_dict(), fmt, cfg)
     return {k: tuple(v.shape) for k, v in st.items()}
 
 
@@ -358,6 +379,8 @@ def meta_params(cfg: ModelConfig) -> dict:
 
 def config_from_hf(c: dict, fmt: str) -> ModelConfig:
     """A Chameleon config.json (mainline or the AR-Omni fork) -> ModelConfig."""
+    if c.get("model_type", "chameleon") != "chameleon":
+        raise CheckpointError(f"config.json: model_type {c['model_type']!r} is not a Chameleon / AR-Omni model")
     if c.get("attention_bias") or c.get("mlp_bias"):
         raise CheckpointError("config.json: biased attention/MLP projections are not supported")
     if c.get("hidden_act", "silu") != "silu":

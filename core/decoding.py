@@ -390,6 +390,23 @@ class Chooser:
                     self.seen[b, torch.tensor(p, device=device)] = True
         self._text = torch.zeros(V, dtype=torch.bool)
         self._text[vocab.text_start: vocab.text_end] = True
+        # [lo, hi) holding every id each mask allows: the LM head only needs those rows of the output matrix
+        self._spans = []
+        for m in self.masks.cpu():
+            nz = torch.nonzero(m).flatten()
+            self._spans.append((int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0))
+
+    def span(self) -> tuple[int, int] | None:
+        """Vocabulary span the next ``choose`` can pick from (over rows that need logits), or None: all."""
+        lo, hi = None, None
+        for r in self.rows:
+            if r.done or r.forced:
+                continue
+            a, b = self._spans[self.policy.mask_index(r)]
+            lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+        if lo is None:
+            return (0, 1)  # no row looks at these logits
+        return None if hi - lo > 0.75 * self.v.vocab_size else (lo, hi)  # not worth a partial head
 
     def choose(self, logits: torch.Tensor, cfg: tuple | None = None) -> list[int | None]:
         """logits [B, V] (fp32, the full-context stream); ``cfg`` = (image-stream, uncond-stream) logits [B, V]

@@ -7,7 +7,7 @@ is never rebuilt, unlike the reference, which re-prefills the whole context at e
 Image CFG (§4.5) runs as extra rows of the same cache: for every sequence b there are three streams,
 F (the full context), I (only the tokens in {<bos>, <boi>, <eoi>, image codes}) and U (unconditional), and one
 forward per step serves all of them. Every stream receives every token; a token that a stream must not see is
-written as a *hole* (``state.key_mask`` False, no position consumed), so I is exactly the filtered context and
+written as a *hole* (masked out of attention, no position consumed), so I is exactly the filtered context and
 U restarts at each ``<boi>``. The mixed logits ``U + g_img (I - U) + g_txt (F - I)`` pick the image code.
 
 U is ``[<boi>]`` (+ the codes so far); the reference uses ``[<bos>, <boi>]`` (``compat``). For a prompt without
@@ -92,13 +92,15 @@ def _attention(a, x, cs, mask, idx, S: int):
 
 
 def decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor,
-                key_valid: torch.Tensor | None = None, length: int | None = None) -> torch.Tensor:
+                key_valid: torch.Tensor | None = None, length: int | None = None,
+                span: tuple[int, int] | None = None) -> torch.Tensor:
     """tokens, pos [N, 1]; idx [1]: the cache slot written; attention over slots [0, S) -> logits [N, V].
 
     With ``key_valid`` [N, S] (bool) only valid slots (and the one written now) are attended; without it,
     ``length`` gives S and every slot below it is visible (no padding, no holes: no mask at all).
     With a full-cache ``key_valid`` the shapes never change, so the step can be captured by
-    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs). ``span`` = (lo, hi): only those vocabulary rows
+    of the LM head are computed, the rest of the logits are -inf (the caller's masks would remove them anyway).
     """
     if key_valid is not None:
         S = key_valid.shape[1]
@@ -114,7 +116,13 @@ def decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx
         else:
             h = x + _attention(layer.attention, layer.attention_norm(x), cs, mask, idx, S)
             x = h + layer.feed_forward(layer.ffn_norm(h))
-    return model.output(model.norm(x)).float()[:, -1]
+    h = model.norm(x)[:, -1]
+    if span is None:
+        return model.output(h).float()
+    lo, hi = span
+    out = torch.full((h.shape[0], model.cfg.vocab_size), float("-inf"), device=h.device)
+    out[:, lo:hi] = F.linear(h, model.output.weight[lo:hi]).float()
+    return out
 
 
 _COMPILED: dict = {}
@@ -295,7 +303,8 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
         if static:
             logits = step_fn(model, feed_t, pos_t, idx, key_valid)
         else:
-            logits = step_fn(model, feed_t, pos_t, idx, key_valid[:, :L + 1] if need_mask else None, L + 1)
+            logits = step_fn(model, feed_t, pos_t, idx, key_valid[:, :L + 1] if need_mask else None, L + 1,
+                             chooser.span())
         state.length += 1
         gen.steps += 1
     gen.decode_s = time.perf_counter() - t1

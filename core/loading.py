@@ -333,8 +333,7 @@ def load_checkpoint(path: str | Checkpoint, device="cpu", dtype: torch.dtype | N
 def load_state_into(cfg: ModelConfig, state: dict, device="cpu", dtype=torch.float32,
                     source: str = "checkpoint") -> Transformer:
     """Build a model on the meta device and assign ``state`` (aromni key names), cast once to ``dtype``."""
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    model = convert.meta_model(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

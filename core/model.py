@@ -75,9 +75,10 @@ CONFIGS: dict[str, ModelConfig] = {
     "1b": ModelConfig(dim=2048, n_layers=16, n_heads=16, vocab_size=65536, intermediate_size=5632),
     # ~100M for CPU benchmarks (65536 vocab: the AR-Omni layout)
     "100m": ModelConfig(dim=640, n_layers=10, n_heads=10, vocab_size=65536, intermediate_size=1728),
-    # the bundled default model (compact vocabulary)
-    "small": ModelConfig(dim=384, n_layers=8, n_heads=6, n_kv_heads=2, vocab_size=6208, intermediate_size=1024,
-                         max_seq_len=1024),
+    # the bundled default model (recipes/default): ~10 M parameters, 20 MB in fp16 next to ~18 MB of tokenizers
+    # (bundle budget 40 MB); 5 heads of 64 sharing one kv head; vocab = the compact layout of its tokenizers
+    "small": ModelConfig(dim=320, n_layers=8, n_heads=5, n_kv_heads=1, vocab_size=2624, intermediate_size=864,
+                         max_seq_len=512),
     # unit tests: milliseconds per forward
     "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, intermediate_size=128,
                         max_seq_len=256),

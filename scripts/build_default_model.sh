@@ -11,7 +11,7 @@
 #
 # Resumable: a finished stage leaves OUT/<stage>/DONE and is skipped on the next run; an interrupted LM
 # run continues from its newest checkpoint (OUT/lm/checkpoints). Delete OUT/<stage> to redo a stage (and
-# the ones after it). Stage times go to OUT/times.tsv, logs to OUT/logs/<stage>.log.
+# the ones after it). Stage times (wall and CPU) go to OUT/times.tsv, logs to OUT/logs/<stage>.log.
 # Environment: PYTHON (default .venv/bin/python if present, else python3), THREADS (torch threads, default
 # all cores), SEED (corpus seed, default 0), NICE (niceness of the stages, default 0), JUDGE (TTS judge of
 # the evaluation: whisper (default; offline Whisper tiny.en) or self (the model's own ASR; --ci default)).
@@ -49,21 +49,28 @@ STEPS="$ROOT/recipes/default/steps.py"
 say() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 run_py() { nice -n "$NICE" "$PYTHON" "$@"; }
 
-# stage NAME DIR CMD...: run CMD unless DIR/DONE exists; log, time, then write DIR/DONE
+cpu_s() {  # CPU := CPU seconds (user + sys) used so far by this shell's finished children
+  times > logs/.times   # (not in a pipe or $(...): a subshell would see no children)
+  CPU=$(tail -n 1 logs/.times | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] }
+                                       printf "%d", s }')
+}
+
+# stage NAME DIR CMD...: run CMD unless DIR/DONE exists; log, time, then write DIR/DONE.
+# times.tsv: stage, wall seconds, CPU seconds (the CPU time does not grow when other jobs share the cores).
 stage() {
   local name="$1" dir="$2"; shift 2
   if [ -f "$dir/DONE" ]; then say "$name: done already ($dir/DONE)"; return 0; fi
   say "$name: running (log: $OUT/logs/$name.log)"
-  local t0 t1
-  t0=$(date +%s)
+  local t0 t1 c0 c1
+  t0=$(date +%s); cpu_s; c0=$CPU
   if ! "$@" > >(tee -a "logs/$name.log") 2> >(tee -a "logs/$name.log" >&2); then
     say "$name: FAILED (see $OUT/logs/$name.log); rerun this script to resume"; exit 1
   fi
-  t1=$(date +%s)
+  t1=$(date +%s); cpu_s; c1=$CPU
   mkdir -p "$dir"
   echo "$((t1 - t0))" > "$dir/DONE"
-  printf '%s\t%s\n' "$name" "$((t1 - t0))" >> times.tsv
-  say "$name: finished in $((t1 - t0)) s"
+  printf '%s\t%s\t%s\n' "$name" "$((t1 - t0))" "$((c1 - c0))" >> times.tsv
+  say "$name: finished in $((t1 - t0)) s (CPU $((c1 - c0)) s)"
 }
 
 train() {  # train NAME: aromni train RECIPE/NAME.yaml (--resume when an LM checkpoint exists)

@@ -216,3 +216,15 @@ def test_options_defaults_and_validation():
         options_for("chat", top_p=0)
     with pytest.raises(AromniError):
         options_for("chat", max_new_tokens=0)
+
+
+def test_head_span_covers_exactly_what_rows_may_pick():
+    v = arom_layout()
+    opts = options_for("chat")
+    p = Policy(v, opts)
+    img, sp, txt = p.new_row([0, v.boi], 2000), p.new_row([0, v.boa], 2000), p.new_row([0, 16400], 2000)
+    span = lambda rows: Chooser(v, opts, rows, [[0]] * len(rows), [0] * len(rows), "cpu").span()  # noqa: E731
+    assert span([img]) == (v.image_offset, v.image_offset + v.image_codes)
+    assert span([sp]) == (v.audio_offset, v.eoa + 1)  # 4096 codes and <eoa>: 1/16 of the LM head
+    assert span([img, sp]) == (v.image_offset, v.eoa + 1)
+    assert span([txt]) is None  # text: (almost) the whole head

@@ -202,7 +202,7 @@ def test_tts_audio_streams_while_generating(omni):
     from aromni.core import tasks
 
     steps = []
-    h = omni.model.output.register_forward_hook(lambda *a: steps.append(1))  # one call per model step
+    h = omni.model.norm.register_forward_hook(lambda *a: steps.append(1))  # one call per model step
     at_first_audio = []
     try:
         r = tasks.tts(omni, "A single sentence to speak.", on_audio=lambda c: at_first_audio.append(len(steps)),

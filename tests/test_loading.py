@@ -237,6 +237,12 @@ def test_truncated_files(model, tmp_path):
         api.load(str(d), device="cpu")
 
 
+def test_other_architecture_refused(model, tmp_path):
+    d = _hf_copy(model, tmp_path, conf=lambda c: {**c, "model_type": "llama"})
+    with pytest.raises(CheckpointError, match="model_type 'llama' is not a Chameleon"):
+        load_checkpoint(str(d))
+
+
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_checkpoint(str(tmp_path))

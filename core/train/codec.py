@@ -97,6 +97,15 @@ def restart_dead(cb: Codebook, z: torch.Tensor, dead: torch.Tensor, count: float
     return len(dead)
 
 
+def stream_window(n: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A chunked-decoder window in an n-frame crop: (start, release from, release to, end); a quarter of the
+    time the very first chunk (no left context)."""
+    c = min(n, int(rng.integers(4, 17)))
+    a = 0 if rng.random() < 0.25 else int(rng.integers(0, n - c + 1))
+    left, right = int(rng.integers(0, 61)), int(rng.integers(2, 11))
+    return max(0, a - left), a, a + c, min(n, a + c + right)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
@@ -133,12 +142,16 @@ class Crops:
 def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_size: int, lr: float, seed: int,
               segment_s: float = 1.0, on_step: Callable[[int, dict], None] | None = None,
               commit_weight: float = 1.0, decay: float = 0.95, kmeans_iters: int = 20,
-              dead_after: int = 20, warmup: int | None = None) -> dict:
+              dead_after: int = 20, warmup: int | None = None, stream_weight: float = 0.0) -> dict:
     """Train ``tok`` in place on mono clips at ``tok.sample_rate``; deterministic for a seed (same machine).
 
     A code not chosen in ``dead_after`` steps restarts at a random latent of the batch. (The reference's rule,
     EMA count < 2, assumes ~10 frames per code per step; small CPU batches give well under one, and early in
     training the encoder drifts faster than an EMA count decays, collapsing the codebook onto a few codes.)
+    ``stream_weight`` > 0 adds a streaming-consistency term: each step also decodes a random window of the
+    crop's codes (as the chunked decoder would: some left context, a few frames of look-ahead) and penalises
+    its difference from the whole-crop decode over the released frames, relative to the crop's energy. The
+    decoder's GroupNorms and attention span all frames, so without it chunked and whole decodes drift apart.
     Returns the final losses, per-step history, restarts and codebook usage.
     """
     net, cb, dev = tok.net, tok.net.quantizer, tok.device
@@ -147,6 +160,7 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
     per_step = batch_size * seg // hop  # latent frames per batch
     rng = np.random.default_rng(seed)
     data = Crops(wavs, seg, rng)
+    wrng = np.random.default_rng([seed, 1])
     t0 = time.time()
     history: list[dict] = []
     restarts = 0
@@ -180,6 +194,13 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
             y = net.decode_features(feats)
             mel, stft = loss_fn(y, x)
             loss = mel + stft + commit_weight * commit
+            cons = torch.zeros(())
+            if stream_weight > 0:
+                s, a, b, e = stream_window(feats.shape[-1], wrng)
+                yw = net.decode_features(feats[..., s:e])[:, (a - s) * hop: (b - s) * hop]
+                ref = y[:, a * hop: b * hop].detach()
+                cons = (yw - ref).pow(2).mean() / (y.detach().pow(2).mean() + 1e-8)
+                loss = loss + stream_weight * cons
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -192,7 +213,8 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
             last_used[dead] = step
             usage[codes.cpu()] = True
             rec = {"step": step + 1, "loss": loss.item(), "mel": mel.item(), "stft": stft.item(),
-                   "commit": commit.item(), "lr": sched.get_last_lr()[0], "restarts": restarts}
+                   "commit": commit.item(), "stream": cons.item(), "lr": sched.get_last_lr()[0],
+                   "restarts": restarts}
             history.append(rec)
             if on_step is not None:
                 on_step(step + 1, rec)

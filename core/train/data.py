@@ -216,7 +216,8 @@ class ManifestSource:
                     raise InputError(f"not a JSON line ({e.msg})", where) from None
                 if not isinstance(d, dict):
                     raise InputError("a manifest line must be a JSON object", where)
-                if self.split is not None and d.get("split", "train") != self.split:
+                # a record without a split belongs to the list (train / heldout) that names its manifest
+                if self.split is not None and d.get("split", self.split) != self.split:
                     continue
                 yield d, where
 

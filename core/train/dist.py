@@ -5,7 +5,7 @@ Launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment): NC
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -136,12 +136,3 @@ def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
 
-
-@contextmanager
-def main_first(info: DistInfo):
-    """Rank 0 runs the block first (e.g. creating directories), the others after."""
-    if not info.main:
-        barrier(info)
-    yield
-    if info.main:
-        barrier(info)

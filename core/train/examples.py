@@ -17,6 +17,8 @@ from ..prompts import PromptContext, _seg, build_example, chat_turn
 from ..tokens import audio_block, image_block
 from .data import Sample
 
+CACHE_ITEMS = 4096  # encoded files kept (code lists are small)
+
 
 class ExampleBuilder:
     """``builder(record, base_dir, where) -> Sample``; tokenizers may be None for modalities never used."""
@@ -24,26 +26,35 @@ class ExampleBuilder:
     def __init__(self, vocab, text=None, image=None, speech=None, prompts: dict | None = None):
         self.vocab, self.text, self.image, self.speech = vocab, text, image, speech
         self.ctx = PromptContext(vocab, text.encode if text is not None else None, (prompts or {}).get("instructions"))
+        self._cache: dict = {}
 
     # --- modalities -----------------------------------------------------------------------------
     def _path(self, rel: str, base: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(base, rel)
+
+    def _cached(self, kind: str, path: str, encode) -> list[int]:
+        # mixes repeat records (and chats reuse files): encode each file once
+        key = (kind, os.path.abspath(path))
+        if key not in self._cache:
+            if len(self._cache) >= CACHE_ITEMS:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = encode(path)
+        return self._cache[key]
 
     def image_codes(self, rel: str, base: str, where: str) -> list[int]:
         if self.image is None:
             raise AromniError(f"{where}: record has an image but no image tokenizer is configured")
         from ..image_tokenizer import open_image
 
-        img = open_image(self._path(rel, base))
-        return self.image.encode([img])[0].tolist()
+        return self._cached("image", self._path(rel, base), lambda p: self.image.encode([open_image(p)])[0].tolist())
 
     def audio_codes(self, rel: str, base: str, where: str) -> list[int]:
         if self.speech is None:
             raise AromniError(f"{where}: record has audio but no speech tokenizer is configured")
         from ..audio_io import load_audio
 
-        wav = load_audio(self._path(rel, base), self.speech.sample_rate)
-        return self.speech.encode(wav).reshape(-1).tolist()
+        return self._cached("audio", self._path(rel, base),
+                            lambda p: self.speech.encode(load_audio(p, self.speech.sample_rate)).reshape(-1).tolist())
 
     def _need_text(self, where: str) -> None:
         if self.text is None:

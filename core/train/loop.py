@@ -182,7 +182,7 @@ class Trainer:
         if self.lam > 0:
             codebook = load_codebook(cfg.loss.codebook, omni.image)
             if codebook.shape[0] < self.vocab.image_codes:
-                raise AromniError(f"loss.codebook has {codebook.shape[0]} rows, the vocabulary {self.vocab.image_codes} "
+                raise AromniError(f"loss.codebook has {codebook.shape[0]} rows but the vocabulary has {self.vocab.image_codes} "
                                   f"image codes")
             g = torch.Generator().manual_seed(cfg.seed + 1)
             proj = nn.Linear(model.cfg.dim, codebook.shape[1], bias=True)

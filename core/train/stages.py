@@ -72,14 +72,17 @@ def pretokenize(cfg: TrainConfig, *, quiet: bool = False) -> dict:
 
     omni = build_omni(cfg)
     builder = ExampleBuilder(omni.vocab, omni.text, omni.image, omni.speech, omni.prompts)
-    specs = list(cfg.data.train) + list(cfg.data.heldout)
+    specs = [(s, "train") for s in cfg.data.train] + [(s, "heldout") for s in cfg.data.heldout]
     writers: dict[str, ShardWriter] = {}
     skipped = 0
     hi = cfg.data.max_len
-    for spec in specs:
-        if not (isinstance(spec, dict) and spec.get("type") == "manifest"):
+    for spec, default_split in specs:
+        if isinstance(spec, str):
+            spec = {"type": "manifest", "path": spec}
+        if not (isinstance(spec, dict) and spec.get("type", "manifest") == "manifest"):
             raise AromniError(f"kind pretokenize reads manifest sources only (got {spec!r})")
-        src = ManifestSource(spec["path"], builder=builder, split=None)
+        # a source's `split` keeps only those records; each record goes to its own split (or the list's)
+        src = ManifestSource(spec["path"], builder=builder, split=spec.get("split"))
         total = None if quiet else sum(1 for _ in src.rows())
         bar = tqdm(src.rows(), total=total, desc=f"tokenize {os.path.basename(spec['path'])}", unit="rec",
                    file=sys.stderr, disable=quiet, dynamic_ncols=True)
@@ -88,7 +91,7 @@ def pretokenize(cfg: TrainConfig, *, quiet: bool = False) -> dict:
             if len(s.ids) < cfg.data.min_len or (hi is not None and len(s.ids) > hi):
                 skipped += 1
                 continue
-            split = d.get("split", "train")
+            split = d.get("split") or default_split
             if split not in writers:
                 writers[split] = ShardWriter(os.path.join(cfg.out_dir, split), cfg.data.shard_size,
                                              omni.vocab.fingerprint)

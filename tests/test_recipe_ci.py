@@ -1,0 +1,116 @@
+"""The default-model recipe (recipes/default): configs are valid and consistent with their CI variant, and the
+CI variant of scripts/build_default_model.sh builds a bundle end to end that loads and runs every task."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "default")
+SCRIPT = os.path.join(ROOT, "scripts", "build_default_model.sh")
+STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm")
+# what the CI variant may change: sizes, lengths and step counts, never the recipe itself
+SIZE_KEYS = {"tokenizer.vocab_size", "tokenizer.preset", "tokenizer.max_items", "data.batch_size", "data.max_len",
+             "data.seq_len", "optim.lr", "optim.warmup_steps", "train.max_steps", "train.eval_every",
+             "train.eval_batches", "train.log_every", "checkpoint.every", "model.config"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and k not in ("tokenizers",):
+            out.update(_flat(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_configs_load_and_ci_differs_only_in_size(stage):
+    from aromni.core.train.config import load_config
+
+    full, ci = (os.path.join(RECIPE, *p, f"{stage}.yaml") for p in ((), ("ci",)))
+    for path in (full, ci):
+        assert load_config(path).kind == (stage if stage != "pretokenize" else "pretokenize")
+    with open(full) as f:
+        a = _flat(yaml.safe_load(f))
+    with open(ci) as f:
+        b = _flat(yaml.safe_load(f))
+    assert set(a) == set(b), f"{stage}: keys differ: {set(a) ^ set(b)}"
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed <= SIZE_KEYS, f"{stage}: the CI variant changes more than sizes: {changed - SIZE_KEYS}"
+
+
+def test_mix_is_the_same_in_ci():
+    with open(os.path.join(RECIPE, "mix.yaml")) as f, open(os.path.join(RECIPE, "ci", "mix.yaml")) as g:
+        assert yaml.safe_load(f) == yaml.safe_load(g)
+
+
+def test_small_config_fits_the_bundle_budget():
+    """The shipped LM (fp16) plus the small tokenizers must stay under the 40 MB bundle budget."""
+    from aromni.core.image_tokenizer import build_image_tokenizer
+    from aromni.core.model import CONFIGS
+    from aromni.core.speech_tokenizer import build_speech_tokenizer
+
+    lm = CONFIGS["small"].num_params()
+    vq = sum(p.numel() for p in build_image_tokenizer("small").model.state_dict().values())
+    codec = sum(p.numel() for p in build_speech_tokenizer("small").net.state_dict().values())
+    assert 2 * (lm + vq + codec) / 1e6 < 39.0, (lm, vq, codec)
+
+
+def _run(args, cwd, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+
+
+def _aromni(*args, cwd):
+    r = _run([sys.executable, "-m", "aromni", *args], cwd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+@pytest.mark.slow
+def test_ci_recipe_end_to_end(tmp_path):
+    out = tmp_path / "build"
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=900)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    bundle = out / "bundle"
+    meta = json.loads((bundle / "aromni.json").read_text())
+    for kind in ("text", "image", "speech"):
+        assert meta.get(f"{kind}_tokenizer"), kind
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "## Limits" in card and "| lm |" in card
+    assert sorted(os.listdir(bundle / "recipe")) == sorted([f"{s}.yaml" for s in STAGES] + ["mix.yaml"])
+    # vocabulary = compact layout of the three tokenizers; weights shipped as fp16
+    from safetensors import safe_open
+
+    with safe_open(str(bundle / "model.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
+    assert meta["model"]["vocab_size"] == meta["vocab"]["vocab_size"]
+
+    # every task decodes with the bundle, through the CLI
+    m = ["--model", str(bundle), "--seed", "0"]
+    _aromni("tts", "a red circle", "-o", str(tmp_path / "s.wav"), *m, cwd=tmp_path)
+    assert (tmp_path / "s.wav").stat().st_size > 44
+    _aromni("asr", str(tmp_path / "s.wav"), *m, cwd=tmp_path)
+    _aromni("t2i", "a blue square on the left", "-o", str(tmp_path / "i.png"), *m, cwd=tmp_path)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "i.png").size[0] > 0
+    _aromni("caption", str(tmp_path / "i.png"), *m, cwd=tmp_path)
+
+    # resumable: a rerun skips every finished stage; a redone LM stage resumes from its last checkpoint
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "lm: done already" in r.stderr and "codec: done already" in r.stderr
+    (out / "lm" / "DONE").unlink()
+    (out / "bundle" / "DONE").unlink()
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stderr and "lm: finished" in r.stderr
