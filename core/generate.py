@@ -232,9 +232,7 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
         for h in holes[n]:
             key_valid[n, P - len(s) + h] = False
         npos[n] = len(s) - len(holes[n])
-    key_valid = key_valid.to(dev)
-    if use_cfg:
-        state.key_mask = key_valid
+    key_valid = key_valid.to(dev)  # the prefill needs no holes mask: a hole is only ever a stream's last token
 
     chooser = Chooser(vocab, opts, rows, prompts, seeds, dev)
     gen = Generation([r.out for r in rows], [r.finish for r in rows],

@@ -10,7 +10,6 @@ import datetime
 import os
 import sys
 
-import click
 import typer.main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,32 +55,33 @@ def esc(s: str) -> str:
     return s.replace("\\", "\\\\").replace("-", "\\-").replace("\n.", "\n\\&.")
 
 
-def option_lines(cmd: click.Command) -> list[str]:
+def option_lines(cmd) -> list[str]:
     out = []
     for p in cmd.params:
-        if isinstance(p, click.Argument):
+        if p.param_type_name == "argument":
             continue
         names = ", ".join(p.opts + list(p.secondary_opts))
-        meta = "" if getattr(p, "is_flag", False) else f" {p.make_metavar(click.Context(cmd)) if _takes_ctx(p) else p.make_metavar()}"
+        meta = "" if getattr(p, "is_flag", False) else " " + _metavar(p, cmd)
         out.append(f".TP\n.B {esc(names)}{esc(meta)}\n{esc(getattr(p, 'help', '') or '')}")
     out.append(".TP\n.B \\-h, \\-\\-help\nShow the help and exit.")
     return out
 
 
-def _takes_ctx(p) -> bool:
-    import inspect
+def _metavar(p, cmd) -> str:
+    if p.metavar:
+        return p.metavar
     try:
-        return "ctx" in inspect.signature(p.make_metavar).parameters
-    except (TypeError, ValueError):
-        return False
+        return str(p.display_type).upper() or "VALUE"
+    except Exception:  # noqa: BLE001 - typer internals vary across versions
+        return "VALUE"
 
 
-def arg_names(cmd: click.Command) -> list[str]:
-    return [p.human_readable_name.upper() + ("..." if getattr(p, "nargs", 1) == -1 else "")
-            for p in cmd.params if isinstance(p, click.Argument)]
+def arg_names(cmd) -> list[str]:
+    return [(p.name or "arg").upper() + ("..." if getattr(p, "nargs", 1) == -1 else "")
+            for p in cmd.params if p.param_type_name == "argument"]
 
 
-def page(name: str, cmd: click.Command, date: str) -> str:
+def page(name: str, cmd, date: str) -> str:
     title = name.upper()
     summary = (cmd.short_help or cmd.help or "").strip().splitlines()[0] if (cmd.short_help or cmd.help) else ""
     lines = [f'.TH {title} 1 "{date}" "aromni" "aromni manual"', ".SH NAME", f"{esc(name)} \\- {esc(summary)}",
@@ -101,7 +101,7 @@ def main() -> None:
     group = typer.main.get_command(app)
     date = datetime.date.today().isoformat()
     os.makedirs(MAN, exist_ok=True)
-    ctx = click.Context(group)
+    ctx = group.context_class(group)
     top = [f'.TH AROMNI 1 "{date}" "aromni" "aromni manual"', ".SH NAME",
            "aromni \\- run, stream, train and evaluate AR\\-Omni (text, image and speech in one token stream)",
            ".SH SYNOPSIS", ".B aromni", "[\\fB\\-\\-debug\\fR] [\\fB\\-\\-version\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]",

@@ -3,14 +3,13 @@ import os
 import re
 
 import pytest
-import click
 import typer.main
 
 from aromni.app import app
 
 MAN = os.path.join(os.path.dirname(__file__), "..", "man")
 group = typer.main.get_command(app)
-ctx = click.Context(group)
+ctx = group.context_class(group)
 
 
 def _unescape(s: str) -> str:

@@ -146,14 +146,19 @@ def _result_line(build: str, stage: str) -> dict:
     return found
 
 
-def _times(build: str) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _times(build: str) -> dict[str, tuple[int, int | None]]:
+    """stage -> (wall seconds, CPU seconds or None) from times.tsv (a resumed stage's lines add up)."""
+    out: dict[str, tuple[int, int | None]] = {}
     try:
         with open(os.path.join(build, "times.tsv"), encoding="utf-8") as f:
             for line in f:
-                name, _, sec = line.strip().partition("\t")
-                if sec.isdigit():
-                    out[name] = out.get(name, 0) + int(sec)
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) < 2 or not parts[1].isdigit():
+                    continue
+                wall = int(parts[1])
+                cpu = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+                w0, c0 = out.get(parts[0], (0, 0))
+                out[parts[0]] = (w0 + wall, None if cpu is None or c0 is None else c0 + cpu)
     except OSError:
         pass
     return out
@@ -226,7 +231,9 @@ def write_card(bundle: str, build: str, recipe: str) -> str:
     meta = _read_json(os.path.join(bundle, "aromni.json")) or {}
     corpus = _read_json(os.path.join(build, "corpus", "corpus.json")) or {}
     times = _times(build)
-    total = sum(times.values()) if times else None
+    total = sum(w for w, _ in times.values()) if times else None
+    cpus = [c for _, c in times.values()]
+    total_cpu = sum(cpus) if cpus and None not in cpus else None
     last, val = _lm_metrics(build)
     m, v = meta.get("model", {}), meta.get("vocab", {})
     params = _params(bundle)
@@ -240,7 +247,7 @@ def write_card(bundle: str, build: str, recipe: str) -> str:
     def f(x, spec=".4f"):
         return "-" if x is None else format(x, spec)
 
-    stage_rows = "\n".join(f"| {k} | {_fmt_s(s)} |" for k, s in times.items())
+    stage_rows = "\n".join(f"| {k} | {_fmt_s(w)} | {_fmt_s(c)} |" for k, (w, c) in times.items())
     card = f"""# aromni default model{' (CI variant — not for use)' if ci else ''}
 
 A small AR-Omni-style any-to-any model: one decoder-only transformer reads and writes text (BPE), images (VQGAN
@@ -265,7 +272,8 @@ Weights are stored as fp16 (cast back to the compute dtype when loaded). Bundle 
   SwiGLU {m.get('intermediate_size')}, qk-norm, RoPE, context {m.get('max_seq_len')} tokens.
 - Vocabulary (compact layout `{v.get('name')}`, {v.get('vocab_size')} ids): {v.get('text_end', 0) - v.get('text_start', 0)} text ids,
   {v.get('image_codes')} image codes ({v.get('image_tokens')} per image), {v.get('audio_codes')} speech codes, specials.
-- Image tokenizer: VQGAN preset `{im.get('preset', '-')}` ({(im.get('config') or {}).get('resolution', '-')} px).
+- Image tokenizer: VQGAN, {(im.get('config') or {}).get('resolution', '-')} px -> {v.get('image_tokens')} codes of
+  {(im.get('config') or {}).get('n_embed', '-')}.
 - Speech tokenizer: WavTokenizer preset `{(meta.get('speech_tokenizer') or {}).get('preset', '-')}`,
   {sp.get('sample_rate', '-')} Hz, {sp.get('sample_rate', 0) // max(1, _prod(sp.get('ratios', [1])))} codes/s,
   {sp.get('codebook_size', '-')} codes.
@@ -281,13 +289,13 @@ The LM's mixture repeats lines per task as in `recipe/mix.yaml`.
 
 ## Training
 
-Recipe: `recipes/default/` (configs as run: `recipe/`). Stage times on the build machine
-({os.cpu_count()} CPU cores{'' if ci else '; other jobs may have shared them'}):
+Recipe: `recipes/default/` (configs as run: `recipe/`). Stage times on the build machine ({os.cpu_count()} CPU
+cores; wall time grows when other jobs share the cores, CPU time (all threads, user + sys) does not):
 
-| stage | time |
-|---|---|
+| stage | wall | CPU |
+|---|---|---|
 {stage_rows}
-| **total** | **{_fmt_s(total)}** |
+| **total** | **{_fmt_s(total)}** | **{_fmt_s(total_cpu)}** |
 
 - BPE: {bpe.get('pieces', '-')} pieces.
 - Image VQ: final loss {f(vq.get('loss'))}{', PSNR ' + f(vq.get('psnr'), '.1f') + ' dB' if vq.get('psnr') is not None else ''}.
