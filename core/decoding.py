@@ -224,7 +224,8 @@ def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(remove, NEG_INF)
 
 
-def cfg_mix(full: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor, g_text: float, g_image: float) -> torch.Tensor:
+def cfg_mix(full: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor, g_text: float,
+            g_image: float) -> torch.Tensor:
     """Instruct-CFG on raw logits: ``U + g_img (I - U) + g_txt (F - I)`` (reference §4.5)."""
     return uncond + g_image * (image - uncond) + g_text * (full - image)
 

@@ -129,7 +129,8 @@ _COMPILED: dict = {}
 
 
 def compiled_step(device: torch.device) -> Callable:
-    """``decode_step`` over the whole cache under torch.compile: CUDA graphs on CUDA (gpt-fast's recipe), inductor elsewhere."""
+    """``decode_step`` over the whole cache under torch.compile: CUDA graphs on CUDA (gpt-fast's recipe),
+    inductor elsewhere."""
     key = device.type
     if key not in _COMPILED:
         mode = "reduce-overhead" if device.type == "cuda" else "default"

@@ -17,7 +17,8 @@ from .bundle import Omni
 from .decoding import DecodeOptions, options_for
 from .errors import AromniError, InputError
 from .generate import Generation, generate
-from .prompts import PromptContext, asr_prompt, caption_prompt, chat_prompt, chat_turn, s2i_prompt, t2i_prompt, tts_prompt
+from .prompts import (PromptContext, asr_prompt, caption_prompt, chat_prompt, chat_turn, s2i_prompt, t2i_prompt,
+                      tts_prompt)
 from .segmenting import split_audio, split_sentences
 from .vocab import VocabLayout
 
@@ -133,9 +134,8 @@ def parse_response(ids: list[int], vocab: VocabLayout) -> dict:
     lists). Tolerant of malformed spans (``--compat`` allows any non-image token in text)."""
     text, transcript, images, speech = [], [], [], []
     in_ins = False
-    i, n = 0, len(ids)
     ids = cut_at_stop(ids, vocab)
-    n = len(ids)
+    i, n = 0, len(ids)
     while i < n:
         t = ids[i]
         if t == vocab.boi:
@@ -219,7 +219,8 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
     return TTSResult(wav.astype(np.float32), np.asarray(all_codes, dtype=np.int64), stats)
 
 
-def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None, seed: int | None = None) -> list[TTSResult]:
+def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
+              seed: int | None = None) -> list[TTSResult]:
     """Several texts decoded together (their sentences are the rows of one batch); no streaming."""
     speech = _need(omni, "speech", "tts")
     opts = opts or options_for("tts")
@@ -236,15 +237,19 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None, s
     rows, gens = decode_rows(omni, prompts, opts, seed)
     gen_s = sum(g.prefill_s + g.decode_s for g in gens)
     n_tok = sum(g.new_tokens for g in gens)
+    segs: list[list[list[int]]] = [[] for _ in texts]  # speech spans per item, in sentence order
+    toks = [0] * len(texts)
+    for r, o in zip(rows, owner):
+        segs[o] += parse_response(r, v)["speech"]
+        toks[o] += len(r)
     out = []
     for k in range(len(texts)):
-        codes = [c for r, o in zip(rows, owner) if o == k for c in parse_response(r, v)["speech"] for c in c]
-        parts = [speech.decode(seg) for r, o in zip(rows, owner) if o == k for seg in parse_response(r, v)["speech"]]
+        parts = [speech.decode(seg) for seg in segs[k]]
         wav = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-        audio_s = len(wav) / speech.sample_rate
-        out.append(TTSResult(wav.astype(np.float32), np.asarray(codes, dtype=np.int64),
-                             {"first_audio_s": None, "tokens_per_s": n_tok / gen_s if gen_s else 0.0,
-                              "rtf": None, "audio_s": audio_s, "tokens": sum(len(r) for r, o in zip(rows, owner) if o == k),
+        codes = np.asarray([c for seg in segs[k] for c in seg], dtype=np.int64)
+        out.append(TTSResult(wav.astype(np.float32), codes,
+                             {"first_audio_s": None, "tokens_per_s": n_tok / gen_s if gen_s else 0.0, "rtf": None,
+                              "audio_s": len(wav) / speech.sample_rate, "tokens": toks[k],
                               "sentences": owner.count(k)}))
     total = time.perf_counter() - t0
     audio_total = sum(r.stats["audio_s"] for r in out)

@@ -13,7 +13,8 @@
 # run continues from its newest checkpoint (OUT/lm/checkpoints). Delete OUT/<stage> to redo a stage (and
 # the ones after it). Stage times (wall and CPU) go to OUT/times.tsv, logs to OUT/logs/<stage>.log.
 # Environment: PYTHON (default .venv/bin/python if present, else python3), THREADS (torch threads, default
-# all cores), SEED (corpus seed, default 0), NICE (niceness of the stages, default 0), JUDGE (TTS judge of
+# all cores; use 1 on a busy machine), PARALLEL (1: train the image and speech tokenizers side by side, the
+# default on 2+ cores), SEED (corpus seed, default 0), NICE (niceness of the stages, default 0), JUDGE (TTS judge of
 # the evaluation: whisper (default; offline Whisper tiny.en) or self (the model's own ASR; --ci default)).
 set -euo pipefail
 
@@ -24,11 +25,14 @@ for a in "$@"; do
     --ci) CI=1 ;;
     --install) INSTALL=1 ;;
     --no-eval) EVAL=0 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "build_default_model.sh: unknown option $a (see --help)" >&2; exit 2 ;;
     *) [ -z "$OUT" ] || { echo "build_default_model.sh: one OUT directory only" >&2; exit 2; }; OUT="$a" ;;
   esac
 done
+if [ "$CI" = 1 ] && [ "$INSTALL" = 1 ]; then
+  echo "build_default_model.sh: --install with --ci would replace the default model by the CI toy; refused" >&2; exit 2
+fi
 if [ "$CI" = 1 ]; then RECIPE="$ROOT/recipes/default/ci"; PRESET=ci; else RECIPE="$ROOT/recipes/default"; PRESET=default; fi
 OUT="${OUT:-$ROOT/build/default$([ "$CI" = 1 ] && echo -ci)}"
 if [ -z "${PYTHON:-}" ]; then
@@ -50,9 +54,11 @@ say() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 run_py() { nice -n "$NICE" "$PYTHON" "$@"; }
 
 cpu_s() {  # CPU := CPU seconds (user + sys) used so far by this shell's finished children
-  times > logs/.times   # (not in a pipe or $(...): a subshell would see no children)
-  CPU=$(tail -n 1 logs/.times | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] }
+  local f="logs/.times.$BASHPID"
+  times > "$f"   # (not in a pipe or $(...): a subshell would see no children)
+  CPU=$(tail -n 1 "$f" | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] }
                                        printf "%d", s }')
+  rm -f "$f"
 }
 
 # stage NAME DIR CMD...: run CMD unless DIR/DONE exists; log, time, then write DIR/DONE.
@@ -63,7 +69,9 @@ stage() {
   say "$name: running (log: $OUT/logs/$name.log)"
   local t0 t1 c0 c1
   t0=$(date +%s); cpu_s; c0=$CPU
-  if ! "$@" > >(tee -a "logs/$name.log") 2> >(tee -a "logs/$name.log" >&2); then
+  if [ "${STAGE_QUIET:-0}" = 1 ]; then  # (stages running side by side: their progress bars would interleave)
+    "$@" >> "logs/$name.log" 2>&1 || { say "$name: FAILED (see $OUT/logs/$name.log); rerun this script to resume"; exit 1; }
+  elif ! "$@" > >(tee -a "logs/$name.log") 2> >(tee -a "logs/$name.log" >&2); then
     say "$name: FAILED (see $OUT/logs/$name.log); rerun this script to resume"; exit 1
   fi
   t1=$(date +%s); cpu_s; c1=$CPU
@@ -85,8 +93,19 @@ stage corpus corpus run_py -m aromni corpus corpus --preset "$PRESET" --seed "$S
 stage prompts prompts run_py "$STEPS" prompts prompts.jsonl
 stage mix mix run_py "$STEPS" mix "$RECIPE/mix.yaml" corpus/train.jsonl corpus/mix.jsonl
 stage bpe bpe train bpe
-stage image_vq image_vq train image_vq
-stage codec codec train codec
+# The image and speech tokenizers do not depend on each other: with 2+ cores they train side by side, one
+# thread each (two single-threaded jobs beat one job on two threads for these small convnets, and a busy
+# machine does not stall them in OpenMP barriers).
+if [ "$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)" -ge 2 ] && [ "${PARALLEL:-1}" = 1 ]; then
+  say "image_vq and codec run side by side (one thread each); progress: logs/image_vq.log, logs/codec.log"
+  ( export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STAGE_QUIET=1; stage image_vq image_vq train image_vq ) & vq_pid=$!
+  ( export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STAGE_QUIET=1; stage codec codec train codec ) & codec_pid=$!
+  rc=0; wait "$vq_pid" || rc=1; wait "$codec_pid" || rc=1
+  [ "$rc" = 0 ] || exit 1
+else
+  stage image_vq image_vq train image_vq
+  stage codec codec train codec
+fi
 stage pretokenize shards train pretokenize
 stage lm lm train lm
 stage bundle bundle run_py "$STEPS" assemble lm/bundle bundle --build "$OUT" --recipe "$RECIPE"

@@ -354,6 +354,23 @@ def test_fit_codec_lowers_the_loss():
     assert res["codes_used"] > 4
 
 
+def test_fit_codec_stream_consistency_term():
+    from aromni.core.train.codec import fit_codec, stream_window
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        s, a, b, e = stream_window(40, rng)
+        assert 0 <= s <= a < b <= e <= 40 and b - a >= 4
+    tok = build_speech_tokenizer("tiny", seed=0)
+    res = fit_codec(tok, synthetic_speechlike(tok.sample_rate, 4, seed=2), steps=4, batch_size=2, lr=1e-3, seed=0,
+                    stream_weight=10.0, stream_from=0.5)
+    assert [h["stream"] > 0 for h in res["history"]] == [False, False, False, True]  # on after half the steps
+    assert all(np.isfinite(h["stream"]) for h in res["history"])
+    plain = fit_codec(build_speech_tokenizer("tiny", seed=0), synthetic_speechlike(8000, 4, seed=2), steps=2,
+                      batch_size=2, lr=1e-3, seed=0)
+    assert all(h["stream"] == 0 for h in plain["history"])
+
+
 def test_fit_codec_is_deterministic():
     from aromni.core.train.codec import fit_codec
 

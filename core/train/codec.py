@@ -142,7 +142,8 @@ class Crops:
 def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_size: int, lr: float, seed: int,
               segment_s: float = 1.0, on_step: Callable[[int, dict], None] | None = None,
               commit_weight: float = 1.0, decay: float = 0.95, kmeans_iters: int = 20,
-              dead_after: int = 20, warmup: int | None = None, stream_weight: float = 0.0) -> dict:
+              dead_after: int = 20, warmup: int | None = None, stream_weight: float = 0.0,
+              stream_from: float = 0.5) -> dict:
     """Train ``tok`` in place on mono clips at ``tok.sample_rate``; deterministic for a seed (same machine).
 
     A code not chosen in ``dead_after`` steps restarts at a random latent of the batch. (The reference's rule,
@@ -152,6 +153,8 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
     crop's codes (as the chunked decoder would: some left context, a few frames of look-ahead) and penalises
     its difference from the whole-crop decode over the released frames, relative to the crop's energy. The
     decoder's GroupNorms and attention span all frames, so without it chunked and whole decodes drift apart.
+    The term starts after ``stream_from`` of the steps and ramps up over a tenth of them: switched on from
+    the start it wins, and the codec collapses to a constant (perfectly consistent) output.
     Returns the final losses, per-step history, restarts and codebook usage.
     """
     net, cb, dev = tok.net, tok.net.quantizer, tok.device
@@ -195,12 +198,13 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
             mel, stft = loss_fn(y, x)
             loss = mel + stft + commit_weight * commit
             cons = torch.zeros(())
-            if stream_weight > 0:
+            ramp = min(1.0, max(0.0, (step / max(1, steps) - stream_from) * 10))
+            if stream_weight > 0 and ramp > 0:
                 s, a, b, e = stream_window(feats.shape[-1], wrng)
                 yw = net.decode_features(feats[..., s:e])[:, (a - s) * hop: (b - s) * hop]
                 ref = y[:, a * hop: b * hop].detach()
                 cons = (yw - ref).pow(2).mean() / (y.detach().pow(2).mean() + 1e-8)
-                loss = loss + stream_weight * cons
+                loss = loss + ramp * stream_weight * cons
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
