@@ -229,12 +229,14 @@ class InferenceState:
         self.batch, self.max_len = batch, max_len
         self.length = 0
         self.pad = torch.zeros(batch, dtype=torch.long, device=device)
+        self.padded = False  # any row left-padded (decided once per request, at reset)
         # optional [batch, max_len] bool: False marks cached positions no query may attend to (holes)
         self.key_mask: torch.Tensor | None = None
 
     def reset(self, pad: torch.Tensor | None = None) -> None:
         self.length = 0
         self.pad = torch.zeros_like(self.pad) if pad is None else pad.to(self.pad.device)
+        self.padded = bool(self.pad.any())
 
 
 class Transformer(nn.Module):
@@ -287,6 +289,18 @@ class Transformer(nn.Module):
             p = (p - pad.view(-1, 1)).clamp_min(0)
         return p
 
+    @staticmethod
+    def _cache_mask(L: int, T: int, pad: torch.Tensor, state: "InferenceState", device) -> torch.Tensor:
+        """[B, 1, T, L+T] bool: causal, no left padding, no masked holes."""
+        kidx = torch.arange(L + T, device=device)
+        qidx = torch.arange(L, L + T, device=device)
+        mask = (kidx.view(1, 1, -1) <= qidx.view(1, -1, 1)) & (kidx.view(1, 1, -1) >= pad.view(-1, 1, 1))
+        mask = mask.unsqueeze(1)
+        if state.key_mask is not None:
+            mask = mask & state.key_mask[:pad.shape[0], None, None, : L + T]
+        # a fully padded query row would give NaN: let it see itself
+        return mask | (kidx.view(1, 1, 1, -1) == qidx.view(1, 1, -1, 1))
+
     def forward(self, tokens: torch.Tensor, state: InferenceState | None = None, *,
                 positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 return_hidden: bool = False, last_only: bool = False):
@@ -309,15 +323,11 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {L + T} tokens exceeds the cache ({state.max_len})")
             pad = state.pad[:B]
             pos = self._positions(B, T, L, pad, positions)
-            kidx = torch.arange(L + T, device=tokens.device)
-            qidx = torch.arange(L, L + T, device=tokens.device)
-            mask = (kidx.view(1, 1, -1) <= qidx.view(1, -1, 1)) & (kidx.view(1, 1, -1) >= pad.view(-1, 1, 1))
-            mask = mask.unsqueeze(1)  # [B, 1, T, L+T]
-            if state.key_mask is not None:
-                mask = mask & state.key_mask[:B, None, None, : L + T]
-            # a fully padded query row would give NaN: let it see itself
-            mask = mask | (kidx.view(1, 1, 1, -1) == qidx.view(1, 1, -1, 1))
-            cache_pos, causal = L, False
+            if state.key_mask is None and not state.padded and (L == 0 or T == 1):
+                # plain causal prefill, or one new token that may see every cached slot: SDPA's fast path
+                mask, cache_pos, causal = None, L, L == 0
+            else:
+                mask, cache_pos, causal = self._cache_mask(L, T, pad, state, tokens.device), L, False
         cs = self.rope[pos]  # [B, T, hd/2, 2]
         for layer in self.layers:
             if self.activation_checkpointing and self.training:
