@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--data", choices=["scenes", "shapes"], default="scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra fit_image_vq options, e.g. restart_every=0 ema_decay=0.99")
     a = ap.parse_args()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -99,8 +101,9 @@ def main() -> None:
                   f"held-out psnr {ev['psnr']:.2f} dB  codes used {ev['codes_used']}  ppl {ev['perplexity']:.0f}",
                   flush=True)
 
+    extra = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (kv.split("=", 1) for kv in a.set)}
     res = fit_image_vq(tok, train, steps=steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, on_step=on_step,
-                       ema=not a.st)
+                       ema=not a.st, **extra)
     ev = evaluate(tok, held)
     print(f"final: {steps} steps in {res['seconds']:.0f} s ({res['seconds'] / steps:.3f} s/step); train psnr "
           f"{res['psnr']:.2f} dB, held-out psnr {ev['psnr']:.2f} dB, codes used {ev['codes_used']}/{tok.codebook_size}")

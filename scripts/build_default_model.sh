@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild aromni's bundled default model from nothing: corpus -> BPE -> image VQ -> speech codec ->
-# token shards -> language model -> bundle (fp16, with MODEL_CARD.md) -> held-out evaluation.
+# token shards (+ unconditional images) -> language model -> bundle (fp16, with MODEL_CARD.md) ->
+# held-out evaluation.
 #
 #   scripts/build_default_model.sh [--ci] [--install] [--no-eval] [OUT]
 #
@@ -25,7 +26,7 @@ for a in "$@"; do
     --ci) CI=1 ;;
     --install) INSTALL=1 ;;
     --no-eval) EVAL=0 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "build_default_model.sh: unknown option $a (see --help)" >&2; exit 2 ;;
     *) [ -z "$OUT" ] || { echo "build_default_model.sh: one OUT directory only" >&2; exit 2; }; OUT="$a" ;;
   esac
@@ -107,6 +108,8 @@ else
   stage codec codec train codec
 fi
 stage pretokenize shards train pretokenize
+stage uncond shards/uncond run_py "$STEPS" uncond shards/train shards/uncond --mix "$RECIPE/mix.yaml" \
+  --tokenizers text=bpe image=image_vq speech=codec
 stage lm lm train lm
 stage bundle bundle run_py "$STEPS" assemble lm/bundle bundle --build "$OUT" --recipe "$RECIPE"
 if [ "$EVAL" = 1 ]; then

@@ -201,7 +201,8 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
             ramp = min(1.0, max(0.0, (step / max(1, steps) - stream_from) * 10))
             if stream_weight > 0 and ramp > 0:
                 s, a, b, e = stream_window(feats.shape[-1], wrng)
-                yw = net.decode_features(feats[..., s:e])[:, (a - s) * hop: (b - s) * hop]
+                # decoder only: consistency is the decoder's business; letting it reach the encoder degrades codes
+                yw = net.decode_features(feats.detach()[..., s:e])[:, (a - s) * hop: (b - s) * hop]
                 ref = y[:, a * hop: b * hop].detach()
                 cons = (yw - ref).pow(2).mean() / (y.detach().pow(2).mean() + 1e-8)
                 loss = loss + ramp * stream_weight * cons

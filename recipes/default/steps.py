@@ -2,6 +2,7 @@
 
     steps.py prompts OUT.jsonl                       # the prompt templates as text lines (for the BPE)
     steps.py mix MIX.yaml TRAIN.jsonl OUT.jsonl      # TRAIN.jsonl with each task's lines repeated MIX times
+    steps.py uncond SHARDS OUT --mix MIX.yaml --tokenizers KIND=DIR...  # unconditional images (for CFG)
     steps.py assemble LM_BUNDLE OUT --build B --recipe R   # fp16 weights + stage configs -> the shipped bundle
     steps.py card BUNDLE --build B --recipe R        # (re)write BUNDLE/MODEL_CARD.md from the build's records
 
@@ -54,7 +55,7 @@ def write_mix(mix_yaml: str, train: str, out: str) -> dict:
             if not line.strip():
                 continue
             task = json.loads(line).get("task")
-            k = int(mix.get(task, 1))
+            k = int(mix.get(task, 1)) if task != "image" else 1
             dst.write(line.rstrip("\n") + "\n" if k else "")
             for _ in range(k - 1):
                 dst.write(line.rstrip("\n") + "\n")
@@ -62,6 +63,45 @@ def write_mix(mix_yaml: str, train: str, out: str) -> dict:
     os.replace(out + ".tmp", out)
     print(json.dumps({"mix": mix, "lines": counts}))
     return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# unconditional images (classifier-free guidance)
+# ----------------------------------------------------------------------------------------------
+def write_uncond(shards: str, out: str, tokenizers: dict, every: int = 4) -> int:
+    """Shards of ``<bos> <boi> codes <eoi> <eom>`` (task ``image``) cut from every ``every``-th t2i sample.
+
+    Image CFG mixes the conditional logits with those of the image-only stream ``<bos> <boi> codes...``
+    (core/generate.cfg_streams); without such samples in training that stream is out of distribution and the
+    guidance adds noise instead of sharpening. One in ``every`` t2i images acts as the condition dropout.
+    """
+    import numpy as np
+
+    from aromni.core.train.data import Sample, ShardSource, ShardWriter
+    from aromni.core.train.resolve import load_tokenizers, resolve_vocab
+
+    v = resolve_vocab(None, load_tokenizers(tokenizers))
+    w = ShardWriter(out, 10000, v.fingerprint)
+    k = n = 0
+    for rec in ShardSource(shards).records():
+        s = rec.load()
+        if s.task != "t2i":
+            continue
+        k += 1
+        if (k - 1) % every:
+            continue
+        ids = s.ids.tolist()
+        if v.boi not in ids or v.eoi not in ids:
+            continue
+        a, b = ids.index(v.boi), ids.index(v.eoi)
+        body = [v.bos] + ids[a: b + 1] + [v.eom]
+        w.add(Sample(np.asarray(body, dtype=np.int64), "image", len(body) - 1))
+        n += 1
+    if not n:
+        sys.exit(f"uncond: no t2i samples with an image in {shards}")
+    w.close()
+    print(json.dumps({"uncond": n, "t2i": k, "every": every}))
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("mix_yaml")
     p.add_argument("train")
     p.add_argument("out")
+    p = sub.add_parser("uncond")
+    p.add_argument("shards")
+    p.add_argument("out")
+    p.add_argument("--tokenizers", nargs="+", required=True, metavar="KIND=DIR")
+    p.add_argument("--mix", required=True, help="mix.yaml; its 'image' entry is the share of t2i images used")
     for name in ("assemble", "card"):
         p = sub.add_parser(name)
         if name == "assemble":
@@ -352,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         write_prompts(a.out)
     elif a.cmd == "mix":
         write_mix(a.mix_yaml, a.train, a.out)
+    elif a.cmd == "uncond":
+        with open(a.mix, encoding="utf-8") as f:
+            share = float((yaml.safe_load(f) or {}).get("image", 0.25))
+        write_uncond(a.shards, a.out, dict(t.split("=", 1) for t in a.tokenizers), max(1, round(1 / share)))
     elif a.cmd == "assemble":
         assemble(a.src, a.out, a.build, a.recipe)
     else:
