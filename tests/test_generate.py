@@ -146,6 +146,13 @@ def test_decode_step_equals_transformer_forward(model):
     assert a.tokens == b.tokens
     # one step compared with Transformer.forward on a cache: no mask, a partial mask, a whole-cache mask
     torch.set_grad_enabled(False)
+    try:
+        _compare_step(model)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _compare_step(model):
     tok = torch.tensor([PROMPTS[2], PROMPTS[2]])
     L = tok.shape[1] - 1
     st = model.setup_cache(2, 40)
@@ -157,7 +164,6 @@ def test_decode_step_equals_transformer_forward(model):
         kv = None if kv_len is None else torch.arange(kv_len).expand(2, kv_len) <= L
         out = decode_step(model, tok[:, -1:], torch.tensor([[L], [L]]), torch.tensor([L]), kv, L + 1)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    torch.set_grad_enabled(True)
 
 
 def test_on_token_streams_every_token_in_order(model):

@@ -18,10 +18,15 @@ from aromni.core.loading import detect, load_checkpoint
 from aromni.core.model import CONFIGS, ModelConfig, build_model, get_config
 from aromni.core.vocab import arom_layout, compact_layout
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
 IDS = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
 
 
+@torch.no_grad()
 def make_model(seed: int = 0, **kw):
     m = build_model(get_config("tiny", **kw), seed=seed)
     g = torch.Generator().manual_seed(seed)

@@ -7,7 +7,11 @@ import torch
 from aromni.core import convert
 from aromni.core.model import CONFIGS, ModelConfig, QKNorm, Transformer, apply_rope, build_model, get_config, rope_cache
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
 
 
 def rand_norms(model: Transformer, seed: int = 0) -> Transformer:

@@ -1,6 +1,7 @@
 """Train a WavTokenizer codec: multi-resolution mel + log-STFT reconstruction, commitment loss, EMA codebook
-with k-means initialisation and dead-code restarts. No adversarial losses (they cost more than the 2-core CPU
-budget allows); the price is some phasiness, not intelligibility.
+with k-means initialisation and dead-code restarts, and an optional streaming-consistency term. No adversarial
+losses (they cost more than a CPU budget allows): expect buzzier, phasier audio than the released codec.
+Only bandwidth id 0 (the row every caller uses) of the AdaLayerNorm tables is trained.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
               segment_s: float = 1.0, on_step: Callable[[int, dict], None] | None = None,
               commit_weight: float = 1.0, decay: float = 0.95, kmeans_iters: int = 20,
               dead_after: int = 20, warmup: int | None = None, stream_weight: float = 0.0,
-              stream_from: float = 0.5) -> dict:
+              stream_from: float = 0.5, decoder_only: bool = False) -> dict:
     """Train ``tok`` in place on mono clips at ``tok.sample_rate``; deterministic for a seed (same machine).
 
     A code not chosen in ``dead_after`` steps restarts at a random latent of the batch. (The reference's rule,
@@ -155,6 +156,8 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
     decoder's GroupNorms and attention span all frames, so without it chunked and whole decodes drift apart.
     The term starts after ``stream_from`` of the steps and ramps up over a tenth of them: switched on from
     the start it wins, and the codec collapses to a constant (perfectly consistent) output.
+    ``decoder_only`` freezes the encoder and codebook, so the codes stay exactly as they were (e.g. to make a
+    trained codec stream-friendly without invalidating token data: ``stream_weight=10, stream_from=0``).
     Returns the final losses, per-step history, restarts and codebook usage.
     """
     net, cb, dev = tok.net, tok.net.quantizer, tok.device
@@ -171,7 +174,11 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
         loss_fn = SpectralLoss(tok.sample_rate).to(dev)
-        params = [p for n, p in net.named_parameters()]
+        params = list((net.backbone if decoder_only else net).parameters())
+        if decoder_only:
+            params += list(net.head.parameters())
+            if float(cb.inited) == 0:
+                raise ValueError("decoder_only training needs a codec whose codebook is already trained")
         opt = torch.optim.AdamW(params, lr=lr, betas=(0.8, 0.99), weight_decay=0.01)
         warm = max(1, steps // 20) if warmup is None else max(1, warmup)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -188,7 +195,8 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
         last_used = torch.zeros(cb.embed.shape[0], dtype=torch.long, device=dev)
         for step in range(steps):
             x = data.batch(batch_size).to(dev)
-            z = net.encode_latents(x)  # [B, D, L]
+            with torch.set_grad_enabled(not decoder_only):
+                z = net.encode_latents(x)  # [B, D, L]
             flat = z.transpose(1, 2).reshape(-1, z.shape[1])
             codes = cb.nearest(flat.detach())
             q = cb.embed[codes].detach()
@@ -211,11 +219,12 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             opt.step()
             sched.step()
-            ema_update(cb, flat.detach(), codes, decay)
-            last_used[codes] = step
-            dead = last_used < step - dead_after
-            restarts += restart_dead(cb, flat.detach(), dead, per_step / cb.embed.shape[0], g)
-            last_used[dead] = step
+            if not decoder_only:
+                ema_update(cb, flat.detach(), codes, decay)
+                last_used[codes] = step
+                dead = last_used < step - dead_after
+                restarts += restart_dead(cb, flat.detach(), dead, per_step / cb.embed.shape[0], g)
+                last_used[dead] = step
             usage[codes.cpu()] = True
             rec = {"step": step + 1, "loss": loss.item(), "mel": mel.item(), "stft": stft.item(),
                    "commit": commit.item(), "stream": cons.item(), "lr": sched.get_last_lr()[0],
