@@ -5,9 +5,10 @@ whole (the reference) and through ``tok.stream()`` with codes pushed one at a ti
 
     # original-size WavTokenizer, random weights
     python benchmarks/bench_stream_decode.py --preset wavtokenizer-24k-40 --sweep
-    # the small preset after a few minutes of fit_codec on espeak-ng speech (saved for reuse)
-    python benchmarks/bench_stream_decode.py --preset small --train-steps 150 --save /tmp/small_codec --sweep
-    python benchmarks/bench_stream_decode.py --weights /tmp/small_codec --sweep
+    # the small preset after a few minutes of fit_codec on espeak-ng speech (saved for reuse) ...
+    python benchmarks/bench_stream_decode.py --preset small --train-steps 400 --save /tmp/small_codec --sweep
+    # ... then a decoder-only streaming-consistency fine-tune (codes unchanged)
+    python benchmarks/bench_stream_decode.py --weights /tmp/small_codec --stream-steps 150 --sweep
 
 Columns: first-audio codes (codes that must exist before the first audio), the audio they stand for (ms),
 decoder compute for the first window (ms, median), SNR of streamed vs whole decode over all sentences (dB) and
@@ -47,8 +48,8 @@ TEST_TEXT = [
 VOICES = ["en", "en-us", "en+f3", "en+m3", "en-us+f2"]
 
 SWEEP = [  # (first, chunk, left, right, xfade) in codes
-    (8, 8, 40, 4, 2), (12, 10, 60, 6, 2), (12, 10, 120, 6, 2), (12, 20, 120, 8, 4), (16, 16, 200, 4, 2),
-    (14, 10, 60, 6, 0), (10, 10, 200, 10, 4), (20, 20, 200, 10, 4),
+    (8, 8, 40, 4, 2), (12, 10, 60, 6, 2), (14, 10, 60, 6, 0), (12, 10, 120, 8, 4), (12, 16, 120, 8, 4),
+    (12, 20, 120, 8, 4), (10, 10, 200, 10, 4), (20, 20, 200, 10, 4),
 ]
 
 
@@ -128,7 +129,9 @@ def main() -> None:
     ap.add_argument("--weights", help="directory with speech_tokenizer.json (from --save) or a native bundle")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-steps", type=int, default=0, help="fit_codec steps on espeak-ng speech first")
-    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--stream-steps", type=int, default=0,
+                    help="then fit_codec(decoder_only=True, stream_weight=10) steps: streaming-consistency fine-tune")
+    ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--save", help="save the (trained) codec here")
     ap.add_argument("--sweep", action="store_true", help="measure the geometries in SWEEP")
@@ -144,16 +147,20 @@ def main() -> None:
     print(f"codec: {args.weights or args.preset}  {tok.sample_rate} Hz, hop {tok.hop} "
           f"({tok.sample_rate / tok.hop:g} codes/s), {tok.codebook_size} codes, "
           f"{sum(p.numel() for p in tok.net.parameters()) / 1e6:.1f} M params, {args.threads} thread(s)")
-    if args.train_steps:
+    if args.train_steps or args.stream_steps:
         from aromni.core.train.codec import fit_codec
 
         train = [espeak(t, v, 140 + 13 * i % 60, tok.sample_rate) for v in VOICES for i, t in enumerate(TRAIN_TEXT)]
-        t0 = time.time()
-        res = fit_codec(tok, train, steps=args.train_steps, batch_size=args.train_batch, lr=args.lr, seed=args.seed,
-                        on_step=lambda s, r: print(f"  step {s} loss {r['loss']:.3f} mel {r['mel']:.3f}",
-                                                   file=sys.stderr) if s % 25 == 0 else None)
-        print(f"trained {args.train_steps} steps x {args.train_batch} x 1 s in {time.time() - t0:.0f} s: "
-              f"mel loss {res['mel']:.3f}, {res['codes_used']} codes used")
+        log = lambda s, r: print(f"  step {s} loss {r['loss']:.3f} mel {r['mel']:.3f} stream {r['stream']:.4f}",  # noqa
+                                 file=sys.stderr) if s % 25 == 0 else None
+        for steps, kw in ((args.train_steps, dict(lr=args.lr)),
+                          (args.stream_steps, dict(lr=1e-3, decoder_only=True, stream_weight=10.0, stream_from=0.0,
+                                                   warmup=10))):
+            if steps:
+                t0 = time.time()
+                res = fit_codec(tok, train, steps=steps, batch_size=args.train_batch, seed=args.seed, on_step=log, **kw)
+                print(f"trained {steps} steps x {args.train_batch} x 1 s {kw} in {time.time() - t0:.0f} s: "
+                      f"mel loss {res['mel']:.3f}, {res['codes_used']} codes used")
     if args.save:
         os.makedirs(args.save, exist_ok=True)
         spec = tok.save(args.save)

@@ -23,9 +23,9 @@ class StreamConfig:
 
     first: int = 12  # frames released by the first window
     chunk: int = 10  # frames released by each later window
-    left: int = 60  # past frames kept as context
-    right: int = 6  # look-ahead frames a window needs beyond what it releases
-    xfade: int = 2  # frames cross-faded with the previous window (<= right)
+    left: int = 120  # past frames kept as context (3 s at 40 codes/s: the reference's training crops)
+    right: int = 8  # look-ahead frames a window needs beyond what it releases
+    xfade: int = 4  # frames cross-faded with the previous window (<= right)
 
     def __post_init__(self):
         if min(self.first, self.chunk) < 1 or min(self.left, self.right, self.xfade) < 0:

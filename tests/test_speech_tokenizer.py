@@ -371,6 +371,24 @@ def test_fit_codec_stream_consistency_term():
     assert all(h["stream"] == 0 for h in plain["history"])
 
 
+def test_fit_codec_decoder_only_keeps_the_codes():
+    from aromni.core.train.codec import fit_codec
+
+    tok = build_speech_tokenizer("tiny", seed=0)
+    wavs = synthetic_speechlike(tok.sample_rate, 4, seed=3)
+    with pytest.raises(ValueError, match="already trained"):
+        fit_codec(tok, wavs, steps=1, batch_size=2, lr=1e-3, seed=0, decoder_only=True)
+    fit_codec(tok, wavs, steps=3, batch_size=2, lr=1e-3, seed=0)
+    before = {k: v.clone() for k, v in tok.net.state_dict().items()}
+    codes = tok.encode(wavs[0])
+    fit_codec(tok, wavs, steps=3, batch_size=2, lr=1e-3, seed=0, decoder_only=True, stream_weight=10.0,
+              stream_from=0.0)
+    after = tok.net.state_dict()
+    assert torch.equal(tok.encode(wavs[0]), codes)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quantizer.")))
+    assert not torch.equal(before["head.out.weight"], after["head.out.weight"])
+
+
 def test_fit_codec_is_deterministic():
     from aromni.core.train.codec import fit_codec
 
