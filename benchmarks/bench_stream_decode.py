@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import astuple
 
@@ -87,20 +86,15 @@ def measure(tok, clips: list[torch.Tensor], geom: tuple, reps: int) -> dict:
     sig = err = 0.0
     worst = float("inf")
     stream_t = whole_t = audio_s = 0.0
-    first_t = []
     for codes in clips:
         t0 = time.perf_counter()
         whole = tok.decode(codes)
         whole_t += time.perf_counter() - t0
         dec = tok.stream(cfg)
-        out, t_first = [], None
+        out = []
         t0 = time.perf_counter()
         for c in codes:
-            t1 = time.perf_counter()
-            piece = dec.push(c[None])
-            if len(piece) and t_first is None:
-                t_first = time.perf_counter() - t1  # the push that released audio = the first window's decode
-            out.append(piece)
+            out.append(dec.push(c[None]))
         out.append(dec.flush())
         stream_t += time.perf_counter() - t0
         audio_s += len(whole) / tok.sample_rate
@@ -109,8 +103,6 @@ def measure(tok, clips: list[torch.Tensor], geom: tuple, reps: int) -> dict:
         sig += float(np.sum(whole.astype(np.float64) ** 2))
         err += float(np.sum((whole.astype(np.float64) - y) ** 2))
         worst = min(worst, snr_db(whole, y))
-        if len(codes) >= cfg.first_codes:
-            first_t.append(t_first)
     # the first window alone, repeated, for a stable compute time
     window = clips[0][: cfg.first_codes]
     times = []
@@ -118,8 +110,10 @@ def measure(tok, clips: list[torch.Tensor], geom: tuple, reps: int) -> dict:
         t0 = time.perf_counter()
         tok.decode_batch(window[None])
         times.append(time.perf_counter() - t0)
-    return {"geom": geom, "first_codes": cfg.first_codes, "first_ms": 1000 * cfg.first_codes * tok.hop / tok.sample_rate,
-            "first_compute_ms": 1000 * float(np.median(times)), "snr": 10 * np.log10(sig / err) if err else float("inf"),
+    return {"geom": geom, "first_codes": cfg.first_codes,
+            "first_ms": 1000 * cfg.first_codes * tok.hop / tok.sample_rate,
+            "first_compute_ms": 1000 * float(np.median(times)),
+            "snr": 10 * np.log10(sig / err) if err else float("inf"),
             "worst": worst, "rtf_stream": stream_t / audio_s, "rtf_whole": whole_t / audio_s}
 
 

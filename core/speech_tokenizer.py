@@ -9,7 +9,7 @@ import torch
 from .bundle import register_tokenizer
 from .errors import CheckpointError, InputError
 from .speech_stream import StreamConfig, StreamDecoder
-from .wavtokenizer import CONFIGS, WavTokenizerConfig, WavTokenizerNet, from_upstream, to_upstream
+from .wavtokenizer import CONFIGS, WavTokenizerConfig, WavTokenizerNet, from_upstream
 
 TYPE = "wavtokenizer"
 FILE = "speech_tokenizer.safetensors"

@@ -81,8 +81,8 @@ class WNConv1d(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1):
         super().__init__()
         self.stride, self.dilation = stride, dilation
-        # variance-preserving uniform weights, zero bias: unlike torch's default init, the signal does not fade into the biases
-        # layer by layer, which makes training from scratch far faster (loaders overwrite all of it)
+        # variance-preserving uniform weights, zero bias: unlike torch's default init, the signal does not fade
+        # into the biases layer by layer, so training from scratch is far faster (loaders overwrite all of it)
         bound = math.sqrt(3 / (cin * kernel))
         v = torch.empty(cout, cin, kernel).uniform_(-bound, bound)
         g = torch.empty(cout, 1, 1)

@@ -131,6 +131,7 @@ def test_streamed_wav_header_is_not_truncation():
     assert wav_truncation(b"not a wav") is None
 
 
+@pytest.mark.slow
 def test_model_without_speech_tokenizer(tiny_bundle, tmp_path, clips):
     meta = json.load(open(os.path.join(tiny_bundle, "aromni.json")))
     meta.pop("speech_tokenizer")

@@ -181,13 +181,15 @@ def fit_codec(tok: WavTokenizer, wavs: list[np.ndarray], *, steps: int, batch_si
                 raise ValueError("decoder_only training needs a codec whose codebook is already trained")
         opt = torch.optim.AdamW(params, lr=lr, betas=(0.8, 0.99), weight_decay=0.01)
         warm = max(1, steps // 20) if warmup is None else max(1, warmup)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
+        def lr_at(s: int) -> float:  # linear warm-up, cosine decay to a tenth
+            return min(1.0, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         net.train()
         if float(cb.inited) == 0:
             with torch.no_grad():
                 n_batches = max(1, min(16, math.ceil(4 * cb.embed.shape[0] / per_step)))
-                z = torch.cat([net.encode_latents(data.batch(batch_size).to(dev)).transpose(1, 2).reshape(-1, cb.embed.shape[1])
+                z = torch.cat([net.encode_latents(data.batch(batch_size).to(dev)).transpose(1, 2).flatten(0, 1)
                                for _ in range(n_batches)])
             kmeans_init(cb, z.cpu(), kmeans_iters, g, per_step)
             cb.to(dev)
