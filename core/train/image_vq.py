@@ -9,8 +9,12 @@ Objective, per batch of preprocessed images x in [-1, 1]:
 - codebook: ``ema=True`` (default) updates the codebook as exponential moving averages of the assigned encoder
   outputs (Laplace-smoothed counts); ``ema=False`` learns it by gradient (codebook loss) with the straight-through
   estimator; the encoder always gets the straight-through gradient plus the commitment term;
-- the codebook starts from encoder outputs of the first batch, and every ``restart_every`` steps codes whose
-  usage fell below ``dead_frac`` of the mean are restarted on random encoder outputs of the current batch.
+- the first ``quant_delay`` steps (default 10%) train the plain autoencoder; then the codebook starts as k-means
+  centroids of encoder outputs. Quantizing from step 0 lets the commitment pull the latents onto a codebook
+  that has not learnt to separate colours yet, and the decoder settles on the mean colour (seen with the
+  "small" preset); the warm-up avoids that;
+- every ``restart_every`` steps, codes whose usage fell below ``dead_frac`` of the mean are restarted on
+  random encoder outputs of the current batch.
 
 Deterministic for a seed on a given device (batch order, restarts and init come from one generator).
 """
@@ -47,6 +51,30 @@ def _sample_rows(z: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _latents(model, x: torch.Tensor, batch_size: int, dev) -> torch.Tensor:
+    """Encoder outputs [N*g*g, D] of pixels x [N, 3, R, R]."""
+    out = [model.encode_latents(xb.to(dev)) for xb in x.split(batch_size)]
+    z = torch.cat(out)
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+@torch.no_grad()
+def _kmeans(z: torch.Tensor, k: int, iters: int, g: torch.Generator) -> torch.Tensor:
+    """Lloyd's k-means on z [M, D] from random rows; empty clusters are re-seeded on random rows."""
+    c = _sample_rows(z, k, g).clone()
+    for _ in range(iters):
+        d = (z * z).sum(1, keepdim=True) + (c * c).sum(1) - 2 * z @ c.t()
+        a = d.argmin(1)
+        n = torch.bincount(a, minlength=k).float()
+        s = torch.zeros_like(c).index_add_(0, a, z)
+        empty = n == 0
+        c = torch.where(empty[:, None], c, s / n.clamp(min=1)[:, None])
+        if empty.any():
+            c[empty] = _sample_rows(z, int(empty.sum()), g)
+    return c
+
+
+@torch.no_grad()
 def evaluate(tok: VQGANTokenizer, x: torch.Tensor, batch_size: int = 32) -> dict:
     """Reconstruction metrics on pixels x [N, 3, R, R]: mse and PSNR (on [0, 1]), codes used, perplexity."""
     model = tok.model
@@ -71,12 +99,14 @@ def evaluate(tok: VQGANTokenizer, x: torch.Tensor, batch_size: int = 32) -> dict
 def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_size: int = 16, lr: float = 2e-3,
                  seed: int = 0, on_step: Callable[[int, dict], None] | None = None, ema: bool = True,
                  ema_decay: float = 0.95, beta: float = 0.25, grad_weight: float = 0.5, restart_every: int = 20,
-                 dead_frac: float = 0.03, warmup: int | None = None, flip: bool = False,
+                 dead_frac: float = 0.03, warmup: int | None = None, quant_delay: int | None = None,
+                 kmeans_iters: int = 10, kmeans_images: int = 512, flip: bool = False,
                  eval_images: int = 256) -> dict:
     """Train ``tok`` in place on PIL ``images``; returns the final metrics.
 
     ``on_step(step, metrics)`` is called after every step with the batch losses (``loss``, ``recon``, ``l1``,
-    ``l2``, ``grad``, ``commit``, ``codebook``, ``usage`` (distinct codes in the batch), ``restarted``, ``lr``).
+    ``l2``, ``grad``, ``commit``, ``codebook``, ``usage`` (distinct codes in the batch), ``restarted``, ``quantized`` (0 during
+    the autoencoder warm-up), ``lr``).
     The result holds the mean of the last 10% of steps' losses, then ``mse``/``psnr``/``codes_used``/
     ``perplexity`` measured on (up to ``eval_images`` of) the training images, ``steps`` and ``seconds``.
     """
@@ -95,6 +125,7 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
     params = [p for n, p in model.named_parameters() if not (ema and n == "quantize.embedding.weight")]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
+    delay = min(steps - 1, steps // 10 if quant_delay is None else quant_delay) if steps else 0
     usage = torch.full((K,), 1.0, device=dev)  # EMA of hits per step (ST mode), for dead-code detection
     cluster = torch.zeros(K, device=dev)  # EMA-mode statistics
     embed_sum = torch.zeros(K, D, device=dev)
@@ -117,16 +148,21 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
 
         z = model.encode_latents(x)  # [B, D, g, g]
         zf = z.permute(0, 2, 3, 1).reshape(-1, D)  # [B*g*g, D]
-        if step == 0:
-            with torch.no_grad():  # data-dependent init: the codebook starts on encoder outputs
-                codebook.copy_(_sample_rows(zf.detach(), K, g) + 1e-3 * torch.randn(K, D, generator=g).to(dev))
+        quantizing = step >= delay
+        if step == delay:  # the codebook starts as k-means centroids of the (warmed-up) encoder's outputs
+            with torch.no_grad():
+                codebook.copy_(_kmeans(_latents(model, data[:kmeans_images], batch_size, dev), K, kmeans_iters, g))
                 embed_sum.copy_(codebook)
                 cluster.fill_(1.0)
-        codes = model.quantize.nearest(zf.detach())
-        e = codebook[codes] if not ema else codebook.detach()[codes]
-        commit = F.mse_loss(zf, e.detach())
-        cb_loss = F.mse_loss(e, zf.detach()) if not ema else zf.new_zeros(())
-        zq = (zf + (e - zf).detach()).view(z.shape[0], z.shape[2], z.shape[3], D).permute(0, 3, 1, 2)
+                usage.fill_(1.0)
+        if quantizing:
+            codes = model.quantize.nearest(zf.detach())
+            e = codebook[codes] if not ema else codebook.detach()[codes]
+            commit = F.mse_loss(zf, e.detach())
+            cb_loss = F.mse_loss(e, zf.detach()) if not ema else zf.new_zeros(())
+            zq = (zf + (e - zf).detach()).view(z.shape[0], z.shape[2], z.shape[3], D).permute(0, 3, 1, 2)
+        else:  # autoencoder warm-up: the latent space learns to carry colour and shape before it is quantized
+            codes, commit, cb_loss, zq = None, zf.new_zeros(()), zf.new_zeros(()), z
         rec = model.decode_latents(zq)
         l1, l2, gl = F.l1_loss(rec, x), F.mse_loss(rec, x), _grad_l1(rec, x)
         recon = l1 + l2 + grad_weight * gl
@@ -135,20 +171,19 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
         loss.backward()
         opt.step()
 
+        restarted = 0
+        counts = torch.bincount(codes, minlength=K).float() if quantizing else torch.zeros(K, device=dev)
         with torch.no_grad():
-            counts = torch.bincount(codes, minlength=K).float()
-            if ema:
+            if quantizing and ema:
                 cluster.mul_(ema_decay).add_(counts, alpha=1 - ema_decay)
                 embed_sum.mul_(ema_decay).index_add_(0, codes, zf.detach(), alpha=1 - ema_decay)
                 n = cluster.sum()
                 smoothed = (cluster + 1e-5) / (n + K * 1e-5) * n
                 codebook.copy_(embed_sum / smoothed[:, None])
-                use = cluster
-            else:
+            elif quantizing:
                 usage.mul_(ema_decay).add_(counts, alpha=1 - ema_decay)
-                use = usage
-            restarted = 0
-            if restart_every and (step + 1) % restart_every == 0 and step + 1 < steps:
+            use = cluster if ema else usage
+            if quantizing and restart_every and (step + 1 - delay) % restart_every == 0 and step + 1 < steps:
                 dead = (use < dead_frac * counts.sum() / K).nonzero().flatten()
                 if len(dead):
                     new = _sample_rows(zf.detach(), len(dead), g)
@@ -162,7 +197,8 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
 
         m = {"step": step + 1, "loss": loss.item(), "recon": recon.item(), "l1": l1.item(), "l2": l2.item(),
              "grad": gl.item(), "commit": commit.item(), "codebook": cb_loss.item(),
-             "usage": int((counts > 0).sum()), "restarted": restarted, "lr": opt.param_groups[0]["lr"]}
+             "usage": int((counts > 0).sum()), "restarted": restarted, "quantized": int(quantizing),
+             "lr": opt.param_groups[0]["lr"]}
         history.append(m)
         if on_step is not None:
             on_step(step + 1, m)
