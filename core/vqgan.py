@@ -264,8 +264,10 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, n_embed: int, embed_dim: int):
         super().__init__()
-        self.embedding = nn.Embedding(n_embed, embed_dim)
-        self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+        w = torch.empty(n_embed, embed_dim)
+        if w.device.type != "meta":  # random init on the meta device would import torch._dynamo (~2 s per CLI call)
+            w.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+        self.embedding = nn.Embedding(n_embed, embed_dim, _weight=w)
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
