@@ -71,20 +71,23 @@ def main() -> None:
     ap.add_argument("--data", choices=["scenes", "shapes"], default="scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cfg", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="preset overrides, e.g. ch=16 ch_mult=1,2,4,4 norm_groups=2")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra fit_image_vq options, e.g. restart_every=0 ema_decay=0.99")
     a = ap.parse_args()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    tok = build_image_tokenizer(a.preset, seed=a.seed)
+    over = {k: tuple(int(x) for x in v.split(",")) if "," in v else int(v) for k, v in (kv.split("=", 1) for kv in a.cfg)}
+    tok = build_image_tokenizer(a.preset, seed=a.seed, **over)
     draw = draw_scenes if a.data == "scenes" else draw_shapes
     train = draw(a.n_train, 96, seed=1)  # drawn larger, so the tokenizer's LANCZOS resize is exercised
     held = preprocess_batch(draw(128, 96, seed=2), tok.resolution)
     steps = a.steps
     if a.minutes:
         t0 = time.perf_counter()
-        probe = build_image_tokenizer(a.preset, seed=a.seed)
+        probe = build_image_tokenizer(a.preset, seed=a.seed, **over)
         fit_image_vq(probe, train[:64], steps=10, batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_images=16)
         per = (time.perf_counter() - t0) / 10
         steps = int(a.minutes * 60 / per)

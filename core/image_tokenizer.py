@@ -210,9 +210,13 @@ class VQGANTokenizer:
         return torch.cat(out) if out else torch.zeros(0, self.n_tokens, dtype=torch.long)
 
     def encode(self, images) -> torch.Tensor:
-        """PIL images (or one image) -> codes [N, n_tokens], preprocessed as Meta's reference."""
+        """PIL images (or one image) -> codes [N, n_tokens], preprocessed as Meta's reference.
+
+        A tensor is taken as already-preprocessed pixels [N, 3, R, R] in [-1, 1]."""
         from PIL import Image
 
+        if isinstance(images, torch.Tensor):
+            return self.encode_pixels(images)
         if isinstance(images, Image.Image):
             images = [images]
         images = list(images)

@@ -270,7 +270,7 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(n_embed, embed_dim, _weight=w)
 
     @torch.no_grad()
-    def nearest(self, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    def nearest(self, z: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """z [N, D] -> codes [N]. Ties go to the lowest index (argmin returns the first minimum)."""
         e = self.embedding.weight
         e2 = (e * e).sum(1)  # [K]

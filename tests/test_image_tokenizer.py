@@ -463,6 +463,9 @@ def _fit(seed=0, steps=40, ema=True):
 def test_fit_image_vq_learns_and_uses_the_codebook():
     tok, res, hist = _fit()
     assert len(hist) == 40 and [h["step"] for h in hist] == list(range(1, 41))
+    # the first 10% of steps train the plain autoencoder, then the codebook starts from k-means
+    assert [h["quantized"] for h in hist[:4]] == [0] * 4 and all(h["quantized"] for h in hist[4:])
+    assert all(h["usage"] == 0 for h in hist[:4]) and hist[4]["usage"] > 1
     first = np.mean([h["recon"] for h in hist[:5]])
     last = np.mean([h["recon"] for h in hist[-5:]])
     assert last < 0.9 * first, (first, last)
@@ -481,3 +484,13 @@ def test_fit_image_vq_is_deterministic_and_straight_through_works():
     st, rs, hist = _fit(steps=30, ema=False)
     assert hist[-1]["codebook"] > 0 and rs["codes_used"] > 1
     assert np.mean([h["recon"] for h in hist[-5:]]) < np.mean([h["recon"] for h in hist[:5]])
+
+
+def test_kmeans_finds_separated_clusters():
+    from aromni.core.train.image_vq import _kmeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    z = torch.cat([c + 0.1 * torch.randn(200, 2, generator=g) for c in centres])
+    found = _kmeans(z, 3, iters=10, g=torch.Generator().manual_seed(1))
+    assert torch.cdist(centres, found).min(1).values.max() < 0.1

@@ -64,7 +64,11 @@ def local_device(device: torch.device) -> torch.device:
 
 def shutdown() -> None:
     if dist.is_initialized():
-        dist.destroy_process_group()
+        # every rank must be done communicating before gloo's threads are torn down (else a rare SIGABRT at exit)
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def wrap(module: nn.Module, blocks: list[nn.Module], info: DistInfo, device: torch.device,
