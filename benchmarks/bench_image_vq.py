@@ -48,23 +48,42 @@ def draw_shapes(n: int, size: int, seed: int) -> list[Image.Image]:
     return out
 
 
-def draw_scenes(n: int, size: int, seed: int) -> list[Image.Image]:
-    """The synthetic corpus's scenes (aromni.core.corpus.scenes), drawn at ``size``."""
+def scene_attrs(n: int, seed: int) -> list[dict]:
     import numpy as np
 
     from aromni.core.corpus import scenes
 
     rng = np.random.default_rng(seed)
-    return [scenes.draw(scenes.sample_scene(rng), size) for _ in range(n)]
+    return [scenes.sample_scene(rng) for _ in range(n)]
+
+
+def draw_scenes(n: int, size: int, seed: int) -> list[Image.Image]:
+    """The synthetic corpus's scenes (aromni.core.corpus.scenes), drawn at ``size``."""
+    from aromni.core.corpus import scenes
+
+    return [scenes.draw(a, size) for a in scene_attrs(n, seed)]
+
+
+def analyser_accuracy(tok, attrs: list[dict]) -> float:
+    """Share of scenes whose reconstruction the corpus analyser reads back exactly (shape, colour, size,
+    position, background): the bar the bundled model's T2I output must pass."""
+    from aromni.core.corpus import scenes
+
+    tok.model.eval()
+    with torch.no_grad():
+        rec = tok.decode(tok.encode([scenes.draw(a, 64) for a in attrs]))
+    tok.model.train()
+    keys = scenes.OBJECT_KEYS + ("background",)
+    return sum(scenes.attrs_match(scenes.analyse(r), a, keys) for r, a in zip(rec, attrs)) / len(attrs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--minutes", type=float, default=None, help="estimate steps from the first 10 steps' speed")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--st", action="store_true", help="straight-through codebook instead of EMA")
@@ -84,6 +103,7 @@ def main() -> None:
     draw = draw_scenes if a.data == "scenes" else draw_shapes
     train = draw(a.n_train, 96, seed=1)  # drawn larger, so the tokenizer's LANCZOS resize is exercised
     held = preprocess_batch(draw(128, 96, seed=2), tok.resolution)
+    held_attrs = scene_attrs(200, seed=2) if a.data == "scenes" else None
     steps = a.steps
     if a.minutes:
         t0 = time.perf_counter()
@@ -94,21 +114,24 @@ def main() -> None:
         print(f"# {per:.3f} s/step measured -> {steps} steps for {a.minutes} min", file=sys.stderr)
     print(f"# preset {a.preset}: {tok.n_tokens} tokens of {tok.codebook_size}, "
           f"{sum(p.numel() for p in tok.model.parameters()) / 1e6:.2f} M params, threads {torch.get_num_threads()}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     def on_step(step: int, m: dict) -> None:
         if step % a.eval_every == 0 or step == steps:
             ev = evaluate(tok, held)
             tok.model.train()
+            acc = f"  analyser {analyser_accuracy(tok, held_attrs):.1%}" if held_attrs else ""
             print(f"step {step:5d}  {time.perf_counter() - t0:7.1f}s  recon {m['recon']:.4f}  "
-                  f"held-out psnr {ev['psnr']:.2f} dB  codes used {ev['codes_used']}  ppl {ev['perplexity']:.0f}",
+                  f"held-out psnr {ev['psnr']:.2f} dB  codes used {ev['codes_used']}  ppl {ev['perplexity']:.0f}{acc}",
                   flush=True)
 
     extra = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (kv.split("=", 1) for kv in a.set)}
     res = fit_image_vq(tok, train, steps=steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, on_step=on_step,
                        ema=not a.st, **extra)
     ev = evaluate(tok, held)
-    print(f"final: {steps} steps in {res['seconds']:.0f} s ({res['seconds'] / steps:.3f} s/step); train psnr "
+    cpu = time.process_time() - c0
+    print(f"final: {steps} steps in {res['seconds']:.0f} s wall ({res['seconds'] / steps:.3f} s/step), "
+          f"{cpu:.0f} s CPU ({cpu / steps:.3f} CPU s/step); train psnr "
           f"{res['psnr']:.2f} dB, held-out psnr {ev['psnr']:.2f} dB, codes used {ev['codes_used']}/{tok.codebook_size}")
     if a.out:
         os.makedirs(a.out, exist_ok=True)

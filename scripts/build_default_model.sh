@@ -107,6 +107,8 @@ else
   stage image_vq image_vq train image_vq
   stage codec codec train codec
 fi
+stage ceilings ceilings run_py "$STEPS" ceilings corpus/heldout.jsonl ceilings.json \
+  --tokenizers image=image_vq speech=codec --judge "$JUDGE" --limit "$([ "$CI" = 1 ] && echo 8 || echo 100)"
 stage pretokenize shards train pretokenize
 stage uncond shards/uncond run_py "$STEPS" uncond shards/train shards/uncond --mix "$RECIPE/mix.yaml" \
   --tokenizers text=bpe image=image_vq speech=codec

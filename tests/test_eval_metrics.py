@@ -216,3 +216,35 @@ def test_markdown_summary():
     assert md[0].startswith("| task |") and len(md) == 4
     assert md[2] == "| asr | 2 | WER 50.0% | cpu float32 |"
     assert md[3] == "| tts | 4 | WER 12.5%, first audio 146 ms, RTF 0.88 | whisper judge, cpu float32 |"
+
+
+def test_markdown_summary_and_table_show_groups():
+    from aromni.core.eval.report import markdown_summary
+
+    m = {"wer": 0.1, "n": 30, "by_group": {"held-out voice": {"wer": 0.25, "n": 10},
+                                            "train voices": {"wer": 0.025, "n": 20}}}
+    asr = _report(metrics=m)
+    md = markdown_summary([asr]).splitlines()
+    assert md[2] == "| asr | 30 | WER 10.0%, held-out voice: 25.0% (10); train voices: 2.5% (20) | cpu float32 |"
+    table = format_table(asr)
+    assert "by_group.held-out voice.wer" in table and "0.2500" in table
+
+
+def test_by_group_splits_rows_only_with_two_groups():
+    from aromni.core.eval.runner import _asr_score, _by_group
+
+    rows = [{"ref": "a b", "hyp": "a b", "group": "train voices"}, {"ref": "a b", "hyp": "a c", "group": "held-out voice"}]
+    g = _by_group(rows, _asr_score)["by_group"]
+    assert g["train voices"]["wer"] == 0 and g["held-out voice"]["wer"] == 0.5 and g["held-out voice"]["n"] == 1
+    assert _by_group(rows[:1], _asr_score) == {} and _by_group([{"ref": "a", "hyp": "a", "group": None}], _asr_score) == {}
+
+
+def test_manifest_voice_heldout_becomes_the_item_group(tmp_path):
+    from aromni.core.eval.data import load_dataset
+
+    (tmp_path / "a.wav").write_bytes(b"")
+    lines = [{"task": "asr", "split": "heldout", "text": "hi", "audio": "a.wav", "voice_heldout": v}
+             for v in (False, True)] + [{"task": "asr", "split": "heldout", "text": "hi", "audio": "a.wav"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ds = load_dataset(str(tmp_path / "m.jsonl"), "asr")
+    assert [it.group for it in ds.items] == ["train voices", "held-out voice", None]

@@ -463,9 +463,9 @@ def _fit(seed=0, steps=40, ema=True):
 def test_fit_image_vq_learns_and_uses_the_codebook():
     tok, res, hist = _fit()
     assert len(hist) == 40 and [h["step"] for h in hist] == list(range(1, 41))
-    # the first 10% of steps train the plain autoencoder, then the codebook starts from k-means
-    assert [h["quantized"] for h in hist[:4]] == [0] * 4 and all(h["quantized"] for h in hist[4:])
-    assert all(h["usage"] == 0 for h in hist[:4]) and hist[4]["usage"] > 1
+    # the first 30% of steps train the plain autoencoder, then the codebook starts from k-means
+    assert [h["quantized"] for h in hist[:12]] == [0] * 12 and all(h["quantized"] for h in hist[12:])
+    assert all(h["usage"] == 0 for h in hist[:12]) and hist[12]["usage"] > 1
     first = np.mean([h["recon"] for h in hist[:5]])
     last = np.mean([h["recon"] for h in hist[-5:]])
     assert last < 0.9 * first, (first, last)

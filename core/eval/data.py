@@ -34,6 +34,7 @@ class Item:
     audio: str | None = None  # absolute path
     image: str | None = None  # absolute path
     attrs: dict | None = None  # synthetic-scene attributes
+    group: str | None = None  # speaker group for per-group metrics: "train voices" / "held-out voice" (corpus)
 
 
 @dataclass
@@ -91,7 +92,9 @@ def _manifest(path: str, task: str, split: str) -> tuple[list[Item], str]:
                 missing.append("text")
             if missing:
                 raise InputError(f"line {no}: a {task} item needs {', '.join(missing)}", path)
-            item = Item(id=str(d.get("id", no)), text=d.get("text"), attrs=d.get("attrs"),
+            group = None if d.get("voice_heldout") is None else ("held-out voice" if d["voice_heldout"]
+                                                                 else "train voices")
+            item = Item(id=str(d.get("id", no)), text=d.get("text"), attrs=d.get("attrs"), group=group,
                         audio=_resolve(root, d.get("audio"), path, no), image=_resolve(root, d.get("image"), path, no))
             refs = list(d.get("texts") or []) + ([d["text"]] if d.get("text") else [])
             if task == "caption":

@@ -91,7 +91,7 @@ def format_table(report: dict) -> str:
             ("data", f"{report['data'].get('path')} ({report['data'].get('n')} items)"),
             ("device", f"{report['device']} {report['dtype']}, batch {report['batch_size']}, seed {report['seed']}")]
     rows += [(k, _fmt(v)) for k, v in report.get("settings", {}).items()]
-    rows += [(k, _fmt(v)) for k, v in report["metrics"].items()]
+    rows += [(k, _fmt(v)) for k, v in _flatten(report["metrics"]).items()]
     rows += [(f"{k}", _fmt(v)) for k, v in report.get("timings", {}).items()]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
@@ -157,6 +157,10 @@ def markdown_summary(reports: list[dict]) -> str:
         m = r["metrics"]
         cells = [f"{label} {_headline_value(m.get(k), kind)}" for k, label, kind in HEADLINE.get(r["task"], [])
                  if k in m]
+        head = next(((k, kind) for k, _, kind in HEADLINE.get(r["task"], []) if k in m), None)
+        if head and m.get("by_group"):  # e.g. ASR WER in the training voices and in a held-out voice
+            cells.append("; ".join(f"{g}: {_headline_value(gm.get(head[0]), head[1])} ({gm.get('n')})"
+                                   for g, gm in m["by_group"].items() if head[0] in gm))
         where = r.get("settings", {}).get("judge") or ""
         where = f"{where} judge, " if where else ""
         lines.append(f"| {r['task']} | {m.get('n', r['data'].get('n'))} | {', '.join(cells) or '-'} | "

@@ -72,6 +72,18 @@ def _summary(values: list, prefix: str) -> dict:
             f"{prefix}_max": max(vals)}
 
 
+def _by_group(rows: list[dict], score) -> dict:
+    """``{group: score(rows of that group)}`` when the items name more than one group (corpus voices)."""
+    groups = sorted({r["group"] for r in rows if r.get("group")})
+    if len(groups) < 2:
+        return {}
+    return {"by_group": {g: score([r for r in rows if r.get("group") == g]) for g in groups}}
+
+
+def _asr_score(rows: list[dict]) -> dict:
+    return {**corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows]).to_dict(), "n": len(rows)}
+
+
 def _open_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
@@ -116,11 +128,10 @@ def eval_asr(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
             wavs = [load_audio(it.audio, sr) for it in batch]
             hyps = tasks.asr(omni, wavs, opts=opts, seed=cfg.seed)
             for it, wav, hyp in zip(batch, wavs, hyps):
-                rows.append({"id": it.id, "ref": it.text, "hyp": hyp, "audio_s": len(wav) / sr,
+                rows.append({"id": it.id, "ref": it.text, "hyp": hyp, "audio_s": len(wav) / sr, "group": it.group,
                              **word_errors(it.text, hyp).to_dict()})
             bar.update(len(batch))
-    stats = corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows])
-    return {**stats.to_dict(), "n": len(rows)}, rows, {"normalizer": NORMALIZER}
+    return {**_asr_score(rows), **_by_group(rows, _asr_score)}, rows, {"normalizer": NORMALIZER}
 
 
 def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict]:
@@ -240,7 +251,7 @@ def eval_s2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
             outs = tasks.s2i(omni, [load_audio(it.audio, sr) for it in batch], opts=opts, seed=cfg.seed)
             for it, (text, img) in zip(batch, outs):
                 ref = _scene_ref(it)
-                row = {"id": it.id, "ref": it.text, "hyp": text,
+                row = {"id": it.id, "ref": it.text, "hyp": text, "group": it.group,
                        "attrs_ok": _attr_check(analyse(img), ref, [it.text]) if ref else None,
                        "image": _save(cfg, f"{len(rows):05d}.png", img)}
                 if it.text:
@@ -257,6 +268,12 @@ def eval_s2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
         metrics.update(transcript_wer=stats.wer, transcript_errors=stats.errors, transcript_ref_words=stats.ref_words)
     if not checked and not with_ref:
         raise AromniError("s2i items need scene attrs (or a scene caption as text) to score the images")
+
+    def score(rs: list[dict]) -> dict:
+        ok = [r["attrs_ok"] for r in rs if r["attrs_ok"] is not None]
+        return {"n": len(rs), **({"attr_accuracy": sum(ok) / len(ok)} if ok else {})}
+
+    metrics.update(_by_group(rows, score))
     return metrics, rows, {"normalizer": NORMALIZER}
 
 

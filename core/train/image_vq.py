@@ -9,10 +9,10 @@ Objective, per batch of preprocessed images x in [-1, 1]:
 - codebook: ``ema=True`` (default) updates the codebook as exponential moving averages of the assigned encoder
   outputs (Laplace-smoothed counts); ``ema=False`` learns it by gradient (codebook loss) with the straight-through
   estimator; the encoder always gets the straight-through gradient plus the commitment term;
-- the first ``quant_delay`` steps (default 10%) train the plain autoencoder; then the codebook starts as k-means
-  centroids of encoder outputs. Quantizing from step 0 lets the commitment pull the latents onto a codebook
-  that has not learnt to separate colours yet, and the decoder settles on the mean colour (seen with the
-  "small" preset); the warm-up avoids that;
+- the first ``quant_delay`` steps (default 30%) train the plain autoencoder; then the codebook starts as k-means
+  centroids of encoder outputs. On flat-colour scenes the network learns shapes long before colours (objects
+  come out in the mean colour for the first ~1000 steps even without a quantizer); quantizing from step 0
+  makes that plateau longer still, as the commitment pulls the latents onto a colour-blind codebook;
 - every ``restart_every`` steps, codes whose usage fell below ``dead_frac`` of the mean are restarted on
   random encoder outputs of the current batch.
 
@@ -96,7 +96,7 @@ def evaluate(tok: VQGANTokenizer, x: torch.Tensor, batch_size: int = 32) -> dict
             "perplexity": ppl}
 
 
-def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_size: int = 16, lr: float = 2e-3,
+def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_size: int = 16, lr: float = 1e-3,
                  seed: int = 0, on_step: Callable[[int, dict], None] | None = None, ema: bool = True,
                  ema_decay: float = 0.95, beta: float = 0.25, grad_weight: float = 0.5, restart_every: int = 20,
                  dead_frac: float = 0.03, warmup: int | None = None, quant_delay: int | None = None,
@@ -125,7 +125,7 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
     params = [p for n, p in model.named_parameters() if not (ema and n == "quantize.embedding.weight")]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
-    delay = min(steps - 1, steps // 10 if quant_delay is None else quant_delay) if steps else 0
+    delay = min(steps - 1, steps * 3 // 10 if quant_delay is None else quant_delay) if steps else 0
     usage = torch.full((K,), 1.0, device=dev)  # EMA of hits per step (ST mode), for dead-code detection
     cluster = torch.zeros(K, device=dev)  # EMA-mode statistics
     embed_sum = torch.zeros(K, D, device=dev)

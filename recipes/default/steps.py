@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import yaml
 
 MAX_BUNDLE_MB = 40.0
@@ -102,6 +103,59 @@ def write_uncond(shards: str, out: str, tokenizers: dict, every: int = 4) -> int
     w.close()
     print(json.dumps({"uncond": n, "t2i": k, "every": every}))
     return n
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer ceilings
+# ----------------------------------------------------------------------------------------------
+def write_ceilings(heldout: str, out: str, tokenizers: dict, judge: str = "whisper", limit: int = 100) -> dict:
+    """What the tokenizers alone allow on the held-out split, before any LM: the analyser on VQ reconstructions
+    of held-out scenes, and the judge's WER on codec reconstructions of held-out output-voice speech (and on
+    the original audio, the judge's own floor). The LM's T2I and TTS numbers cannot beat these."""
+    from PIL import Image
+
+    from aromni.core.audio_io import load_audio
+    from aromni.core.corpus import scenes
+    from aromni.core.eval.wer import corpus_wer
+    from aromni.core.train.resolve import load_tokenizers
+
+    toks = load_tokenizers(tokenizers)
+    root = os.path.dirname(os.path.abspath(heldout))
+    imgs, wavs = [], []
+    with open(heldout, encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            if d["task"] == "caption" and d.get("attrs") and len(imgs) < limit:
+                imgs.append((os.path.join(root, d["image"]), d["attrs"]))
+            elif d["task"] == "tts" and d.get("audio") and len(wavs) < limit:
+                wavs.append((os.path.join(root, d["audio"]), d["text"]))
+    res: dict = {}
+    vq = toks["image"]
+    keys = scenes.OBJECT_KEYS + ("background",)
+    ok = 0
+    for i in range(0, len(imgs), 32):
+        chunk = imgs[i:i + 32]
+        recs = vq.decode(vq.encode([Image.open(p).convert("RGB") for p, _ in chunk]))
+        ok += sum(scenes.attrs_match(scenes.analyse(r), a, keys) for r, (_, a) in zip(recs, chunk))
+    res["image"] = {"n": len(imgs), "analyser_on_reconstructions": ok / max(1, len(imgs))}
+    codec = toks["speech"]
+    sr = codec.sample_rate
+    orig = [load_audio(p, sr) for p, _ in wavs]
+    recon = [np.asarray(codec.decode(codec.encode(w)), dtype=np.float32).reshape(-1) for w in orig]
+    refs = [t for _, t in wavs]
+    res["speech"] = {"n": len(wavs)}
+    try:
+        from aromni.core.eval.judge import make_judge
+
+        j = make_judge(judge)
+        res["speech"].update(judge=j.name, wer_original=corpus_wer(refs, j.transcribe(orig, sr)).wer,
+                             wer_reconstructed=corpus_wer(refs, j.transcribe(recon, sr)).wer)
+    except Exception as e:  # the judge is optional (aromni[judge]); the card then says so
+        res["speech"]["judge_error"] = f"{type(e).__name__}: {e}"
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=2)
+    print(json.dumps(res))
+    return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,8 +317,27 @@ def _quality(build: str) -> list[str]:
         judge = (rep.get("settings") or {}).get("judge")
         extra = f" (n={n}{', judge ' + str(judge) if judge else ''})" if n else ""
         rows.append(f"| {task} | {key} | {100 * v:.1f}%{extra} | {op} {100 * thr:.0f}% | {'yes' if ok else 'no'} |")
+        for group, gm in sorted(((rep.get("metrics") or {}).get("by_group") or {}).items()):
+            if gm.get(key) is not None:  # e.g. ASR in the training voices vs the held-out voice
+                rows.append(f"| {task}, {group} | {key} | {100 * gm[key]:.1f}% (n={gm.get('n')}) | | |")
     return rows if have else rows + ["", "The held-out evaluation has not been run on this bundle "
                                       "(`scripts/eval_default.py --data corpus/heldout.jsonl --model BUNDLE`)."]
+
+
+def _ceilings(build: str) -> str:
+    c = _read_json(os.path.join(build, "ceilings.json"))
+    if not c:
+        return "not measured"
+    im, sp = c.get("image", {}), c.get("speech", {})
+    out = [f"the scene analyser reads {100 * im['analyser_on_reconstructions']:.0f}% of {im['n']} VQ "
+           "reconstructions exactly"] if "analyser_on_reconstructions" in im else []
+    if "wer_reconstructed" in sp:
+        out.append(f"{sp['judge']} transcribes codec reconstructions of {sp['n']} output-voice clips at "
+                   f"{100 * sp['wer_reconstructed']:.1f}% WER (the original espeak-ng audio: "
+                   f"{100 * sp['wer_original']:.1f}%)")
+    elif sp.get("judge_error"):
+        out.append(f"speech not judged ({sp['judge_error']})")
+    return "; ".join(out) or "not measured"
 
 
 def write_card(bundle: str, build: str, recipe: str) -> str:
@@ -340,6 +413,7 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
 - BPE: {bpe.get('pieces', '-')} pieces.
 - Image VQ: final loss {f(vq.get('loss'))}{', PSNR ' + f(vq.get('psnr'), '.1f') + ' dB' if vq.get('psnr') is not None else ''}.
 - Codec: final mel loss {f(codec.get('mel'))}, {codec.get('codes_used', '-')} codes used.
+- Tokenizer ceilings (held-out, before the LM; `ceilings.json`): {_ceilings(build)}.
 - LM: {last.get('step', '-')} steps, final training loss {f(last.get('loss'))} (NTP {f(last.get('ntp'))}),
   held-out NTP {f(val.get('val_ntp'))}.
 
@@ -385,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="KIND=DIR")
     p.add_argument("--mix", required=True, help="mix.yaml; its 'image' entry is the share of t2i images used")
+    p = sub.add_parser("ceilings")
+    p.add_argument("heldout")
+    p.add_argument("out")
+    p.add_argument("--tokenizers", nargs="+", required=True, metavar="KIND=DIR")
+    p.add_argument("--judge", default="whisper")
+    p.add_argument("--limit", type=int, default=100)
     for name in ("assemble", "card"):
         p = sub.add_parser(name)
         if name == "assemble":
@@ -401,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.mix, encoding="utf-8") as f:
             share = float((yaml.safe_load(f) or {}).get("image", 0.25))
         write_uncond(a.shards, a.out, dict(t.split("=", 1) for t in a.tokenizers), max(1, round(1 / share)))
+    elif a.cmd == "ceilings":
+        write_ceilings(a.heldout, a.out, dict(t.split("=", 1) for t in a.tokenizers), a.judge, a.limit)
     elif a.cmd == "assemble":
         assemble(a.src, a.out, a.build, a.recipe)
     else:

@@ -1,0 +1,84 @@
+"""The bundled default model (core/assets/default): loads with no --model, fits its budget, and fixed prompts
+give outputs with the right properties, through the real CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aromni.core.api import DEFAULT_DIR, default_model_path
+from aromni.core.corpus import scenes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {k: v for k, v in os.environ.items() if k != "AROMNI_MODEL"} | {"OMP_NUM_THREADS": "2"}
+
+
+def aromni(*args, input=None, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "aromni", *args, "-q"], input=input, capture_output=True, cwd=cwd,
+                       env=ENV, timeout=300)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr.decode(errors='replace')[-2000:]}"
+    return r
+
+
+def test_bundle_is_the_default_fits_the_budget_and_has_a_card():
+    assert default_model_path() == DEFAULT_DIR
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DEFAULT_DIR) for f in fs)
+    assert size <= 40 * 2**20, size / 2**20
+    meta = json.loads(open(os.path.join(DEFAULT_DIR, "aromni.json")).read())
+    assert all(meta.get(f"{k}_tokenizer") for k in ("text", "image", "speech"))
+    card = open(os.path.join(DEFAULT_DIR, "MODEL_CARD.md"), encoding="utf-8").read()
+    for section in ("## Data", "## Quality", "## Limits"):
+        assert section in card, section
+    assert "not measured" not in card.split("## Quality")[1].split("\n## ")[0]
+
+
+# scenes from the held-out attribute combinations of the corpus (seed 0): never seen in training
+HELDOUT_SCENES = [
+    {"background": "white", "objects": [{"shape": "star", "colour": "green", "size": "large", "position": "right"}]},
+]
+
+
+@pytest.mark.parametrize("attrs", HELDOUT_SCENES, ids=lambda a: scenes.caption(a))
+def test_caption_names_the_scene(attrs, tmp_path):
+    scenes.draw(attrs).save(tmp_path / "scene.png")
+    text = aromni("caption", str(tmp_path / "scene.png")).stdout.decode().strip()
+    assert scenes.attrs_match(scenes.parse_caption(text), attrs), text
+
+
+T2I_PROMPTS = ["a large blue square in the centre"]
+
+
+@pytest.mark.parametrize("prompt", T2I_PROMPTS)
+def test_t2i_draws_what_the_prompt_says(prompt, tmp_path):
+    from PIL import Image
+
+    aromni("t2i", prompt, "--seed", "0", "-o", str(tmp_path / "out.png"))
+    got = scenes.analyse(Image.open(tmp_path / "out.png"))
+    assert scenes.attrs_match(got, scenes.parse_caption(prompt)), (prompt, got)
+
+
+def test_tts_then_asr_round_trip(tmp_path):
+    from aromni.core.eval.wer import word_errors
+
+    text = "a small red circle on the left"
+    aromni("tts", text, "--seed", "0", "-o", str(tmp_path / "s.wav"))
+    hyp = aromni("asr", str(tmp_path / "s.wav")).stdout.decode().strip()
+    assert word_errors(text, hyp).wer <= 0.15, hyp
+
+
+@pytest.mark.slow
+def test_readme_main_job(tmp_path):
+    """scripts/demo.sh, the main job of the README's first command, writes a WAV, a transcript, a PNG and a
+    caption with the bundled model."""
+    env = ENV | {"PATH": os.path.dirname(sys.executable) + os.pathsep + ENV.get("PATH", "")}
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo.sh"), str(tmp_path / "out")], capture_output=True,
+                       env=env, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].startswith("asr:") and len(lines[0]) > len("asr: ")
+    assert lines[1].startswith("caption:") and scenes.parse_caption(lines[1][len("caption:"):].strip())["objects"]
+    assert (tmp_path / "out" / "hello.wav").stat().st_size > 8000
+    assert (tmp_path / "out" / "scene.png").stat().st_size > 100
