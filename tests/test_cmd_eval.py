@@ -102,7 +102,7 @@ def test_cli_eval_asr_json_table_and_compare(tiny_bundle, corpus, tmp_path):
     _common_report_checks(rep, "asr", tiny_bundle, 2)  # the train line is not evaluated
     m = rep["metrics"]
     assert m["ref_words"] == 8 and m["wer"] == m["errors"] / 8
-    assert rep["settings"]["normalizer"] == "aromni-en-1" and rep["batch_size"] == 2
+    assert rep["settings"]["normalizer"] == "aromni-en-2" and rep["batch_size"] == 2
     assert all(isinstance(it["hyp"], str) and it["audio_s"] > 0 for it in rep["items"])
     (tmp_path / "a.json").write_text(json.dumps(rep))
     # without --json the table goes to stdout; -o keeps the report

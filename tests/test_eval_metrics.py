@@ -24,6 +24,9 @@ from aromni.core.eval.wer import WERStats, corpus_wer, word_errors
     ("agent 007", "agent zero zero seven"),
     ("  many \t spaces\n", "many spaces"),
     ("café NAÏVE", "café naïve"),
+    ("My favourite colour is GREY", "my favorite color is gray"),
+    ("the centres were coloured; she organised it", "the centers were colored she organized it"),
+    ("a colourful greyish theatre", "a colorful grayish theater"),
 ])
 def test_normalize(raw, norm):
     assert normalize_text(raw) == norm

@@ -494,3 +494,32 @@ def test_kmeans_finds_separated_clusters():
     z = torch.cat([c + 0.1 * torch.randn(200, 2, generator=g) for c in centres])
     found = _kmeans(z, 3, iters=10, g=torch.Generator().manual_seed(1))
     assert torch.cdist(centres, found).min(1).values.max() < 0.1
+
+
+def test_foreground_weights_up_weight_pixels_unlike_the_border():
+    from aromni.core.train.image_vq import _foreground_weights
+
+    x = torch.full((2, 3, 16, 16), -1.0)  # black backgrounds
+    x[0, :, 4:8, 4:8] = torch.tensor([0.8, -0.7, -0.7])[:, None, None]  # a red 4x4 square in image 0
+    w = _foreground_weights(x, 10.0)
+    assert w.shape == (2, 1, 16, 16)
+    assert torch.allclose(w.mean((2, 3)), torch.ones(2, 1))
+    assert torch.allclose(w[0, 0, 4, 4] / w[0, 0, 0, 0], torch.tensor(11.0))
+    assert torch.allclose(w[1], torch.ones(1, 16, 16))  # nothing but background: plain weights
+
+
+def test_fit_image_vq_with_foreground_weight_and_unknown_option_is_a_config_error(tmp_path):
+    from aromni.core.errors import AromniError
+    from aromni.core.train.config import TrainConfig
+    from aromni.core.train.image_vq import fit_image_vq
+    from aromni.core.train.stages import _fit_options
+
+    tok = build_image_tokenizer("tiny", seed=0)
+    res = fit_image_vq(tok, shapes(16, 32, seed=0), steps=6, batch_size=8, lr=3e-3, fg_weight=10.0)
+    assert np.isfinite(res["loss"])
+    cfg = TrainConfig(kind="image_vq")
+    cfg.tokenizer.options = {"fg_weight": 10.0}
+    assert _fit_options(cfg, fit_image_vq) == {"fg_weight": 10.0}
+    cfg.tokenizer.options = {"fg_wieght": 10.0}
+    with pytest.raises(AromniError, match="unknown fg_wieght"):
+        _fit_options(cfg, fit_image_vq)

@@ -10,17 +10,51 @@ Rules, in order (``NORMALIZER`` names this version; reports record it):
    still differs.
 4. Hyphens, dashes and slashes separate words; every other punctuation mark or symbol is removed.
    Apostrophes are kept inside words (``don't``, ``it's``) and dropped at word edges.
-5. Whitespace is collapsed.
+5. British spellings become American (``colour`` -> ``color``, ``centre`` -> ``center``, ``grey`` -> ``gray``,
+   ``favourite``, ``organise``...; a fixed list of common words with their inflections, ``_BRITISH``), as the
+   Whisper judge writes American English.
+6. Whitespace is collapsed.
 
-No spelling variants (colour/color) and no contractions are expanded; LibriSpeech references (upper case,
-apostrophes only) pass through unchanged apart from case.
+No contractions are expanded; LibriSpeech references (upper case, apostrophes only) pass through unchanged
+apart from case.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 
-NORMALIZER = "aromni-en-1"
+NORMALIZER = "aromni-en-2"  # -1 had no British -> American spelling map
+
+# British -> American stems; each also maps its -s/-ed/-ing/-ed/-er/-ers/-ite/-ites forms built below
+_BRITISH_STEMS = {
+    "colour": "color", "flavour": "flavor", "favour": "favor", "favourite": "favorite", "honour": "honor",
+    "humour": "humor", "labour": "labor", "neighbour": "neighbor", "behaviour": "behavior", "harbour": "harbor",
+    "rumour": "rumor", "vapour": "vapor", "armour": "armor", "odour": "odor", "savour": "savor", "parlour": "parlor",
+    "centre": "center", "metre": "meter", "litre": "liter", "theatre": "theater", "fibre": "fiber",
+    "kilometre": "kilometer", "centimetre": "centimeter", "millimetre": "millimeter", "calibre": "caliber",
+    "grey": "gray", "organise": "organize", "realise": "realize", "recognise": "recognize", "apologise": "apologize",
+    "analyse": "analyze", "paralyse": "paralyze", "travelled": "traveled", "travelling": "traveling",
+    "traveller": "traveler", "cancelled": "canceled", "cancelling": "canceling", "modelling": "modeling",
+    "jewellery": "jewelry", "programme": "program", "catalogue": "catalog", "dialogue": "dialog",
+    "defence": "defense", "offence": "offense", "licence": "license", "practise": "practice", "tyre": "tire",
+    "aluminium": "aluminum", "cheque": "check", "mum": "mom", "pyjamas": "pajamas", "plough": "plow",
+    "aeroplane": "airplane", "moustache": "mustache", "sceptical": "skeptical", "storey": "story",
+}
+
+
+def _inflections(stems: dict) -> dict:
+    out = {}
+    for b, a in stems.items():
+        out[b] = a
+        for suf in ("s", "ed", "ing", "er", "ers", "ful", "less", "ite", "ites", "ish"):
+            if b.endswith("e") and suf[0] in "ei":
+                out[b[:-1] + suf] = (a[:-1] if a.endswith("e") else a) + suf
+            else:
+                out[b + suf] = a + suf
+    return out
+
+
+_BRITISH = _inflections(_BRITISH_STEMS)
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
          "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
@@ -71,4 +105,4 @@ def normalize_text(text: str) -> str:
     s = _SEPARATORS.sub(" ", s)
     s = "".join(c if c == "'" or not unicodedata.category(c).startswith(("P", "S")) else " " for c in s)
     s = _EDGE_APOSTROPHES.sub(" ", s)
-    return " ".join(s.split())
+    return " ".join(_BRITISH.get(w, w) for w in s.split())

@@ -102,6 +102,7 @@ class TokenizerSection:
     init: str | None = None  # start from this tokenizer dir instead of a fresh preset
     vocab_size: int = 8000  # bpe
     max_items: int | None = None  # cap on images / clips / texts read from the manifest
+    options: dict = field(default_factory=dict)  # extra keyword arguments of fit_image_vq / fit_codec
 
 
 @dataclass

@@ -13,6 +13,10 @@ Objective, per batch of preprocessed images x in [-1, 1]:
   centroids of encoder outputs. On flat-colour scenes the network learns shapes long before colours (objects
   come out in the mean colour for the first ~1000 steps even without a quantizer); quantizing from step 0
   makes that plateau longer still, as the commitment pulls the latents onto a colour-blind codebook;
+- ``fg_weight`` > 0 up-weights the pixels that differ from the image's border colour in the L1/L2 terms. On
+  scenes of small objects on a plain background (the synthetic corpus) the unweighted loss is ~95% background:
+  objects stay blurred and in the mean colour for thousands of steps; with ``fg_weight=10`` colours are right
+  after ~300 steps (measured on the "small" preset);
 - every ``restart_every`` steps, codes whose usage fell below ``dead_frac`` of the mean are restarted on
   random encoder outputs of the current batch.
 
@@ -34,6 +38,16 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
     dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
     return F.l1_loss(dx(a), dx(b)) + F.l1_loss(dy(a), dy(b))
+
+
+def _foreground_weights(x: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights [B, 1, R, R], mean 1 per image: pixels that differ from the image's border colour
+    (its background) weigh ``1 + fg_weight``, the rest 1."""
+    border = torch.cat([x[..., :2, :].flatten(2), x[..., -2:, :].flatten(2),
+                        x[..., :, :2].flatten(2), x[..., :, -2:].flatten(2)], -1)  # [B, 3, P]
+    bg = border.median(-1).values[..., None, None]  # [B, 3, 1, 1]
+    w = 1 + fg_weight * ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()
+    return w / w.mean((2, 3), keepdim=True)
 
 
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -101,7 +115,7 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
                  ema_decay: float = 0.95, beta: float = 0.25, grad_weight: float = 0.5, restart_every: int = 20,
                  dead_frac: float = 0.03, warmup: int | None = None, quant_delay: int | None = None,
                  kmeans_iters: int = 10, kmeans_images: int = 512, flip: bool = False,
-                 eval_images: int = 256) -> dict:
+                 eval_images: int = 256, fg_weight: float = 0.0) -> dict:
     """Train ``tok`` in place on PIL ``images``; returns the final metrics.
 
     ``on_step(step, metrics)`` is called after every step with the batch losses (``loss``, ``recon``, ``l1``,
@@ -164,7 +178,12 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
         else:  # autoencoder warm-up: the latent space learns to carry colour and shape before it is quantized
             codes, commit, cb_loss, zq = None, zf.new_zeros(()), zf.new_zeros(()), z
         rec = model.decode_latents(zq)
-        l1, l2, gl = F.l1_loss(rec, x), F.mse_loss(rec, x), _grad_l1(rec, x)
+        if fg_weight:
+            w = _foreground_weights(x, fg_weight)
+            l1, l2 = ((rec - x).abs() * w).mean(), ((rec - x).pow(2) * w).mean()
+        else:
+            l1, l2 = F.l1_loss(rec, x), F.mse_loss(rec, x)
+        gl = _grad_l1(rec, x)
         recon = l1 + l2 + grad_weight * gl
         loss = recon + beta * commit + cb_loss
         opt.zero_grad(set_to_none=True)

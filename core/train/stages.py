@@ -200,7 +200,8 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
         _log(f"image_vq: {len(images)} images, preset {cfg.tokenizer.preset}, {steps} steps", quiet)
         bar, cb = _progress(steps, "image_vq", quiet, on_step)
         with bar:
-            metrics = fit_image_vq(tok, images, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb)
+            metrics = fit_image_vq(tok, images, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb,
+                                   **_fit_options(cfg, fit_image_vq))
         spec, kind = tok.save(out), "image"
     elif cfg.kind == "codec":
         from ..audio_io import load_audio
@@ -214,7 +215,8 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
         _log(f"codec: {len(wavs)} clips, preset {cfg.tokenizer.preset}, {steps} steps", quiet)
         bar, cb = _progress(steps, "codec", quiet, on_step)
         with bar:
-            metrics = fit_codec(tok, wavs, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb)
+            metrics = fit_codec(tok, wavs, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb,
+                                   **_fit_options(cfg, fit_codec))
         spec, kind = tok.save(out), "speech"
     else:
         raise AromniError(f"unknown kind {cfg.kind!r}")
@@ -222,6 +224,19 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
     _log(f"{kind} tokenizer -> {out}", quiet)
     scalars = {k: v for k, v in _plain(metrics or {}).items() if isinstance(v, (int, float, str, bool))}
     return {"kind": cfg.kind, "out_dir": out, "tokenizer": kind, "metrics": scalars}
+
+
+def _fit_options(cfg: TrainConfig, fit) -> dict:
+    """``tokenizer.options``, checked against the keyword arguments of ``fit``."""
+    import inspect
+
+    opts = dict(cfg.tokenizer.options or {})
+    known = set(inspect.signature(fit).parameters) - {"tok", "images", "wavs", "steps", "batch_size", "lr", "seed",
+                                                        "on_step"}
+    bad = sorted(set(opts) - known)
+    if bad:
+        raise AromniError(f"config: tokenizer.options: unknown {', '.join(bad)} (known: {', '.join(sorted(known))})")
+    return opts
 
 
 def _text_offset(cfg: TrainConfig) -> int:
