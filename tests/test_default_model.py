@@ -71,14 +71,18 @@ def test_tts_then_asr_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_readme_main_job(tmp_path):
-    """scripts/demo.sh, the main job of the README's first command, writes a WAV, a transcript, a PNG and a
-    caption with the bundled model."""
+    """scripts/demo.sh, the main job of the README's first command: speech, its transcript, the scene the
+    transcript describes and that scene's caption, with the bundled model."""
     env = ENV | {"PATH": os.path.dirname(sys.executable) + os.pathsep + ENV.get("PATH", "")}
-    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo.sh"), str(tmp_path / "out")], capture_output=True,
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo.sh"), str(out)], capture_output=True,
                        env=env, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
     lines = r.stdout.decode().splitlines()
-    assert lines[0].startswith("asr:") and len(lines[0]) > len("asr: ")
-    assert lines[1].startswith("caption:") and scenes.parse_caption(lines[1][len("caption:"):].strip())["objects"]
-    assert (tmp_path / "out" / "hello.wav").stat().st_size > 8000
-    assert (tmp_path / "out" / "scene.png").stat().st_size > 100
+    assert lines[0].startswith("asr:") and lines[1].startswith("caption:"), lines
+    assert (out / "speech.wav").stat().st_size > 16000  # > 0.5 s of 16-bit 16 kHz audio
+    said = scenes.parse_caption((out / "transcript.txt").read_text())
+    drawn = scenes.parse_caption((out / "caption.txt").read_text())
+    want = scenes.parse_caption("a large red circle in the centre")
+    assert scenes.attrs_match(said, want), said
+    assert scenes.attrs_match(drawn, want), drawn

@@ -158,6 +158,9 @@ def markdown_summary(reports: list[dict]) -> str:
         cells = [f"{label} {_headline_value(m.get(k), kind)}" for k, label, kind in HEADLINE.get(r["task"], [])
                  if k in m]
         head = next(((k, kind) for k, _, kind in HEADLINE.get(r["task"], []) if k in m), None)
+        if head and m.get("judges"):  # e.g. TTS WER by Whisper and by the model's own ASR
+            cells[0] = "WER " + ", ".join(f"{_headline_value(jm.get('wer'), 'pct')} ({j})"
+                                          for j, jm in m["judges"].items())
         if head and m.get("by_group"):  # e.g. ASR WER in the training voices and in a held-out voice
             cells.append("; ".join(f"{g}: {_headline_value(gm.get(head[0]), head[1])} ({gm.get('n')})"
                                    for g, gm in m["by_group"].items() if head[0] in gm))

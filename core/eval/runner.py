@@ -135,10 +135,15 @@ def eval_asr(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
 
 
 def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict]:
+    """``cfg.judge`` may name several judges, comma-separated (``whisper,self``): the first gives ``wer``, each
+    one its own entry in ``metrics["judges"]``; the speech is synthesised once."""
     from .. import tasks
     from .judge import make_judge
 
-    judge = make_judge(cfg.judge, omni=omni, device=str(omni.device), seed=cfg.seed)
+    judges = [make_judge(j.strip(), omni=omni, device=str(omni.device), seed=cfg.seed)
+              for j in cfg.judge.split(",") if j.strip()]
+    if not judges:
+        raise AromniError("--judge names no judge")
     sr = omni.speech.sample_rate
     rows, wavs = [], []
     with _progress(len(ds.items), "eval tts", cfg.quiet) as bar:
@@ -151,22 +156,32 @@ def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
                          "tokens_per_s": _stat(res.stats, "tokens_per_s"),
                          "wav": _save(cfg, f"{i:05d}.wav", wav, sr)})
             bar.update(1)
-    with _progress(len(rows), f"judge ({judge.name})", cfg.quiet) as bar:
-        for start in range(0, len(rows), cfg.batch_size):
-            chunk = rows[start:start + cfg.batch_size]
-            hyps = judge.transcribe(wavs[start:start + cfg.batch_size], sr)
-            for r, hyp in zip(chunk, hyps):
-                r["hyp"] = hyp
-                r.update(word_errors(r["ref"], hyp).to_dict())
-            bar.update(len(chunk))
-    stats = corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows])
+    by_judge = {}
+    for judge in judges:
+        hyps: list[str] = []
+        with _progress(len(rows), f"judge ({judge.name})", cfg.quiet) as bar:
+            for start in range(0, len(rows), cfg.batch_size):
+                hyps += judge.transcribe(wavs[start:start + cfg.batch_size], sr)
+                bar.update(len(wavs[start:start + cfg.batch_size]))
+        for r, hyp in zip(rows, hyps):
+            r.setdefault("hyps", {})[judge.name] = hyp
+        by_judge[judge.name] = {**corpus_wer([r["ref"] for r in rows], hyps).to_dict(), "n": len(rows)}
+    first = judges[0].name
+    for r in rows:
+        r["hyp"] = r["hyps"][first]
+        r.update(word_errors(r["ref"], r["hyp"]).to_dict())
     audio = sum(r["audio_s"] for r in rows)
-    metrics = {**stats.to_dict(), "n": len(rows), "audio_s_total": audio,
+    metrics = {**by_judge[first], "audio_s_total": audio,
                **_summary([r["first_audio_s"] for r in rows], "first_audio_s"),
                **_summary([r["rtf"] for r in rows], "rtf"),
                **_summary([r["tokens_per_s"] for r in rows], "tokens_per_s")}
-    return metrics, rows, {"normalizer": NORMALIZER, **{k if k == "judge" else f"judge_{k}": v
-                                                        for k, v in judge.info().items()}}
+    if len(judges) > 1:
+        metrics["judges"] = by_judge
+    info = {k if k == "judge" else f"judge_{k}": v for k, v in judges[0].info().items()}
+    if len(judges) > 1:
+        info["judge"] = ",".join(j.name for j in judges)
+        info["judges_info"] = {j.name: j.info() for j in judges}
+    return metrics, rows, {"normalizer": NORMALIZER, **info}
 
 
 def eval_caption(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict]:
@@ -224,9 +239,9 @@ def eval_t2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
             images = tasks.t2i(omni, [it.text for it in batch], n=1, opts=opts, seed=cfg.seed)
             clip = scorer.score(images, [it.text for it in batch]) if scorer else [None] * len(batch)
             for it, img, cs in zip(batch, images, clip):
-                ref = _scene_ref(it)
+                ref, seen = _scene_ref(it), analyse(img)
                 rows.append({"id": it.id, "text": it.text, "clipscore": cs,
-                             "attrs_ok": _attr_check(analyse(img), ref, [it.text]) if ref else None,
+                             "attrs_ok": _attr_check(seen, ref, [it.text]) if ref else None, "analysed": seen,
                              "image": _save(cfg, f"{n:05d}.png", img)})
                 n += 1
             bar.update(len(batch))
@@ -250,9 +265,9 @@ def eval_s2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
         for batch in _batches(ds.items, cfg.batch_size):
             outs = tasks.s2i(omni, [load_audio(it.audio, sr) for it in batch], opts=opts, seed=cfg.seed)
             for it, (text, img) in zip(batch, outs):
-                ref = _scene_ref(it)
+                ref, seen = _scene_ref(it), analyse(img)
                 row = {"id": it.id, "ref": it.text, "hyp": text, "group": it.group,
-                       "attrs_ok": _attr_check(analyse(img), ref, [it.text]) if ref else None,
+                       "attrs_ok": _attr_check(seen, ref, [it.text]) if ref else None, "analysed": seen,
                        "image": _save(cfg, f"{len(rows):05d}.png", img)}
                 if it.text:
                     row.update(word_errors(it.text, text).to_dict())
@@ -295,9 +310,9 @@ def evaluate(cfg: EvalConfig, omni=None) -> dict:
     # fail before loading a (possibly large) model
     if cfg.task == "t2i" and cfg.clip_checkpoint and not os.path.exists(cfg.clip_checkpoint):
         raise InputError("no such checkpoint file or directory", cfg.clip_checkpoint)
-    if cfg.task == "tts" and cfg.judge.startswith("whisper"):
+    if cfg.task == "tts" and "whisper" in cfg.judge.split(","):
         from .judge import whisper_unavailable
-        reason = whisper_unavailable() if cfg.judge == "whisper" else None
+        reason = whisper_unavailable()
         if reason:
             raise NotAvailableError(f"--judge whisper: {reason}; or use --judge self (the model's own ASR)")
     opts = options_for(cfg.task, compat=cfg.compat, batch_size=cfg.batch_size, **cfg.decode)

@@ -147,6 +147,8 @@ def write_ceilings(heldout: str, out: str, tokenizers: dict, judge: str = "whisp
     try:
         from aromni.core.eval.judge import make_judge
 
+        if judge in ("self", "model"):
+            raise ValueError("the 'self' judge is the LM's own ASR, which is not trained yet; use --judge whisper")
         j = make_judge(judge)
         res["speech"].update(judge=j.name, wer_original=corpus_wer(refs, j.transcribe(orig, sr)).wer,
                              wer_reconstructed=corpus_wer(refs, j.transcribe(recon, sr)).wer)
@@ -312,11 +314,15 @@ def _quality(build: str) -> list[str]:
             rows.append(f"| {task} | {key} | not measured | {op} {100 * thr:.0f}% | - |")
             continue
         have = True
-        ok = v >= thr if op == ">=" else v <= thr
         n = (rep.get("data") or {}).get("n")
-        judge = (rep.get("settings") or {}).get("judge")
-        extra = f" (n={n}{', judge ' + str(judge) if judge else ''})" if n else ""
-        rows.append(f"| {task} | {key} | {100 * v:.1f}%{extra} | {op} {100 * thr:.0f}% | {'yes' if ok else 'no'} |")
+        judges = (rep.get("metrics") or {}).get("judges") or {(rep.get("settings") or {}).get("judge"): {key: v}}
+        for judge, jm in judges.items():  # TTS: one row per judge (Whisper, the model's own ASR)
+            jv = jm.get(key)
+            if jv is None:
+                continue
+            ok = jv >= thr if op == ">=" else jv <= thr
+            extra = f" (n={n}{', judge ' + str(judge) if judge else ''})" if n else ""
+            rows.append(f"| {task} | {key} | {100 * jv:.1f}%{extra} | {op} {100 * thr:.0f}% | {'yes' if ok else 'no'} |")
         for group, gm in sorted(((rep.get("metrics") or {}).get("by_group") or {}).items()):
             if gm.get(key) is not None:  # e.g. ASR in the training voices vs the held-out voice
                 rows.append(f"| {task}, {group} | {key} | {100 * gm[key]:.1f}% (n={gm.get('n')}) | | |")
