@@ -5,7 +5,7 @@
 set -euo pipefail
 out=${1:-demo-out}
 mkdir -p "$out"
-aromni tts "a large red circle in the centre" --seed 0 > "$out/speech.wav"
+aromni tts "a large red circle on the left" --seed 0 > "$out/speech.wav"
 aromni asr "$out/speech.wav" | tee "$out/transcript.txt" | sed 's/^/asr:     /'
 aromni t2i --seed 0 < "$out/transcript.txt" > "$out/scene.png"
 aromni caption "$out/scene.png" | tee "$out/caption.txt" | sed 's/^/caption: /'
