@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from aromni.core.image_tokenizer import build_image_tokenizer, preprocess_batch
-from aromni.core.train.image_vq import evaluate, fit_image_vq
+from aromni.core.train.image_vq import evaluate, fit_image_vq, scene_accuracy
 
 COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (240, 200, 40), (150, 60, 190), (250, 140, 30),
            (30, 30, 30), (240, 240, 240), (120, 120, 120), (60, 200, 200)]
@@ -64,19 +64,6 @@ def draw_scenes(n: int, size: int, seed: int) -> list[Image.Image]:
     return [scenes.draw(a, size) for a in scene_attrs(n, seed)]
 
 
-def analyser_accuracy(tok, attrs: list[dict]) -> float:
-    """Share of scenes whose reconstruction the corpus analyser reads back exactly (shape, colour, size,
-    position, background): the bar the bundled model's T2I output must pass."""
-    from aromni.core.corpus import scenes
-
-    tok.model.eval()
-    with torch.no_grad():
-        rec = tok.decode(tok.encode([scenes.draw(a, 64) for a in attrs]))
-    tok.model.train()
-    keys = scenes.OBJECT_KEYS + ("background",)
-    return sum(scenes.attrs_match(scenes.analyse(r), a, keys) for r, a in zip(rec, attrs)) / len(attrs)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
@@ -104,6 +91,7 @@ def main() -> None:
     train = draw(a.n_train, 96, seed=1)  # drawn larger, so the tokenizer's LANCZOS resize is exercised
     held = preprocess_batch(draw(128, 96, seed=2), tok.resolution)
     held_attrs = scene_attrs(200, seed=2) if a.data == "scenes" else None
+    held_scenes = draw_scenes(200, 64, seed=2) if held_attrs else None
     steps = a.steps
     if a.minutes:
         t0 = time.perf_counter()
@@ -119,8 +107,9 @@ def main() -> None:
     def on_step(step: int, m: dict) -> None:
         if step % a.eval_every == 0 or step == steps:
             ev = evaluate(tok, held)
+            tok.model.eval()
+            acc = f"  analyser {scene_accuracy(tok, held_scenes, held_attrs):.1%}" if held_attrs else ""
             tok.model.train()
-            acc = f"  analyser {analyser_accuracy(tok, held_attrs):.1%}" if held_attrs else ""
             print(f"step {step:5d}  {time.perf_counter() - t0:7.1f}s  recon {m['recon']:.4f}  "
                   f"held-out psnr {ev['psnr']:.2f} dB  codes used {ev['codes_used']}  ppl {ev['perplexity']:.0f}{acc}",
                   flush=True)

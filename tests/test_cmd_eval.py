@@ -204,6 +204,13 @@ def test_eval_tts_two_judges_share_one_synthesis(omni, corpus):
     assert "(whisper), " in markdown_summary([rep]) and "(self)" in markdown_summary([rep])
 
 
+def test_eval_tts_empty_judge_list_is_a_user_error(omni, corpus):
+    from aromni.core.errors import AromniError
+
+    with pytest.raises(AromniError, match="names no judge"):
+        run_eval(omni, "tts", corpus / "manifest.jsonl", limit=1, judge=",")
+
+
 def test_eval_caption(omni, tiny_bundle, corpus):
     rep = run_eval(omni, "caption", corpus / "manifest.jsonl")
     _common_report_checks(rep, "caption", tiny_bundle, 2)

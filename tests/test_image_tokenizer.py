@@ -523,3 +523,16 @@ def test_fit_image_vq_with_foreground_weight_and_unknown_option_is_a_config_erro
     cfg.tokenizer.options = {"fg_wieght": 10.0}
     with pytest.raises(AromniError, match="unknown fg_wieght"):
         _fit_options(cfg, fit_image_vq)
+
+
+def test_cli_unknown_tokenizer_option_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "vq.yaml"
+    cfg.write_text("kind: image_vq\nout_dir: out\ndata: {train: [{type: manifest, path: missing.jsonl}]}\n"
+                   "tokenizer: {preset: tiny, options: {fg_wieght: 10}}\n")
+    r = subprocess.run([sys.executable, "-m", "aromni", "train", str(cfg), "-q"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "tokenizer.options: unknown fg_wieght" in r.stderr and "fg_weight" in r.stderr

@@ -86,6 +86,9 @@ def test_ci_recipe_end_to_end(tmp_path):
         assert meta.get(f"{kind}_tokenizer"), kind
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Limits" in card and "| lm |" in card
+    ceil = json.loads((out / "ceilings.json").read_text())  # the self judge cannot score speech before the LM
+    assert ceil["image"]["n"] == 8 and 0 <= ceil["image"]["analyser_on_reconstructions"] <= 1
+    assert "not trained yet" in ceil["speech"]["judge_error"] and "Tokenizer ceilings" in card
     assert sorted(os.listdir(bundle / "recipe")) == sorted([f"{s}.yaml" for s in STAGES] + ["mix.yaml"])
     # vocabulary = compact layout of the three tokenizers; weights shipped as fp16
     from safetensors import safe_open

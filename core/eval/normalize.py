@@ -25,7 +25,7 @@ import unicodedata
 
 NORMALIZER = "aromni-en-2"  # -1 had no British -> American spelling map
 
-# British -> American stems; each also maps its -s/-ed/-ing/-ed/-er/-ers/-ite/-ites forms built below
+# British -> American stems; _inflections adds each stem's suffixed forms (_SUFFIXES)
 _BRITISH_STEMS = {
     "colour": "color", "flavour": "flavor", "favour": "favor", "favourite": "favorite", "honour": "honor",
     "humour": "humor", "labour": "labor", "neighbour": "neighbor", "behaviour": "behavior", "harbour": "harbor",
@@ -42,11 +42,14 @@ _BRITISH_STEMS = {
 }
 
 
+_SUFFIXES = ("s", "ed", "ing", "er", "ers", "ful", "less", "ish")
+
+
 def _inflections(stems: dict) -> dict:
     out = {}
     for b, a in stems.items():
         out[b] = a
-        for suf in ("s", "ed", "ing", "er", "ers", "ful", "less", "ite", "ites", "ish"):
+        for suf in _SUFFIXES:
             if b.endswith("e") and suf[0] in "ei":
                 out[b[:-1] + suf] = (a[:-1] if a.endswith("e") else a) + suf
             else:

@@ -80,6 +80,12 @@ def _by_group(rows: list[dict], score) -> dict:
     return {"by_group": {g: score([r for r in rows if r.get("group") == g]) for g in groups}}
 
 
+def _attr_metrics(rows: list[dict]) -> dict:
+    """``attr_accuracy`` and ``attr_n`` over the rows that carry an ``attrs_ok`` verdict ({} when none do)."""
+    checked = [r["attrs_ok"] for r in rows if r.get("attrs_ok") is not None]
+    return {"attr_accuracy": sum(checked) / len(checked), "attr_n": len(checked)} if checked else {}
+
+
 def _asr_score(rows: list[dict]) -> dict:
     return {**corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows]).to_dict(), "n": len(rows)}
 
@@ -175,10 +181,9 @@ def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
                **_summary([r["first_audio_s"] for r in rows], "first_audio_s"),
                **_summary([r["rtf"] for r in rows], "rtf"),
                **_summary([r["tokens_per_s"] for r in rows], "tokens_per_s")}
-    if len(judges) > 1:
-        metrics["judges"] = by_judge
     info = {k if k == "judge" else f"judge_{k}": v for k, v in judges[0].info().items()}
     if len(judges) > 1:
+        metrics["judges"] = by_judge
         info["judge"] = ",".join(j.name for j in judges)
         info["judges_info"] = {j.name: j.info() for j in judges}
     return metrics, rows, {"normalizer": NORMALIZER, **info}
@@ -202,10 +207,7 @@ def eval_caption(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, 
     score, per = cider_d([r["refs"] for r in rows], [r["hyp"] for r in rows])
     for r, s in zip(rows, per):
         r["cider_d"] = s
-    metrics = {"cider_d": score, "n": len(rows)}
-    checked = [r["attrs_ok"] for r in rows if "attrs_ok" in r]
-    if checked:
-        metrics.update(attr_accuracy=sum(checked) / len(checked), attr_n=len(checked))
+    metrics = {"cider_d": score, "n": len(rows), **_attr_metrics(rows)}
     return metrics, rows, {"cider": "CIDEr-D (n=4, sigma=6, df from this set's references)"}
 
 
@@ -248,9 +250,7 @@ def eval_t2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     metrics = {"n": len(rows)}
     if scorer:
         metrics["clipscore"] = statistics.fmean(r["clipscore"] for r in rows)
-    checked = [r["attrs_ok"] for r in rows if r["attrs_ok"] is not None]
-    if checked:
-        metrics.update(attr_accuracy=sum(checked) / len(checked), attr_n=len(checked))
+    metrics.update(_attr_metrics(rows))
     return metrics, rows, (scorer.info() if scorer else {})
 
 
@@ -273,22 +273,14 @@ def eval_s2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
                     row.update(word_errors(it.text, text).to_dict())
                 rows.append(row)
             bar.update(len(batch))
-    metrics = {"n": len(rows)}
-    checked = [r["attrs_ok"] for r in rows if r["attrs_ok"] is not None]
-    if checked:
-        metrics.update(attr_accuracy=sum(checked) / len(checked), attr_n=len(checked))
+    metrics = {"n": len(rows), **_attr_metrics(rows)}
     with_ref = [r for r in rows if r["ref"]]
     if with_ref:
         stats = corpus_wer([r["ref"] for r in with_ref], [r["hyp"] for r in with_ref])
         metrics.update(transcript_wer=stats.wer, transcript_errors=stats.errors, transcript_ref_words=stats.ref_words)
-    if not checked and not with_ref:
+    if "attr_n" not in metrics and not with_ref:
         raise AromniError("s2i items need scene attrs (or a scene caption as text) to score the images")
-
-    def score(rs: list[dict]) -> dict:
-        ok = [r["attrs_ok"] for r in rs if r["attrs_ok"] is not None]
-        return {"n": len(rs), **({"attr_accuracy": sum(ok) / len(ok)} if ok else {})}
-
-    metrics.update(_by_group(rows, score))
+    metrics.update(_by_group(rows, lambda rs: {"n": len(rs), **_attr_metrics(rs)}))
     return metrics, rows, {"normalizer": NORMALIZER}
 
 

@@ -110,6 +110,19 @@ def evaluate(tok: VQGANTokenizer, x: torch.Tensor, batch_size: int = 32) -> dict
             "perplexity": ppl}
 
 
+def scene_accuracy(tok: VQGANTokenizer, images: Sequence, attrs: Sequence[dict], batch_size: int = 32) -> float:
+    """Share of synthetic-corpus scenes (PIL ``images`` with their ``attrs``) whose reconstruction the corpus
+    analyser reads back exactly: shape, colour, size, position and background. The ceiling of T2I on them."""
+    from ..corpus import scenes
+
+    keys = scenes.OBJECT_KEYS + ("background",)
+    ok = 0
+    for i in range(0, len(images), batch_size):
+        recs = tok.decode(tok.encode(list(images[i:i + batch_size])))
+        ok += sum(scenes.attrs_match(scenes.analyse(r), a, keys) for r, a in zip(recs, attrs[i:i + batch_size]))
+    return ok / max(1, len(images))
+
+
 def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_size: int = 16, lr: float = 1e-3,
                  seed: int = 0, on_step: Callable[[int, dict], None] | None = None, ema: bool = True,
                  ema_decay: float = 0.95, beta: float = 0.25, grad_weight: float = 0.5, restart_every: int = 20,

@@ -192,6 +192,7 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
         from ..image_tokenizer import open_image
         from .image_vq import fit_image_vq
 
+        opts = _fit_options(cfg, fit_image_vq)  # a config error, before any data is read
         files = _files_of(cfg, "image")
         if not files:
             raise AromniError("image_vq: the manifests name no images")
@@ -200,13 +201,13 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
         _log(f"image_vq: {len(images)} images, preset {cfg.tokenizer.preset}, {steps} steps", quiet)
         bar, cb = _progress(steps, "image_vq", quiet, on_step)
         with bar:
-            metrics = fit_image_vq(tok, images, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb,
-                                   **_fit_options(cfg, fit_image_vq))
+            metrics = fit_image_vq(tok, images, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb, **opts)
         spec, kind = tok.save(out), "image"
     elif cfg.kind == "codec":
         from ..audio_io import load_audio
         from .codec import fit_codec
 
+        opts = _fit_options(cfg, fit_codec)  # a config error, before any data is read
         files = _files_of(cfg, "audio")
         if not files:
             raise AromniError("codec: the manifests name no audio")
@@ -215,8 +216,7 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
         _log(f"codec: {len(wavs)} clips, preset {cfg.tokenizer.preset}, {steps} steps", quiet)
         bar, cb = _progress(steps, "codec", quiet, on_step)
         with bar:
-            metrics = fit_codec(tok, wavs, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb,
-                                   **_fit_options(cfg, fit_codec))
+            metrics = fit_codec(tok, wavs, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb, **opts)
         spec, kind = tok.save(out), "speech"
     else:
         raise AromniError(f"unknown kind {cfg.kind!r}")
