@@ -26,6 +26,9 @@ CfgText = Annotated[Optional[float], typer.Option("--cfg-text", help="Image CFG 
 CfgImage = Annotated[Optional[float], typer.Option(
     "--cfg-image", help="Image CFG image scale (t2i default 1.0; matters for text-only prompts too).")]
 ImageTemp = Annotated[Optional[float], typer.Option("--image-temperature", help="Image sampling temperature.")]
+ImageGreedy = Annotated[Optional[bool], typer.Option(
+    "--image-greedy/--image-sample", show_default=False,
+    help="Argmax or sampled image codes (default: sampled, unless the model's bundle sets its own default).")]
 Compat = Annotated[bool, typer.Option(
     "--compat", help="Reproduce the reference decoder exactly (masks, penalty, caps); see README.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows decoded together.")]

@@ -11,9 +11,9 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, log
-from aromni.commands._decode import (Batch, BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageTemp, MaxNew,
-                                     OutDir, RepPenalty, Temperature, TopK, TopP, decode_options, load_model, make_dir,
-                                     one_line, print_line, read_jsonl, resolve_rel)
+from aromni.commands._decode import (Batch, BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
+                                     ImageTemp, MaxNew, OutDir, RepPenalty, Temperature, TopK, TopP, decode_options,
+                                     load_model, make_dir, one_line, print_line, read_jsonl, resolve_rel)
 from aromni.core.errors import AromniError, InputError
 
 HELP = """commands:
@@ -244,6 +244,7 @@ def run(
     cfg_text: CfgText = None,
     cfg_image: CfgImage = None,
     image_temperature: ImageTemp = None,
+    image_greedy: ImageGreedy = None,
     compat: Compat = False,
     batch_size: BatchSize = 8,
     compile: Compile = False,
@@ -264,7 +265,8 @@ def run(
     """
     opts = decode_options("chat", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg_text=cfg_text,
-                          cfg_image=cfg_image, image_temperature=image_temperature, images=images_out,
+                          cfg_image=cfg_image, image_temperature=image_temperature,
+                          image_greedy=image_greedy, images=images_out,
                           speech=speech_out, batch_size=batch_size, compile=compile)
     if batch is not None:
         dialogs = [parse_dialog(o, n, batch) for n, o in enumerate(read_jsonl(batch, "dialogs"), 1)]

@@ -42,6 +42,11 @@ def run(
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
     cfg_text: Annotated[Optional[float], typer.Option("--cfg-text", help="Image CFG text scale.")] = None,
     cfg_image: Annotated[Optional[float], typer.Option("--cfg-image", help="Image CFG image scale.")] = None,
+    image_temperature: Annotated[Optional[float], typer.Option("--image-temperature",
+                                                               help="Image sampling temperature.")] = None,
+    image_greedy: Annotated[Optional[bool], typer.Option(
+        "--image-greedy/--image-sample", show_default=False,
+        help="Argmax or sampled image codes (default: the model's own default, else sampled).")] = None,
     compat: Annotated[bool, typer.Option("--compat", help="The reference scripts' decoding settings.")] = False,
     save: Annotated[Optional[str], typer.Option("--save", help="Keep generated audio/images in this directory.")
                     ] = None,
@@ -82,7 +87,8 @@ def run(
     from aromni.core.eval.runner import EvalConfig, evaluate
 
     decode = {"max_new_tokens": max_new_tokens, "greedy": greedy, "temperature": temperature, "top_p": top_p,
-              "cfg_text": cfg_text, "cfg_image": cfg_image}
+              "cfg_text": cfg_text, "cfg_image": cfg_image, "image_temperature": image_temperature,
+              "image_greedy": image_greedy}
     cfg = EvalConfig(task=task, data=data, model=model, split=split, limit=limit, batch_size=batch_size, seed=seed,
                      device=device, dtype=dtype, decode={k: v for k, v in decode.items() if v is not None},
                      compat=compat, judge=judge, clip_checkpoint=clip_checkpoint, clip_arch=clip_arch,

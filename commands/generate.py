@@ -8,8 +8,8 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Model, Output, Quiet, Seed, log
-from aromni.commands._decode import (BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageTemp, MaxNew,
-                                     RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
+from aromni.commands._decode import (BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
+                                     ImageTemp, MaxNew, RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
 from aromni.core.errors import AromniError
 
 
@@ -72,6 +72,7 @@ def run(
     cfg_text: CfgText = None,
     cfg_image: CfgImage = None,
     image_temperature: ImageTemp = None,
+    image_greedy: ImageGreedy = None,
     echo: Annotated[bool, typer.Option("--echo", help="Write each prompt before its generated tokens.")] = False,
     fmt: Annotated[Optional[str], typer.Option(
         "--format", help="lines (streamed), json or npy; default from the -o suffix, else lines.")] = None,
@@ -92,6 +93,7 @@ def run(
     samples with seed --seed + i, so batching never changes a row's output.
     """
     from aromni.core.generate import generate
+    from aromni.core.decoding import with_model_defaults
     from aromni.core.tasks import base_seed
     from aromni.core.tokens import LineWriter, TokenStream, read_tokens, write_tokens
 
@@ -105,10 +107,12 @@ def run(
         raise AromniError("no token stream given: pass a file or pipe it on stdin")
     opts = decode_options(task, compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg_text=cfg_text,
-                          cfg_image=cfg_image, image_temperature=image_temperature, batch_size=batch_size,
+                          cfg_image=cfg_image, image_temperature=image_temperature,
+                          image_greedy=image_greedy, batch_size=batch_size,
                           compile=compile)
     stream_file = None if tokens == "-" else read_tokens(tokens)  # parse errors before the model loads
     omni = load_model(model, device, dtype, quiet, seed)
+    opts = with_model_defaults(opts, omni.decode)
     v = omni.vocab
     s0 = base_seed(seed)
     collected: list[list[int]] = []

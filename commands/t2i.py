@@ -11,8 +11,8 @@ from typing_extensions import Annotated
 
 from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, refuse_tty,
                                      text_arg)
-from aromni.commands._decode import (Batch, BatchSize, CfgImage, CfgText, Compat, Compile, ImageTemp, MaxNew, OutDir,
-                                     decode_options, load_model, make_dir, print_line, read_jsonl)
+from aromni.commands._decode import (Batch, BatchSize, CfgImage, CfgText, Compat, Compile, ImageGreedy, ImageTemp,
+                                     MaxNew, OutDir, decode_options, load_model, make_dir, print_line, read_jsonl)
 from aromni.core.errors import AromniError, InputError
 
 
@@ -42,6 +42,7 @@ def run(
     cfg_text: CfgText = None,
     cfg_image: CfgImage = None,
     image_temperature: ImageTemp = None,
+    image_greedy: ImageGreedy = None,
     image_top_p: Annotated[Optional[float], typer.Option("--image-top-p", help="Image nucleus mass.")] = None,
     image_top_k: Annotated[Optional[int], typer.Option("--image-top-k", help="Image top-k (0 = off).")] = None,
     max_new_tokens: MaxNew = None,
@@ -85,6 +86,7 @@ def run(
     if paths == ["-"]:
         refuse_tty("a PNG image")
     opts = decode_options("t2i", compat, cfg_text=cfg_text, cfg_image=cfg_image, image_temperature=image_temperature,
+                          image_greedy=image_greedy,
                           image_top_p=image_top_p, image_top_k=image_top_k, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, compile=compile)
     omni = load_model(model, device, dtype, quiet, seed)

@@ -4,9 +4,12 @@ Layout::
 
     aromni.json          {"format": "aromni-bundle", "version": 1, "family": ..., "model": ModelConfig,
                           "vocab": VocabLayout, "text_tokenizer": spec, "image_tokenizer": spec,
-                          "speech_tokenizer": spec, "prompts": {...}}
+                          "speech_tokenizer": spec, "prompts": {...}, "decode": {task: {option: value}}}
     model.safetensors    backbone weights in aromni's (Meta-named) keys
     ...                  tokenizer files named by their specs
+
+``decode`` (optional) holds the model's own decoding defaults per task (e.g. greedy image codes for a small
+model), applied wherever the caller chose nothing (decoding.with_model_defaults).
 
 A tokenizer spec is ``{"type": NAME, ...}``; ``TOKENIZER_LOADERS[kind][NAME](spec, root, device)`` loads it.
 """
@@ -19,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import CheckpointError
+from .errors import AromniError, CheckpointError
 from .model import ModelConfig, Transformer
 from .vocab import VocabLayout
 
@@ -60,6 +63,7 @@ class Omni:
     image: Any = None
     speech: Any = None
     prompts: dict = field(default_factory=dict)
+    decode: dict = field(default_factory=dict)  # task -> {option: value}: this model's decoding defaults
     source: str = ""
 
     @property
@@ -74,6 +78,8 @@ def save_bundle(omni: Omni, root: str) -> None:
     os.makedirs(root, exist_ok=True)
     meta: dict[str, Any] = {"format": FORMAT, "version": 1, "family": omni.family,
                             "model": omni.model.cfg.to_dict(), "vocab": omni.vocab.to_dict(), "prompts": omni.prompts}
+    if omni.decode:
+        meta["decode"] = omni.decode
     for kind, tok in (("text", omni.text), ("image", omni.image), ("speech", omni.speech)):
         if tok is not None:
             meta[f"{kind}_tokenizer"] = tok.save(root)
@@ -126,8 +132,14 @@ def load_bundle(root: str, device="cpu", dtype: torch.dtype = torch.float32, tok
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
     model = load_state_into(cfg, state, device=device, dtype=dtype, source=path)
+    from .decoding import check_model_defaults
+
+    try:
+        decode = check_model_defaults(meta.get("decode") or {}, f"{root}/{BUNDLE_FILE}")
+    except AromniError as e:
+        raise CheckpointError(str(e)) from None
     omni = Omni(model=model, vocab=vocab, family=meta.get("family", "aromni"), prompts=meta.get("prompts", {}),
-                source=root)
+                decode=decode, source=root)
     if tokenizers:
         omni.text = load_tokenizer("text", meta.get("text_tokenizer"), root, device)
         omni.image = load_tokenizer("image", meta.get("image_tokenizer"), root, device)

@@ -68,9 +68,11 @@ class DecodeOptions:
     compat: bool = False
     batch_size: int = 8
     compile: bool = False  # static-cache decode step under torch.compile (CUDA graphs); see generate.StaticStep
+    # names the caller chose (options_for overrides, replace): a model's own defaults never change these
+    explicit: frozenset = frozenset()
 
     def replace(self, **kw) -> "DecodeOptions":
-        return replace(self, **kw)
+        return replace(self, explicit=self.explicit | set(kw), **kw)
 
     @property
     def use_cfg(self) -> bool:
@@ -150,7 +152,36 @@ def options_for(task: str = "chat", compat: bool = False, **overrides) -> Decode
     if "greedy" in given and "markers" not in given:
         given["markers"] = False
     kw.update(given)
-    return DecodeOptions(task=task, **kw).check()
+    return DecodeOptions(task=task, explicit=frozenset(given), **kw).check()
+
+
+# options a model may set for itself (aromni.json "decode": {task: {name: value}}): the sampling knobs
+MODEL_DEFAULTABLE = ("greedy", "temperature", "top_p", "top_k", "repetition_penalty", "image_greedy",
+                     "image_temperature", "image_top_p", "image_top_k", "cfg", "cfg_text", "cfg_image")
+
+
+def check_model_defaults(table: dict, where: str = "model") -> dict:
+    """Validate a model's per-task decode defaults ({task: {option: value}}); returns it."""
+    if not isinstance(table, dict):
+        raise AromniError(f"{where}: decode defaults must be a mapping of task -> options")
+    for task, opts in table.items():
+        if task not in TASK_DEFAULTS or not isinstance(opts, dict):
+            raise AromniError(f"{where}: decode defaults for unknown task {task!r} (known: {', '.join(TASKS)})")
+        bad = [k for k in opts if k not in MODEL_DEFAULTABLE]
+        if bad:
+            raise AromniError(f"{where}: decode option(s) {', '.join(map(repr, bad))} cannot be a model default "
+                              f"(allowed: {', '.join(MODEL_DEFAULTABLE)})")
+        replace(DecodeOptions(task=task, **TASK_DEFAULTS[task]), **opts).check()
+    return table
+
+
+def with_model_defaults(opts: DecodeOptions, table: dict | None) -> DecodeOptions:
+    """``opts`` with a model's own defaults for its task wherever the caller chose nothing (not under
+    ``compat``, which reproduces the reference's settings)."""
+    if opts.compat or not table:
+        return opts
+    kw = {k: v for k, v in (table.get(opts.task) or {}).items() if k not in opts.explicit}
+    return replace(opts, **kw) if kw else opts
 
 
 # ----------------------------------------------------------------------------------------------

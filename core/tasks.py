@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .bundle import Omni
-from .decoding import DecodeOptions, options_for
+from .decoding import DecodeOptions, options_for, with_model_defaults
 from .errors import AromniError, InputError
 from .generate import Generation, generate
 from .prompts import (PromptContext, asr_prompt, caption_prompt, chat_prompt, chat_turn, s2i_prompt, t2i_prompt,
@@ -42,6 +42,11 @@ def _need(omni: Omni, kind: str, task: str):
     if omni.model is None:
         raise AromniError(f"{task} needs the model weights (loaded with model=False)")
     return tok
+
+
+def model_options(omni: Omni, opts: DecodeOptions | None, task: str) -> DecodeOptions:
+    """``opts`` (default: ``task``'s) completed with the model's own decoding defaults (bundle "decode")."""
+    return with_model_defaults(opts or options_for(task), omni.decode)
 
 
 def base_seed(seed: int | None) -> int:
@@ -175,7 +180,7 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
     as soon as the chunked codec releases it (while the model is still generating)."""
     speech = _need(omni, "speech", "tts")
     _need(omni, "text", "tts")
-    opts = opts or options_for("tts")
+    opts = model_options(omni, opts, "tts")
     v, ctx = omni.vocab, PromptContext.of(omni)
     sentences = split_sentences(text)
     if not sentences:
@@ -223,7 +228,7 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
               seed: int | None = None) -> list[TTSResult]:
     """Several texts decoded together (their sentences are the rows of one batch); no streaming."""
     speech = _need(omni, "speech", "tts")
-    opts = opts or options_for("tts")
+    opts = model_options(omni, opts, "tts")
     v, ctx = omni.vocab, PromptContext.of(omni)
     owner, prompts = [], []
     for k, text in enumerate(texts):
@@ -280,7 +285,7 @@ def asr(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, s
     one batch and joined."""
     _need(omni, "speech", "asr")
     _need(omni, "text", "asr")
-    opts = opts or options_for("asr")
+    opts = model_options(omni, opts, "asr")
     ctx = PromptContext.of(omni)
     owner, prompts = [], []
     for k, wav in enumerate(wavs):
@@ -303,7 +308,7 @@ def caption(omni: Omni, images: list, opts: DecodeOptions | None = None, seed: i
     """Images (PIL, paths or bytes) -> one caption each."""
     _need(omni, "image", "caption")
     _need(omni, "text", "caption")
-    opts = opts or options_for("caption")
+    opts = model_options(omni, opts, "caption")
     ctx = PromptContext.of(omni)
     codes = _image_codes(omni, images)
     prompts = [caption_prompt(ctx, c.tolist()) for c in codes]
@@ -320,7 +325,7 @@ def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = N
     _need(omni, "text", "t2i")
     if n < 1:
         raise AromniError("--n must be at least 1")
-    opts = opts or options_for("t2i")
+    opts = model_options(omni, opts, "t2i")
     v, ctx = omni.vocab, PromptContext.of(omni)
     prompts = []
     limit = min(omni.model.cfg.max_seq_len, (opts.max_total_tokens or 1 << 30)) - (v.image_tokens + 1)
@@ -340,7 +345,7 @@ def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, s
     """Speech -> (transcript, image): ``<-Ins->`` transcript (greedy) ``<-Res->`` then an image (forced)."""
     _need(omni, "speech", "s2i")
     _need(omni, "image", "s2i")
-    opts = opts or options_for("s2i")
+    opts = model_options(omni, opts, "s2i")
     v, ctx = omni.vocab, PromptContext.of(omni)
     prompts = [s2i_prompt(ctx, _speech_codes(omni, w)) + ([] if opts.compat else [v.ins]) for w in wavs]
     if not opts.compat and prompts:
@@ -461,7 +466,8 @@ def chat_step(sessions: list[ChatSession], turns: list[dict], on_token: Callable
     """One turn for several conversations, decoded as one batch (they must share the Omni and options)."""
     if not sessions:
         return []
-    omni, opts = sessions[0].omni, sessions[0].opts
+    omni = sessions[0].omni
+    opts = with_model_defaults(sessions[0].opts, omni.decode)
     _need(omni, "text", "chat")
     prompts, turn_ids, trims = [], [], []
     for s, t in zip(sessions, turns):

@@ -214,3 +214,22 @@ def test_ordered_lines_stream_head_row_and_hold_the_rest():
     ol.finish(1)
     assert buf.getvalue() == b"1 2\n10 11\n20\n"
     assert snapshots[0] == b"1"
+
+
+def test_bundle_decode_defaults_and_their_override(tiny_bundle, tmp_path):
+    """aromni.json "decode" makes t2i argmax (seed-independent); --image-sample restores sampling; a bad table
+    is one line and exit 2."""
+    import shutil
+
+    b = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle, b)
+    meta = json.load(open(os.path.join(b, "aromni.json")))
+    json.dump({**meta, "decode": {"t2i": {"image_greedy": True}}}, open(os.path.join(b, "aromni.json"), "w"))
+    png = [aromni(b, "t2i", "a red square", "--seed", s).stdout for s in ("1", "2")]
+    assert png[0] == png[1]
+    sampled = [aromni(b, "t2i", "a red square", "--seed", s, "--image-sample").stdout for s in ("1", "2")]
+    assert sampled[0] != sampled[1]
+    json.dump({**meta, "decode": {"t2i": {"beam": 4}}}, open(os.path.join(b, "aromni.json"), "w"))
+    bad = aromni(b, "t2i", "a red square", check=False)
+    err = bad.stderr.decode()
+    assert bad.returncode == 2 and "beam" in err and len(err.strip().splitlines()) == 1

@@ -186,3 +186,19 @@ def test_cli_corpus(tmp_path):
     assert os.path.isfile(tmp_path / "c" / "train.jsonl") and os.path.isfile(tmp_path / "c" / "corpus.json")
     r = aromni("corpus", str(tmp_path / "d"), "--preset", "huge")
     assert r.returncode == 2 and b"huge" in r.stderr and r.stdout == b""
+
+
+def test_generation_targets_are_drawn_without_jitter(textonly):
+    """t2i images and chat drawings are canonical (offset 0); images the model reads keep their jitter."""
+    d, _ = textonly
+    lines = read_manifest(os.path.join(d, "train.jsonl"))
+    offsets = {"read": [], "drawn": []}
+    for line in lines:
+        if line["task"] in ("caption", "t2i"):
+            offsets["read" if line["task"] == "caption" else "drawn"] += [o["offset"] for o in line["attrs"]["objects"]]
+        for t in line.get("turns") or []:
+            if t.get("image"):
+                offsets["drawn" if t["role"] == "assistant" else "read"] += [o["offset"] for o in t["attrs"]["objects"]]
+    assert offsets["drawn"] and all(o == [0, 0] for o in offsets["drawn"])
+    assert any(o != [0, 0] for o in offsets["read"])
+    assert sum(line["task"] == "t2i" for line in lines) > sum(line["task"] == "caption" for line in lines)

@@ -228,3 +228,27 @@ def test_head_span_covers_exactly_what_rows_may_pick():
     assert span([sp]) == (v.audio_offset, v.eoa + 1)  # 4096 codes and <eoa>: 1/16 of the LM head
     assert span([img, sp]) == (v.image_offset, v.eoa + 1)
     assert span([txt]) is None  # text: (almost) the whole head
+
+
+def test_model_defaults_fill_only_what_the_caller_left_open():
+    from aromni.core.decoding import options_for, with_model_defaults
+
+    table = {"t2i": {"image_greedy": True, "cfg_text": 2.0}, "asr": {"temperature": 0.7}}
+    opts = with_model_defaults(options_for("t2i"), table)
+    assert opts.image_greedy and opts.cfg_text == 2.0
+    mine = with_model_defaults(options_for("t2i", image_greedy=False), table)
+    assert not mine.image_greedy and mine.cfg_text == 2.0  # an explicit choice wins
+    assert with_model_defaults(options_for("t2i", compat=True), table) == options_for("t2i", compat=True)
+    assert with_model_defaults(options_for("tts"), table) == options_for("tts")  # no entry for the task
+    later = options_for("t2i").replace(cfg_text=5.0)  # code that sets an option is explicit too
+    assert with_model_defaults(later, table).cfg_text == 5.0
+
+
+def test_model_defaults_are_validated():
+    from aromni.core.decoding import check_model_defaults
+
+    assert check_model_defaults({"s2i": {"image_greedy": True}}) == {"s2i": {"image_greedy": True}}
+    for bad in ({"draw": {"image_greedy": True}}, {"t2i": {"batch_size": 4}}, {"t2i": {"image_temperature": 0}},
+                {"t2i": True}, []):
+        with pytest.raises(AromniError):
+            check_model_defaults(bad)

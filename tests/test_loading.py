@@ -452,9 +452,12 @@ def test_tokenizer_files_found_for_external_checkpoints(tmp_path, monkeypatch, a
 @pytest.mark.parametrize("fmt", ["hf", "hf-dev", "meta", "aromni"])
 def test_export_omni_round_trip(tiny_bundle, tmp_path, fmt):
     omni = api.load(tiny_bundle, device="cpu", dtype="fp32")
+    omni.decode = {"t2i": {"image_greedy": True}}
     convert.export(omni, str(tmp_path / fmt), fmt=fmt)
     back = api.load(str(tmp_path / fmt), device="cpu", dtype="fp32")
     assert back.vocab == omni.vocab and back.family == omni.family
+    if fmt == "aromni":
+        assert back.decode == omni.decode
     ids = torch.randint(0, omni.vocab.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
     assert torch.equal(api.logits(back, ids), api.logits(omni, ids))
     if fmt != "meta":  # the transformers layouts carry the tokenizers along

@@ -16,9 +16,11 @@ held-out lines with speech input. Per task:
   "voice"?, "speed"?}``. A turn's ``audio`` says its ``transcript``; after a spoken user turn the assistant's
   response is meant to follow ``<-Ins->`` transcript ``<-Res->`` (reference §3.2).
 
-``attrs`` (scenes.py) states what an image shows or a caption says. Held-out: scenes using any held-out
-(shape, colour, position) triple, held-out sentences, and the held-out voice (``voice_heldout: true``);
-nothing held out ever appears in train.jsonl.
+``attrs`` (scenes.py) states what an image shows or a caption says. Images the model reads (caption, describe)
+keep the scenes' pixel jitter; images it is taught to draw (t2i, s2i, chat drawings) are drawn canonically
+(``canonical_targets``: no jitter), so a prompt has one right drawing per background instead of 25 shifted ones.
+Held-out: scenes using any held-out (shape, colour, position) triple, held-out sentences, and the held-out
+voice (``voice_heldout: true``); nothing held out ever appears in train.jsonl.
 """
 from __future__ import annotations
 
@@ -40,9 +42,10 @@ LINE_KEYS = ("id", "task", "split", "text", "image", "audio", "voice", "speed", 
 @dataclass(frozen=True)
 class CorpusConfig:
     n_scenes: int = 3000          # train scenes; each gives a caption line and a t2i line
-    n_s2i: int = 1500             # train spoken captions with their image (each also an asr line)
+    n_t2i: int = 3000             # further t2i-only train scenes
+    n_s2i: int = 2500             # train spoken captions with their image (each also an asr line)
     asr_per_sentence: int = 3     # input voices per training sentence
-    n_tts_captions: int = 600     # captions spoken in the output voice
+    n_tts_captions: int = 2400    # captions spoken in the output voice
     n_chat: int = 600
     heldout_scenes: int = 300
     heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
@@ -54,11 +57,12 @@ class CorpusConfig:
     paraphrase_prob: float = 0.3  # t2i / s2i inputs that use a caption paraphrase
     written_prob: float = 0.3     # tts inputs in written form
     image_size: int = 64
+    canonical_targets: bool = True  # images to be generated are drawn without jitter
 
 
 PRESETS = {
     "default": CorpusConfig(),
-    "ci": CorpusConfig(n_scenes=24, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6, heldout_scenes=8,
+    "ci": CorpusConfig(n_scenes=24, n_t2i=8, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6, heldout_scenes=8,
                        heldout_s2i=3, n_chat_heldout=2, max_sentences=12),
 }
 
@@ -122,6 +126,13 @@ def _clean(attrs: dict) -> dict:
     return json.loads(json.dumps(attrs))
 
 
+def _target(b: _Builder, attrs: dict, kind: str) -> tuple[str, dict]:
+    """(image path, attrs) of an image the model is taught to draw."""
+    if b.cfg.canonical_targets:
+        attrs = {**attrs, "objects": [{**o, "offset": [0, 0]} for o in attrs["objects"]]}
+    return b.image(attrs, kind), _clean(attrs)
+
+
 def _spoken_caption(rng, attrs, paraphrase_prob) -> str:
     v = int(rng.integers(1, S.N_VARIANTS)) if rng.random() < paraphrase_prob else 0
     return S.caption(attrs, v)
@@ -133,20 +144,28 @@ def _scene_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
         img = b.image(a, "scene")
         b.add("caption", text=S.caption(a), image=img, attrs=_clean(a))
         t2i_text = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob)
-        b.add("t2i", text=t2i_text, image=img, attrs=_clean(a))
+        img, attrs = _target(b, a, "t2i") if b.cfg.canonical_targets else (img, _clean(a))
+        b.add("t2i", text=t2i_text, image=img, attrs=attrs)
+
+
+def _t2i_tasks(b: _Builder, rng, combos: set, n: int) -> None:
+    for _ in range(n):
+        a = S.sample_scene(rng, b.cfg.two_prob, combos)
+        img, attrs = _target(b, a, "t2i")
+        b.add("t2i", text=_spoken_caption(rng, a, b.cfg.paraphrase_prob), image=img, attrs=attrs)
 
 
 def _s2i_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
     voices = P.input_voices()
     for _ in range(n):
         a = S.sample_scene(rng, b.cfg.two_prob, combos)
-        img = b.image(a, "s2i")
+        img, attrs = _target(b, a, "s2i")
         said = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob)
         speakers = [(_pick(rng, voices), False)] + ([(P.HELDOUT_VOICE, True)] if heldout else [])
         for voice, vh in speakers:
             sp = b.audio(said, voice)
             extra = {"voice_heldout": vh} if heldout else {}
-            b.add("s2i", text=said, image=img, attrs=_clean(a), **sp, **extra)
+            b.add("s2i", text=said, image=img, attrs=attrs, **sp, **extra)
             b.add("asr", text=said, attrs=_clean(a), **sp, **extra)
 
 
@@ -191,17 +210,17 @@ def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None
             kind = _pick(rng, kinds)
             if kind in ("draw", "spoken_draw", "describe"):
                 a = S.sample_scene(rng, b.cfg.two_prob, combos)
-                img = b.image(a, "chat")
+                img, attrs = _target(b, a, "chat") if kind != "describe" else (b.image(a, "chat"), _clean(a))
             if kind == "draw":
                 req = _pick(rng, DRAW_REQUESTS).format(S.caption(a, _pick(rng, (0, 0, 3))))
                 turns += [{"role": "user", "text": req},
-                          {"role": "assistant", "image": img, "attrs": _clean(a)}]
+                          {"role": "assistant", "image": img, "attrs": attrs}]
             elif kind == "spoken_draw":
                 said = S.caption(a)
                 sp = b.audio(said, _pick(rng, voices))
                 turns += [{"role": "user", "audio": sp["audio"], "transcript": said, "voice": sp["voice"],
                            "speed": sp["speed"]},
-                          {"role": "assistant", "image": img, "attrs": _clean(a)}]
+                          {"role": "assistant", "image": img, "attrs": attrs}]
             elif kind == "describe":
                 turns += [{"role": "user", "image": img, "attrs": _clean(a),
                            "text": _pick(rng, DESCRIBE_QUESTIONS)},
@@ -234,6 +253,7 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
         _s2i_tasks(tr, rng(3), train_combos, cfg.n_s2i, heldout=False)
         _tts_caption_tasks(tr, rng(4), train_combos, cfg.n_tts_captions)
     _chat_tasks(tr, rng(5), train_combos, train_sents, cfg.n_chat)
+    _t2i_tasks(tr, rng(6), train_combos, cfg.n_t2i)
     # captions of every training single-object combination as plain text
     for s, c, p in sorted(train_combos):
         for z in S.SIZES:

@@ -291,7 +291,7 @@ NEEDS = {"asr": ("text", "speech"), "tts": ("text", "speech"), "caption": ("text
 
 def evaluate(cfg: EvalConfig, omni=None) -> dict:
     """Run one evaluation; ``omni`` (already loaded) skips loading ``cfg.model``. Returns the report dict."""
-    from ..decoding import options_for
+    from ..decoding import options_for, with_model_defaults
     from ..device import seed_everything
 
     if cfg.task not in EVALUATORS:
@@ -313,6 +313,7 @@ def evaluate(cfg: EvalConfig, omni=None) -> dict:
         from ..api import load
         omni = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     load_s = time.perf_counter() - t0
+    opts = with_model_defaults(opts, omni.decode)
     missing = [k for k in NEEDS[cfg.task] if getattr(omni, k) is None]
     if missing:
         raise AromniError(f"{cfg.task} evaluation needs the model's {' and '.join(missing)} tokenizer"
@@ -327,7 +328,8 @@ def evaluate(cfg: EvalConfig, omni=None) -> dict:
         model={"path": omni.source or cfg.model or "default", "family": omni.family, "vocab": omni.vocab.name,
                "dim": model_cfg.dim, "n_layers": model_cfg.n_layers,
                "params": sum(p.numel() for p in omni.model.parameters())},
-        data=ds.info, seed=cfg.seed, decoding=_jsonable(dataclasses.asdict(opts)), device=str(omni.device),
+        data=ds.info, seed=cfg.seed, device=str(omni.device),
+        decoding=_jsonable({k: v for k, v in dataclasses.asdict(opts).items() if k != "explicit"}),
         dtype=str(next(omni.model.parameters()).dtype).replace("torch.", ""), batch_size=cfg.batch_size,
         settings=settings, timings={"load_s": load_s, "eval_s": eval_s, "items_per_s": len(rows) / eval_s
                                     if eval_s > 0 else None},

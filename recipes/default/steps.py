@@ -173,6 +173,25 @@ def dir_mb(path: str) -> float:
                if os.path.isfile(p)) / 1e6
 
 
+def set_decode_defaults(bundle: str, decode_yaml: str) -> dict:
+    """Write the recipe's per-task decoding defaults (decode.yaml, if any) into the bundle's aromni.json."""
+    from aromni.core.decoding import check_model_defaults
+
+    if not os.path.isfile(decode_yaml):
+        return {}
+    with open(decode_yaml, encoding="utf-8") as f:
+        table = check_model_defaults(yaml.safe_load(f) or {}, decode_yaml)
+    meta_path = os.path.join(bundle, "aromni.json")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["decode"] = table
+    with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(meta_path + ".tmp", meta_path)
+    shutil.copy(decode_yaml, os.path.join(bundle, "recipe", "decode.yaml"))
+    return table
+
+
 def assemble(src: str, out: str, build: str, recipe: str) -> None:
     """Copy the exported LM bundle to ``out`` with fp16 weights, the stage configs and a model card."""
     if not os.path.isfile(os.path.join(src, "aromni.json")):
@@ -190,6 +209,7 @@ def assemble(src: str, out: str, build: str, recipe: str) -> None:
         if os.path.isfile(cfg):
             shutil.copy(cfg, os.path.join(rdir, f"{stage}.yaml"))
     shutil.copy(os.path.join(recipe, "mix.yaml"), os.path.join(rdir, "mix.yaml"))
+    set_decode_defaults(tmp, os.path.join(recipe, "decode.yaml"))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     write_card(out, build, recipe)
