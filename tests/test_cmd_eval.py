@@ -227,6 +227,7 @@ def test_eval_t2i_and_s2i(omni, tiny_bundle, corpus, tmp_path, capsys):
     assert "CLIPScore not computed" in capsys.readouterr().err
     assert rep["task"] == "t2i" and rep["batch_size"] == 2 and rep["data"]["n"] == len(rep["items"]) == 2
     assert rep["metrics"]["attr_n"] == 2 and "clipscore" not in rep["metrics"]
+    assert rep["metrics"]["scp_accuracy"] >= rep["metrics"]["attr_accuracy"]
     assert all(os.path.exists(it["image"]) for it in rep["items"])
     rep = run_eval(omni, "s2i", corpus / "manifest.jsonl", decode={"max_text_tokens": 6})  # room for the image
     assert rep["decoding"]["max_text_tokens"] == 6 and rep["data"]["n"] == len(rep["items"]) == 2
@@ -267,10 +268,29 @@ def test_scene_scoring_accepts_a_perfect_answer():
     assert _attr_check(parse_caption(caption(sc)), sc, [caption(sc)])
     assert _attr_check(analyse(draw(sc)), sc, [caption(sc)])
     assert not _attr_check(parse_caption("a small yellow star on the right"), sc, [caption(sc)])
+    # issue 7's T2I criterion leaves the size out; the shape still counts
+    from aromni.core.eval.runner import SCP_KEYS, _attr_metrics, _scene_verdicts
+    small = analyse(draw({**sc, "objects": [{**sc["objects"][0], "size": "small"}]}))
+    assert _scene_verdicts(small, sc, caption(sc)) == {"attrs_ok": False, "scp_ok": True}
+    assert not _attr_check(parse_caption("a large yellow circle on the right"), sc, [caption(sc)], SCP_KEYS)
+    rows = [{"attrs_ok": False, "scp_ok": True}, {"attrs_ok": True, "scp_ok": True}, {"attrs_ok": None}]
+    assert _attr_metrics(rows) == {"attr_accuracy": 0.5, "attr_n": 2, "scp_accuracy": 1.0}
     # the background counts once the text states it
     said = caption(sc) + " on a grey background"
     assert _attr_check(analyse(draw(sc)), sc, [said])
     assert not _attr_check(analyse(draw(dict(sc, background="white"))), sc, [said])
+
+
+@pytest.mark.slow
+def test_t2i_analysis_sweep(tiny_bundle, corpus):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "t2i_analysis.py"), "sweep", "--data",
+                        str(corpus / "manifest.jsonl"), "--model", tiny_bundle, "--limit", "2"],
+                       capture_output=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [line.split() for line in r.stdout.decode().strip().splitlines()]
+    assert rows[0] == ["setting", "all", "s+c+p"] and len(rows) == 6
+    assert all(row[-1].endswith("%") and row[-2].endswith("%") for row in rows[1:])
 
 
 @pytest.mark.slow

@@ -139,8 +139,10 @@ HEADLINE = {
     "asr": [("wer", "WER", "pct")],
     "tts": [("wer", "WER", "pct"), ("first_audio_s_median", "first audio", "ms"), ("rtf_median", "RTF", "f2")],
     "caption": [("cider_d", "CIDEr-D", "f3"), ("attr_accuracy", "attribute acc.", "pct")],
-    "t2i": [("attr_accuracy", "attribute acc.", "pct"), ("clipscore", "CLIPScore", "f3")],
-    "s2i": [("attr_accuracy", "attribute acc.", "pct"), ("transcript_wer", "transcript WER", "pct")],
+    "t2i": [("attr_accuracy", "attribute acc.", "pct"), ("scp_accuracy", "shape+colour+position", "pct"),
+            ("clipscore", "CLIPScore", "f3")],
+    "s2i": [("attr_accuracy", "attribute acc.", "pct"), ("scp_accuracy", "shape+colour+position", "pct"),
+            ("transcript_wer", "transcript WER", "pct")],
 }
 
 

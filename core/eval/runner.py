@@ -80,10 +80,18 @@ def _by_group(rows: list[dict], score) -> dict:
     return {"by_group": {g: score([r for r in rows if r.get("group") == g]) for g in groups}}
 
 
+SCP_KEYS = ("shape", "colour", "position")  # issue 7's T2I criterion: no size
+
+
 def _attr_metrics(rows: list[dict]) -> dict:
-    """``attr_accuracy`` and ``attr_n`` over the rows that carry an ``attrs_ok`` verdict ({} when none do)."""
+    """``attr_accuracy`` and ``attr_n`` over the rows that carry an ``attrs_ok`` verdict ({} when none do), and
+    ``scp_accuracy`` (shape, colour and position right, size not judged) over rows with an ``scp_ok``."""
     checked = [r["attrs_ok"] for r in rows if r.get("attrs_ok") is not None]
-    return {"attr_accuracy": sum(checked) / len(checked), "attr_n": len(checked)} if checked else {}
+    out = {"attr_accuracy": sum(checked) / len(checked), "attr_n": len(checked)} if checked else {}
+    scp = [r["scp_ok"] for r in rows if r.get("scp_ok") is not None]
+    if scp:
+        out["scp_accuracy"] = sum(scp) / len(scp)
+    return out
 
 
 def _asr_score(rows: list[dict]) -> dict:
@@ -100,13 +108,21 @@ def _open_image(path: str):
         raise InputError(f"not a readable image ({e})", path) from None
 
 
-def _attr_check(pred: dict, ref: dict, texts: list[str] | tuple = ()) -> bool:
-    """Exact match of every object's attributes; the background counts only when one of ``texts`` (the
-    prompt, or the reference captions) states it, since template captions do not."""
+def _attr_check(pred: dict, ref: dict, texts: list[str] | tuple = (), keys: tuple[str, ...] | None = None) -> bool:
+    """Exact match of every object's attributes (``keys``, default all); the background counts only when one of
+    ``texts`` (the prompt, or the reference captions) states it, since template captions do not."""
     from ..corpus.scenes import OBJECT_KEYS, attrs_match, parse_caption
 
     said = any("background" in parse_caption(t or "") for t in texts)
-    return bool(attrs_match(pred, ref, OBJECT_KEYS + (("background",) if said and "background" in ref else ())))
+    keys = tuple(keys or OBJECT_KEYS)
+    return bool(attrs_match(pred, ref, keys + (("background",) if said and "background" in ref else ())))
+
+
+def _scene_verdicts(seen: dict, ref: dict | None, text: str | None) -> dict:
+    """``attrs_ok`` (every attribute) and ``scp_ok`` (shape, colour, position) of an analysed image."""
+    if not ref:
+        return {"attrs_ok": None, "scp_ok": None}
+    return {"attrs_ok": _attr_check(seen, ref, [text]), "scp_ok": _attr_check(seen, ref, [text], SCP_KEYS)}
 
 
 def _save(cfg: EvalConfig, name: str, obj, sample_rate: int | None = None) -> str | None:
@@ -242,9 +258,8 @@ def eval_t2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
             clip = scorer.score(images, [it.text for it in batch]) if scorer else [None] * len(batch)
             for it, img, cs in zip(batch, images, clip):
                 ref, seen = _scene_ref(it), analyse(img)
-                rows.append({"id": it.id, "text": it.text, "clipscore": cs,
-                             "attrs_ok": _attr_check(seen, ref, [it.text]) if ref else None, "analysed": seen,
-                             "image": _save(cfg, f"{n:05d}.png", img)})
+                rows.append({"id": it.id, "text": it.text, "clipscore": cs, **_scene_verdicts(seen, ref, it.text),
+                             "analysed": seen, "image": _save(cfg, f"{n:05d}.png", img)})
                 n += 1
             bar.update(len(batch))
     metrics = {"n": len(rows)}
@@ -267,7 +282,7 @@ def eval_s2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
             for it, (text, img) in zip(batch, outs):
                 ref, seen = _scene_ref(it), analyse(img)
                 row = {"id": it.id, "ref": it.text, "hyp": text, "group": it.group,
-                       "attrs_ok": _attr_check(seen, ref, [it.text]) if ref else None, "analysed": seen,
+                       **_scene_verdicts(seen, ref, it.text), "analysed": seen,
                        "image": _save(cfg, f"{len(rows):05d}.png", img)}
                 if it.text:
                     row.update(word_errors(it.text, text).to_dict())
