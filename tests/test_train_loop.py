@@ -66,6 +66,24 @@ def test_interrupt_and_resume_reproduce_the_losses_exactly(tmp_path, data):
     assert sum(r["tokens"] for r in a[:6]) == sum(r["tokens"] for r in b[:6])
 
 
+def test_stop_at_pauses_a_run_that_resume_continues_exactly(tmp_path, data):
+    """train.stop_at ends the run early with a checkpoint and no export; the schedule still spans max_steps, so
+    --resume gives the uninterrupted run's losses bit for bit."""
+    over = ["train.max_steps=6", "data.batch_size=2", "checkpoint.every=0", "checkpoint.export_bundle=true"]
+    ref = run(_cfg(tmp_path, data, "ref", *over), quiet=True)
+    cfg = _cfg(tmp_path, data, "part", *over, "train.stop_at=4")
+    first = run(cfg, quiet=True)
+    assert first["paused"] and first["step"] == 4 and first["bundle"] is None and first["interrupted"] is None
+    assert not os.path.exists(tmp_path / "part" / "bundle")
+    again = run(cfg, resume=True, quiet=True)  # stop_at is a step number, not a step count
+    assert again["paused"] and again["step"] == 4
+    second = run(_cfg(tmp_path, data, "part", *over), resume=True, quiet=True)
+    assert second["step"] == 6 and not second["paused"] and second["bundle"]
+    keys = ("step", "loss", "ntp", "lr", "grad_norm")
+    assert [[r[k] for k in keys] for r in metrics(str(tmp_path / "ref"))] == \
+        [[r[k] for k in keys] for r in metrics(str(tmp_path / "part"))]
+
+
 @pytest.mark.slow
 def test_sigterm_through_the_cli_saves_and_exits(tmp_path, data):
     path = lm_config(str(tmp_path), data["shards"])

@@ -78,6 +78,8 @@ class OptimSection:
 @dataclass
 class TrainSection:
     max_steps: int = 1000
+    stop_at: int | None = None  # end this run at this step (checkpoint, no export); the schedule still spans
+    #                             max_steps, and --resume continues it
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 elsewhere | bf16 | fp32
     strategy: str = "auto"  # auto: ddp when launched on several ranks | none | ddp | fsdp
@@ -205,6 +207,8 @@ def validate(cfg: TrainConfig) -> None:
     for key, v in positive:
         if v < 1:
             raise AromniError(f"config: {key} must be >= 1 (got {v})")
+    if cfg.train.stop_at is not None and cfg.train.stop_at < 1:
+        raise AromniError(f"config: train.stop_at must be >= 1 or null (got {cfg.train.stop_at})")
     if cfg.optim.lr <= 0:
         raise AromniError(f"config: optim.lr must be > 0 (got {cfg.optim.lr})")
     if len(cfg.optim.betas) != 2:

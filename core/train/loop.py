@@ -142,6 +142,7 @@ class TrainResult:
     checkpoint: str | None = None
     bundle: str | None = None
     interrupted: str | None = None  # "SIGINT" / "SIGTERM" when stopped by a signal
+    paused: bool = False  # stopped at train.stop_at, before max_steps
     last: dict = field(default_factory=dict)
 
 
@@ -461,8 +462,9 @@ class Trainer:
         last: dict = {}
         path = None
         saved_at = -1
+        end = min(cfg.train.max_steps, cfg.train.stop_at or cfg.train.max_steps)
         try:
-            while self.step < cfg.train.max_steps:
+            while self.step < end:
                 t0 = time.perf_counter()
                 rec = self.train_step()
                 dt = time.perf_counter() - t0
@@ -484,7 +486,8 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(rec)
                 stop = D.any_rank(self.stop_signal is not None, self.device, info)
-                if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or final or stop:
+                if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or final or stop \
+                        or self.step >= end:
                     path = self.save()
                     saved_at = self.step
                 if stop:
@@ -500,6 +503,10 @@ class Trainer:
         if self.stop_signal is not None:
             res.interrupted = signal.Signals(self.stop_signal).name
             self.log(f"stopped at step {self.step}; checkpoint {path}; continue with --resume")
+        elif self.step < cfg.train.max_steps:
+            res.paused = True
+            self.log(f"paused at step {self.step} (train.stop_at) of {cfg.train.max_steps}; checkpoint {path}; "
+                     "continue with --resume")
         else:
             res.bundle = self.export(path)
         D.barrier(info)

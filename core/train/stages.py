@@ -57,7 +57,8 @@ def train_lm(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, on_
     finally:
         D.shutdown()
     return {"kind": "lm", "step": res.step, "out_dir": res.out_dir, "checkpoint": res.checkpoint,
-            "bundle": res.bundle, "interrupted": res.interrupted, "last": res.last}
+            "bundle": res.bundle, "interrupted": res.interrupted, "paused": res.paused,
+            "last": res.last}
 
 
 # ----------------------------------------------------------------------------------------------
