@@ -17,7 +17,9 @@
 # all cores; use 1 on a busy machine), PARALLEL (1: train the image and speech tokenizers side by side, the
 # default on 2+ cores), SEED (corpus seed, default 0), NICE (niceness of the stages, default 0), JUDGE (TTS judge of
 # the evaluation: whisper (offline Whisper tiny.en), self (the model's own ASR; --ci default), or both:
-# whisper,self (default; the speech is synthesised once; the tokenizer ceilings use the first)).
+# whisper,self (default; the speech is synthesised once; the tokenizer ceilings use the first)), RERUN (N > 0:
+# after the LM, train it again from scratch for N steps into lm-rerun and compare the logged losses with the
+# first run's: rerun.json, in the model card; default 0, off).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -114,6 +116,15 @@ stage pretokenize shards train pretokenize
 stage uncond shards/uncond run_py "$STEPS" uncond shards/train shards/uncond --mix "$RECIPE/mix.yaml" \
   --tokenizers text=bpe image=image_vq speech=codec
 stage lm lm train lm
+if [ "${RERUN:-0}" -gt 0 ]; then
+  rerun_lm() {  # the LM again, from scratch (resumed if this stage was interrupted), up to step $RERUN
+    local extra=()
+    if ls -d lm-rerun/checkpoints/step-* >/dev/null 2>&1; then extra=(--resume); fi
+    run_py -m aromni train "$RECIPE/lm.yaml" --json "${extra[@]}" out_dir=lm-rerun "train.stop_at=$RERUN"
+  }
+  stage rerun lm-rerun rerun_lm
+  run_py "$STEPS" rerun-compare lm/metrics.jsonl lm-rerun/metrics.jsonl --out rerun.json
+fi
 stage bundle bundle run_py "$STEPS" assemble lm/bundle bundle --build "$OUT" --recipe "$RECIPE"
 if [ "$EVAL" = 1 ]; then
   stage eval eval run_py "$ROOT/scripts/eval_default.py" --data corpus/heldout.jsonl --model bundle --out eval \

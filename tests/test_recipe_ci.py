@@ -47,8 +47,9 @@ def test_configs_load_and_ci_differs_only_in_size(stage):
     assert changed <= SIZE_KEYS, f"{stage}: the CI variant changes more than sizes: {changed - SIZE_KEYS}"
 
 
-def test_mix_is_the_same_in_ci():
-    with open(os.path.join(RECIPE, "mix.yaml")) as f, open(os.path.join(RECIPE, "ci", "mix.yaml")) as g:
+@pytest.mark.parametrize("name", ["mix.yaml", "decode.yaml"])
+def test_mix_and_decode_defaults_are_the_same_in_ci(name):
+    with open(os.path.join(RECIPE, name)) as f, open(os.path.join(RECIPE, "ci", name)) as g:
         assert yaml.safe_load(f) == yaml.safe_load(g)
 
 
@@ -64,8 +65,8 @@ def test_small_config_fits_the_bundle_budget():
     assert 2 * (lm + vq + codec) / 1e6 < 39.0, (lm, vq, codec)
 
 
-def _run(args, cwd, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
+def _run(args, cwd, env_extra=None, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, **(env_extra or {}))
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
 
 
@@ -78,8 +79,10 @@ def _aromni(*args, cwd):
 @pytest.mark.slow
 def test_ci_recipe_end_to_end(tmp_path):
     out = tmp_path / "build"
-    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=900)
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, env_extra={"RERUN": "20"}, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    rerun = json.loads((out / "rerun.json").read_text())  # the LM trained again: same machine, same losses
+    assert (rerun["steps"], rerun["last"]) == (2, 20) and rerun["identical"], rerun
     bundle = out / "bundle"
     meta = json.loads((bundle / "aromni.json").read_text())
     for kind in ("text", "image", "speech"):
@@ -89,7 +92,10 @@ def test_ci_recipe_end_to_end(tmp_path):
     ceil = json.loads((out / "ceilings.json").read_text())  # the self judge cannot score speech before the LM
     assert ceil["image"]["n"] == 8 and 0 <= ceil["image"]["analyser_on_reconstructions"] <= 1
     assert "not trained yet" in ceil["speech"]["judge_error"] and "Tokenizer ceilings" in card
-    assert sorted(os.listdir(bundle / "recipe")) == sorted([f"{s}.yaml" for s in STAGES] + ["mix.yaml"])
+    assert sorted(os.listdir(bundle / "recipe")) == sorted([f"{s}.yaml" for s in STAGES] + ["mix.yaml", "decode.yaml"])
+    with open(os.path.join(RECIPE, "ci", "decode.yaml")) as f:
+        assert meta["decode"] == yaml.safe_load(f)
+    assert "Rebuild check" in card and "bit-identical" in card
     # vocabulary = compact layout of the three tokenizers; weights shipped as fp16
     from safetensors import safe_open
 

@@ -5,6 +5,7 @@
     steps.py uncond SHARDS OUT --mix MIX.yaml --tokenizers KIND=DIR...  # unconditional images (for CFG)
     steps.py assemble LM_BUNDLE OUT --build B --recipe R   # fp16 weights + stage configs -> the shipped bundle
     steps.py card BUNDLE --build B --recipe R        # (re)write BUNDLE/MODEL_CARD.md from the build's records
+    steps.py rerun-compare A/metrics.jsonl B/metrics.jsonl [--out F.json]  # how close a rerun's losses come
 
 Every step is deterministic: the same inputs give the same files.
 """
@@ -438,6 +439,7 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
 - Tokenizer ceilings (held-out, before the LM; `ceilings.json`): {_ceilings(build)}.
 - LM: {last.get('step', '-')} steps, final training loss {f(last.get('loss'))} (NTP {f(last.get('ntp'))}),
   held-out NTP {f(val.get('val_ntp'))}.
+- Rebuild check (`rerun.json`): {_rerun(build)}.
 
 ## Quality (held-out split)
 
@@ -467,6 +469,15 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
     return path
 
 
+def _rerun(build: str) -> str:
+    r = _read_json(os.path.join(build, "rerun.json"))
+    if not r:
+        return "not run"
+    how = "bit-identical" if r["identical"] else f"max |Δ loss| {r['max_abs_diff_loss']:.2g}"
+    return (f"the LM retrained from the same shards on the same machine logged steps {r['first']}-{r['last']} "
+            f"({r['steps']} records) {how} to this build's")
+
+
 def _decode_defaults(meta: dict) -> str:
     table = meta.get("decode") or {}
     return "; ".join(f"{task}: " + ", ".join(f"{k}={v}" for k, v in opts.items()) for task, opts in table.items()) \
@@ -478,6 +489,25 @@ def _prod(xs) -> int:
     for x in xs:
         p *= int(x)
     return p
+
+
+def rerun_compare(a: str, b: str) -> dict:
+    """Compare two runs' logged training records over the steps both logged (a rebuild vs the original)."""
+    def read(path):
+        with open(path, encoding="utf-8") as f:
+            return {d["step"]: d for d in map(json.loads, filter(str.strip, f)) if "loss" in d}
+
+    ra, rb = read(a), read(b)
+    steps = sorted(set(ra) & set(rb))
+    if not steps:
+        sys.exit(f"rerun-compare: {a} and {b} share no logged step")
+    out = {"steps": len(steps), "first": steps[0], "last": steps[-1]}
+    for key in ("loss", "grad_norm", "lr"):
+        diffs = [abs(ra[s][key] - rb[s][key]) for s in steps if key in ra[s] and key in rb[s]]
+        out[f"max_abs_diff_{key}"] = max(diffs) if diffs else None
+    out["identical"] = all(ra[s].get(k) == rb[s].get(k) for s in steps for k in ("loss", "grad_norm", "tokens"))
+    out["loss_last"] = [ra[steps[-1]]["loss"], rb[steps[-1]]["loss"]]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="KIND=DIR")
     p.add_argument("--judge", default="whisper")
     p.add_argument("--limit", type=int, default=100)
+    p = sub.add_parser("rerun-compare")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--out", default=None, help="also write the comparison (JSON) here")
     for name in ("assemble", "card"):
         p = sub.add_parser(name)
         if name == "assemble":
@@ -518,6 +552,12 @@ def main(argv: list[str] | None = None) -> int:
         write_uncond(a.shards, a.out, dict(t.split("=", 1) for t in a.tokenizers), max(1, round(1 / share)))
     elif a.cmd == "ceilings":
         write_ceilings(a.heldout, a.out, dict(t.split("=", 1) for t in a.tokenizers), a.judge, a.limit)
+    elif a.cmd == "rerun-compare":
+        res = rerun_compare(a.a, a.b)
+        if a.out:
+            with open(a.out, "w", encoding="utf-8") as f:
+                json.dump(res, f, indent=1)
+        print(json.dumps(res))
     elif a.cmd == "assemble":
         assemble(a.src, a.out, a.build, a.recipe)
     else:
