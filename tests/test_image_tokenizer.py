@@ -536,3 +536,31 @@ def test_cli_unknown_tokenizer_option_exits_2_with_one_line(tmp_path):
                        cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "tokenizer.options: unknown fg_wieght" in r.stderr and "fg_weight" in r.stderr
+
+
+def test_background_code_entropy_tells_local_codes_from_global_ones():
+    """A tokenizer whose code is the cell's own mean colour gives empty background 0 bits; one whose codes also
+    depend on the rest of the image does not."""
+    from aromni.core.corpus import scenes
+    from aromni.core.train.image_vq import background_code_entropy
+
+    class Local:
+        resolution = 32
+
+        def encode(self, images):
+            out = []
+            for im in images:
+                a = np.asarray(im.convert("RGB").resize((32, 32))).astype(int).reshape(8, 4, 8, 4, 3).mean((1, 3))
+                out.append(torch.tensor((a // 32 * [64, 8, 1]).sum(-1).reshape(-1)))
+            return out
+
+    class Global(Local):
+        def encode(self, images):  # every code shifted by a whole-image statistic
+            return [c + int(np.asarray(im).mean()) for c, im in zip(super().encode(images), images)]
+
+    rng = np.random.default_rng(0)
+    attrs = [scenes.sample_scene(rng, two_prob=0.0) for _ in range(40)]
+    local = background_code_entropy(Local(), attrs)
+    assert local["cells"] > 40 * 30 and local["bits_per_cell"] == 0 and local["modal_share"] == 1
+    glob = background_code_entropy(Global(), attrs)
+    assert glob["cells"] == local["cells"] and glob["bits_per_cell"] > 2 and glob["modal_share"] < 0.5

@@ -123,6 +123,46 @@ def scene_accuracy(tok: VQGANTokenizer, images: Sequence, attrs: Sequence[dict],
     return ok / max(1, len(images))
 
 
+def background_code_entropy(tok: VQGANTokenizer, attrs: Sequence[dict], batch_size: int = 32) -> dict:
+    """How predictable the codes of empty background are: over the grid cells whose pixels are all background
+    in the corpus scenes ``attrs`` (drawn canonically), the entropy of the code given (background colour, cell)
+    in bits, and the share of cells holding that pair's most common code. A local tokenizer gives ~0 bits and
+    ~100%; codes that also encode the distant object make every cell a guess for the language model."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from ..corpus import scenes
+
+    canon = [{**a, "objects": [{**o, "offset": [0, 0]} for o in a["objects"]]} for a in attrs]
+    images = [scenes.draw(a) for a in canon]
+    codes = []
+    for i in range(0, len(images), batch_size):
+        codes += [np.asarray(c).reshape(-1) for c in tok.encode(images[i:i + batch_size])]
+    grid = int(round(math.sqrt(len(codes[0])))) if codes else 1
+    R = tok.resolution
+    cell = R // grid
+    per: dict = {}
+    for c, a, im in zip(codes, canon, images):
+        px = np.asarray(im.convert("RGB").resize((R, R), Image.BOX)).astype(int)
+        bg = np.array(scenes.BACKGROUNDS[a["background"]])
+        for r in range(grid):
+            for k in range(grid):
+                if np.abs(px[r * cell:(r + 1) * cell, k * cell:(k + 1) * cell] - bg).max() < 8:
+                    per.setdefault((a["background"], r, k), []).append(int(c[r * grid + k]))
+    n = sum(len(v) for v in per.values())
+    if not n:
+        return {"cells": 0}
+    bits = modal = 0.0
+    for v in per.values():
+        counts = np.bincount(v)
+        p = counts[counts > 0] / len(v)
+        bits += len(v) * float(-(p * np.log2(p)).sum())
+        modal += counts.max()
+    return {"cells": n, "bits_per_cell": bits / n, "modal_share": float(modal / n)}
+
+
 def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_size: int = 16, lr: float = 1e-3,
                  seed: int = 0, on_step: Callable[[int, dict], None] | None = None, ema: bool = True,
                  ema_decay: float = 0.95, beta: float = 0.25, grad_weight: float = 0.5, restart_every: int = 20,

@@ -119,14 +119,16 @@ def write_ceilings(heldout: str, out: str, tokenizers: dict, judge: str = "whisp
     from aromni.core.eval.data import load_dataset
     from aromni.core.eval.judge import make_judge, whisper_unavailable
     from aromni.core.eval.wer import corpus_wer
-    from aromni.core.train.image_vq import scene_accuracy
+    from aromni.core.train.image_vq import background_code_entropy, scene_accuracy
     from aromni.core.train.resolve import load_tokenizers
 
     toks = load_tokenizers(tokenizers)
     imgs = [it for it in load_dataset(heldout, "caption", limit=limit).items if it.attrs]
     wavs = load_dataset(heldout, "tts", limit=limit).items
     acc = scene_accuracy(toks["image"], [Image.open(it.image).convert("RGB") for it in imgs], [it.attrs for it in imgs])
-    res: dict = {"image": {"n": len(imgs), "analyser_on_reconstructions": acc}, "speech": {"n": len(wavs)}}
+    res: dict = {"image": {"n": len(imgs), "analyser_on_reconstructions": acc,
+                           "background_codes": background_code_entropy(toks["image"], [it.attrs for it in imgs])},
+                 "speech": {"n": len(wavs)}}
     if judge in ("self", "model"):
         res["speech"]["judge_error"] = "the 'self' judge is the LM's own ASR, which is not trained yet; use whisper"
     elif judge == "whisper" and whisper_unavailable():
@@ -351,6 +353,11 @@ def _ceilings(build: str) -> str:
     im, sp = c.get("image", {}), c.get("speech", {})
     out = [f"the scene analyser reads {100 * im['analyser_on_reconstructions']:.0f}% of {im['n']} VQ "
            "reconstructions exactly"] if "analyser_on_reconstructions" in im else []
+    bgc = im.get("background_codes") or {}
+    if bgc.get("cells"):
+        out.append(f"codes of empty background carry {bgc['bits_per_cell']:.1f} bits per cell given the background "
+                   f"colour and the cell (the most common code: {100 * bgc['modal_share']:.0f}% of "
+                   f"{bgc['cells']} cells)")
     if "wer_reconstructed" in sp:
         out.append(f"{sp['judge']} transcribes codec reconstructions of {sp['n']} output-voice clips at "
                    f"{100 * sp['wer_reconstructed']:.1f}% WER (the original espeak-ng audio: "
