@@ -188,9 +188,11 @@ def test_cli_corpus(tmp_path):
     assert r.returncode == 2 and b"huge" in r.stderr and r.stdout == b""
 
 
-def test_generation_targets_are_drawn_without_jitter(textonly):
-    """t2i images and chat drawings are canonical (offset 0); images the model reads keep their jitter."""
-    d, _ = textonly
+def test_generation_targets_are_drawn_without_jitter(tmp_path):
+    """canonical_targets: t2i images and chat drawings are canonical (offset 0); images the model reads keep
+    their jitter; n_t2i adds t2i-only scenes."""
+    d = str(tmp_path)
+    build_corpus(d, seed=3, preset="ci", speech=False, canonical_targets=True, n_t2i=8)
     lines = read_manifest(os.path.join(d, "train.jsonl"))
     offsets = {"read": [], "drawn": []}
     for line in lines:

@@ -89,6 +89,8 @@ def test_ci_recipe_end_to_end(tmp_path):
         assert meta.get(f"{kind}_tokenizer"), kind
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Limits" in card and "| lm |" in card
+    quality = card.split("## Quality")[1].split("\n## ")[0]
+    assert [t for t in ("t2i", "caption", "asr", "tts", "s2i") if f"| {t} |" not in quality] == []
     ceil = json.loads((out / "ceilings.json").read_text())  # the self judge cannot score speech before the LM
     assert ceil["image"]["n"] == 8 and 0 <= ceil["image"]["analyser_on_reconstructions"] <= 1
     assert "not trained yet" in ceil["speech"]["judge_error"] and "Tokenizer ceilings" in card
