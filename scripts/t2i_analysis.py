@@ -1,11 +1,11 @@
 """Where T2I (and speech->image) fails on the synthetic corpus: per-attribute accuracy, and decoding settings.
 
     python scripts/t2i_analysis.py attributes --report eval/t2i.json --data corpus/heldout.jsonl
-    python scripts/t2i_analysis.py sweep --data corpus/heldout.jsonl [--model DIR] [--limit 48]
+    python scripts/t2i_analysis.py sweep --data corpus/heldout.jsonl [--model DIR] [--limit 48] [--split train]
 
 ``attributes``: for every single-object item of an `aromni eval t2i|s2i` report whose image shows one object,
 how often the analyser's shape, colour, size and position equal the reference's. ``sweep``: on the first
-``--limit`` held-out t2i prompts (seed 0), under several image decoding settings (each set explicitly, so a
+``--limit`` t2i prompts of ``--split`` (default heldout; seed 0), under several image decoding settings (each set explicitly, so a
 bundle's own defaults do not blur them), the share drawn with every attribute right and the share with shape,
 colour and position right. The README's T2I breakdown and the bundle's decode.yaml come from these commands.
 """
@@ -45,7 +45,7 @@ def attributes(report: str, data: str) -> dict[str, tuple[int, int]]:
     return {k: (a, b) for k, (a, b) in acc.items()}
 
 
-def sweep(data: str, model: str | None, limit: int) -> dict[str, tuple[float, float]]:
+def sweep(data: str, model: str | None, limit: int, split: str = "heldout") -> dict[str, tuple[float, float]]:
     """setting -> (share with every attribute right, share with shape+colour+position right)."""
     from aromni.core import tasks
     from aromni.core.api import load
@@ -56,7 +56,7 @@ def sweep(data: str, model: str | None, limit: int) -> dict[str, tuple[float, fl
     omni = load(model, device="cpu", dtype="fp32")
     with open(data, encoding="utf-8") as f:
         lines = [json.loads(s) for s in f if s.strip()]
-    items = [d for d in lines if d["task"] == "t2i" and d.get("split") == "heldout" and d.get("attrs")][:limit]
+    items = [d for d in lines if d["task"] == "t2i" and d.get("split") == split and d.get("attrs")][:limit]
     out = {}
     for name, kw in SETTINGS.items():
         imgs = tasks.t2i(omni, [d["text"] for d in items], n=1, opts=options_for("t2i", batch_size=8, **kw), seed=0)
@@ -75,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--model", default=None)
     p.add_argument("--limit", type=int, default=48)
+    p.add_argument("--split", default="heldout", help="manifest split to take the prompts from")
     a = ap.parse_args(argv)
     if a.cmd == "attributes":
         for k, (right, n) in attributes(a.report, a.data).items():
             print(f"{k:9s} {right / max(1, n):6.1%}  ({right}/{n})")
     else:
         print(f"{'setting':16s} {'all':>6s} {'s+c+p':>6s}")
-        for name, (acc, scp) in sweep(a.data, a.model, a.limit).items():
+        for name, (acc, scp) in sweep(a.data, a.model, a.limit, a.split).items():
             print(f"{name:16s} {acc:6.1%} {scp:6.1%}")
     return 0
 

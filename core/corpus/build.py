@@ -127,11 +127,12 @@ def _clean(attrs: dict) -> dict:
     return json.loads(json.dumps(attrs))
 
 
-def _target(b: _Builder, attrs: dict, kind: str) -> tuple[str, dict]:
-    """(image path, attrs) of an image the model is taught to draw."""
+def _target(b: _Builder, attrs: dict, kind: str, drawn: str | None = None) -> tuple[str, dict]:
+    """(image path, attrs) of an image the model is taught to draw; ``drawn``: the scene's image already made
+    (used as is unless ``canonical_targets`` asks for a jitter-free copy)."""
     if b.cfg.canonical_targets:
-        attrs = {**attrs, "objects": [{**o, "offset": [0, 0]} for o in attrs["objects"]]}
-    return b.image(attrs, kind), _clean(attrs)
+        attrs, drawn = S.without_jitter(attrs), None
+    return drawn or b.image(attrs, kind), _clean(attrs)
 
 
 def _spoken_caption(rng, attrs, paraphrase_prob) -> str:
@@ -145,7 +146,7 @@ def _scene_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
         img = b.image(a, "scene")
         b.add("caption", text=S.caption(a), image=img, attrs=_clean(a))
         t2i_text = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob)
-        img, attrs = _target(b, a, "t2i") if b.cfg.canonical_targets else (img, _clean(a))
+        img, attrs = _target(b, a, "t2i", drawn=img)
         b.add("t2i", text=t2i_text, image=img, attrs=attrs)
 
 

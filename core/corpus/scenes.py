@@ -73,6 +73,11 @@ def sample_scene(rng: np.random.Generator, two_prob: float = 0.2, combos: set | 
     raise ValueError("no scene satisfies the allowed attribute combinations")
 
 
+def without_jitter(scene: dict) -> dict:
+    """``scene`` drawn canonically: every object's pixel offset set to zero (a new dict)."""
+    return {**scene, "objects": [{**o, "offset": [0, 0]} for o in scene["objects"]]}
+
+
 def combo(obj: dict) -> tuple[str, str, str]:
     return (obj["shape"], obj["colour"], obj["position"])
 

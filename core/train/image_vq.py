@@ -135,7 +135,7 @@ def background_code_entropy(tok: VQGANTokenizer, attrs: Sequence[dict], batch_si
 
     from ..corpus import scenes
 
-    canon = [{**a, "objects": [{**o, "offset": [0, 0]} for o in a["objects"]]} for a in attrs]
+    canon = [scenes.without_jitter(a) for a in attrs]
     images = [scenes.draw(a) for a in canon]
     codes = []
     for i in range(0, len(images), batch_size):

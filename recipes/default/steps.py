@@ -388,6 +388,8 @@ def write_card(bundle: str, build: str, recipe: str) -> str:
     sp = (meta.get("speech_tokenizer") or {}).get("config", {})
     im = (meta.get("image_tokenizer") or {})
     ci = recipe.rstrip("/").endswith("ci")
+    jitter = ("pixel jitter in the images it reads, none in the images it learns to draw"
+              if (corpus.get("config") or {}).get("canonical_targets") else "a few pixels of jitter")
 
     def f(x, spec=".4f"):
         return "-" if x is None else format(x, spec)
@@ -430,8 +432,7 @@ Weights are stored as fp16 (cast back to the compute dtype when loaded). Bundle 
 ## Data
 
 `aromni corpus --preset {corpus.get('preset', '-')} --seed {corpus.get('seed', '-')} --sample-rate {corpus.get('sample_rate', '-')}`:
-synthetic scenes (coloured shapes at positions, 64 px; pixel jitter in the images it reads, none in the images
-it learns to draw) with canonical captions and paraphrases, and espeak-ng
+synthetic scenes (coloured shapes at positions, 64 px, {jitter}) with canonical captions and paraphrases, and espeak-ng
 {corpus.get('espeak_ng', '')} speech (input voices {', '.join((corpus.get('voices') or {}).get('input', []))}; output voice
 {((corpus.get('voices') or {}).get('output') or {}).get('name', '-')}). Training lines: {json.dumps(lines_train)}.
 Held-out lines (unseen shape/colour/position combinations, unseen sentences, an unseen voice): {json.dumps(lines_held)}.
