@@ -173,8 +173,11 @@ def test_config_errors_and_print_config(tmp_path, data):
     r = subprocess.run(CLI + [path, "optim.lrr=1"], env=ENV, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "unknown key 'optim.lrr'" in r.stderr and "lm.yaml" in r.stderr
+    r = subprocess.run(CLI + [path, "train.stop_at=0"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "train.stop_at" in r.stderr
     for bad, msg in [("optim.lr=fast", "optim.lr"), ("kind=gan", "kind"), ("lr", "not key=value"),
-                     ("data.train.5.path=x", "no element"), ("train.max_steps=0", "max_steps")]:
+                     ("data.train.5.path=x", "no element"), ("train.max_steps=0", "max_steps"),
+                     ("train.stop_at=0", "stop_at")]:
         with pytest.raises(AromniError, match=msg):
             load_config(path, [bad])
     cfg = load_config(path, ["optim.betas=[0.9, 0.95]", "loss.perceptual_tasks=null", "optim.lr=1e-4"])
