@@ -29,6 +29,14 @@ ImageTemp = Annotated[Optional[float], typer.Option("--image-temperature", help=
 ImageGreedy = Annotated[Optional[bool], typer.Option(
     "--image-greedy/--image-sample", show_default=False,
     help="Argmax or sampled image codes (default: sampled, unless the model's bundle sets its own default).")]
+Cfg = Annotated[Optional[bool], typer.Option(
+    "--cfg/--no-cfg", show_default=False,
+    help="Classifier-free guidance for image codes (default: on, unless the model's bundle turns it off; "
+         "--cfg-text/--cfg-image imply --cfg).")]
+Candidates = Annotated[Optional[int], typer.Option(
+    "--candidates", help="Best of N: draw N (the first as set, the rest sampled) and keep the one the model's own "
+                         "captioner (images) or recogniser (speech) finds most likely to say the prompt "
+                         "(default 1, or the model's own).")]
 Compat = Annotated[bool, typer.Option(
     "--compat", help="Reproduce the reference decoder exactly (masks, penalty, caps); see README.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows decoded together.")]

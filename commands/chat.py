@@ -11,7 +11,7 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, log
-from aromni.commands._decode import (Batch, BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
+from aromni.commands._decode import (Batch, BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, OutDir, RepPenalty, Temperature, TopK, TopP, decode_options,
                                      load_model, make_dir, one_line, print_line, read_jsonl, resolve_rel)
 from aromni.core.errors import AromniError, InputError
@@ -241,6 +241,7 @@ def run(
     top_p: TopP = None,
     top_k: TopK = None,
     repetition_penalty: RepPenalty = None,
+    cfg: Cfg = None,
     cfg_text: CfgText = None,
     cfg_image: CfgImage = None,
     image_temperature: ImageTemp = None,
@@ -264,7 +265,7 @@ def run(
     together; one JSON result per dialog on stdout, files in --out-dir (default chat_out).
     """
     opts = decode_options("chat", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
-                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg_text=cfg_text,
+                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg=cfg, cfg_text=cfg_text,
                           cfg_image=cfg_image, image_temperature=image_temperature,
                           image_greedy=image_greedy, images=images_out,
                           speech=speech_out, batch_size=batch_size, compile=compile)

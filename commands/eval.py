@@ -40,6 +40,9 @@ def run(
                                                    show_default=False)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature.")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
+    cfg: Annotated[Optional[bool], typer.Option(
+        "--cfg/--no-cfg", show_default=False,
+        help="Image classifier-free guidance (default: on, unless the model turns it off).")] = None,
     cfg_text: Annotated[Optional[float], typer.Option("--cfg-text", help="Image CFG text scale.")] = None,
     cfg_image: Annotated[Optional[float], typer.Option("--cfg-image", help="Image CFG image scale.")] = None,
     image_temperature: Annotated[Optional[float], typer.Option("--image-temperature",
@@ -47,6 +50,9 @@ def run(
     image_greedy: Annotated[Optional[bool], typer.Option(
         "--image-greedy/--image-sample", show_default=False,
         help="Argmax or sampled image codes (default: the model's own default, else sampled).")] = None,
+    candidates: Annotated[Optional[int], typer.Option(
+        "--candidates", help="t2i, s2i, tts: best of N by the model's own captioner / recogniser (default: the "
+                             "model's own, else 1).")] = None,
     compat: Annotated[bool, typer.Option("--compat", help="The reference scripts' decoding settings.")] = False,
     save: Annotated[Optional[str], typer.Option("--save", help="Keep generated audio/images in this directory.")
                     ] = None,
@@ -88,7 +94,7 @@ def run(
 
     decode = {"max_new_tokens": max_new_tokens, "greedy": greedy, "temperature": temperature, "top_p": top_p,
               "cfg_text": cfg_text, "cfg_image": cfg_image, "image_temperature": image_temperature,
-              "image_greedy": image_greedy}
+              "image_greedy": image_greedy, "cfg": cfg, "candidates": candidates}
     cfg = EvalConfig(task=task, data=data, model=model, split=split, limit=limit, batch_size=batch_size, seed=seed,
                      device=device, dtype=dtype, decode={k: v for k, v in decode.items() if v is not None},
                      compat=compat, judge=judge, clip_checkpoint=clip_checkpoint, clip_arch=clip_arch,

@@ -8,7 +8,7 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Model, Output, Quiet, Seed, log
-from aromni.commands._decode import (BatchSize, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
+from aromni.commands._decode import (BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
 from aromni.core.errors import AromniError
 
@@ -69,6 +69,7 @@ def run(
     top_p: TopP = None,
     top_k: TopK = None,
     repetition_penalty: RepPenalty = None,
+    cfg: Cfg = None,
     cfg_text: CfgText = None,
     cfg_image: CfgImage = None,
     image_temperature: ImageTemp = None,
@@ -106,7 +107,7 @@ def run(
     if tokens == "-" and (sys.stdin is None or sys.stdin.isatty()):
         raise AromniError("no token stream given: pass a file or pipe it on stdin")
     opts = decode_options(task, compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
-                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg_text=cfg_text,
+                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg=cfg, cfg_text=cfg_text,
                           cfg_image=cfg_image, image_temperature=image_temperature,
                           image_greedy=image_greedy, batch_size=batch_size,
                           compile=compile)

@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 
 from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, refuse_tty,
                                      text_arg)
-from aromni.commands._decode import (Batch, BatchSize, CfgImage, CfgText, Compat, Compile, ImageGreedy, ImageTemp,
+from aromni.commands._decode import (Batch, BatchSize, Candidates, Cfg, CfgImage, CfgText, Compat, Compile, ImageGreedy, ImageTemp,
                                      MaxNew, OutDir, decode_options, load_model, make_dir, print_line, read_jsonl)
 from aromni.core.errors import AromniError, InputError
 
@@ -39,6 +39,8 @@ def run(
     n: Annotated[int, typer.Option("--n", "-n", help="Images per prompt.")] = 1,
     batch: Batch = None,
     out_dir: OutDir = None,
+    candidates: Candidates = None,
+    cfg: Cfg = None,
     cfg_text: CfgText = None,
     cfg_image: CfgImage = None,
     image_temperature: ImageTemp = None,
@@ -85,7 +87,7 @@ def run(
         raise AromniError("--json prints the result on stdout; write the image with -o FILE or --out-dir")
     if paths == ["-"]:
         refuse_tty("a PNG image")
-    opts = decode_options("t2i", compat, cfg_text=cfg_text, cfg_image=cfg_image, image_temperature=image_temperature,
+    opts = decode_options("t2i", compat, candidates=candidates, cfg=cfg, cfg_text=cfg_text, cfg_image=cfg_image, image_temperature=image_temperature,
                           image_greedy=image_greedy,
                           image_top_p=image_top_p, image_top_k=image_top_k, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, compile=compile)

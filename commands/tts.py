@@ -10,8 +10,8 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, log, text_arg
-from aromni.commands._decode import (Batch, BatchSize, Compat, Compile, Greedy, MaxNew, OutDir, RepPenalty, Stats,
-                                     Temperature, TopK, TopP, decode_options, load_model, make_dir, print_line,
+from aromni.commands._decode import (Batch, BatchSize, Candidates, Compat, Compile, Greedy, MaxNew, OutDir, RepPenalty,
+                                     Stats, Temperature, TopK, TopP, decode_options, load_model, make_dir, print_line,
                                      read_jsonl)
 from aromni.core.errors import AromniError, InputError
 
@@ -33,6 +33,7 @@ def run(
     max_new_tokens: MaxNew = None,
     max_speech_tokens: Annotated[Optional[int], typer.Option(
         "--max-speech-tokens", help="Cap on speech codes per sentence (40 per second).")] = None,
+    candidates: Candidates = None,
     greedy: Greedy = None,
     temperature: Temperature = None,
     top_p: TopP = None,
@@ -64,7 +65,7 @@ def run(
     from aromni.core import tasks
     from aromni.core.audio_io import AudioWriter
 
-    opts = decode_options("tts", compat, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens,
+    opts = decode_options("tts", compat, candidates=candidates, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens,
                           greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
                           repetition_penalty=repetition_penalty, batch_size=batch_size, compile=compile)
     if batch is not None:

@@ -64,6 +64,8 @@ class DecodeOptions:
     cfg: bool = True
     cfg_text: float = 3.07
     cfg_image: float = 1.15
+    # best of N (t2i, s2i, tts): candidate 0 as above, the rest sampled; the model's own caption/ASR picks (rerank.py)
+    candidates: int = 1
     # engine
     compat: bool = False
     batch_size: int = 8
@@ -95,6 +97,8 @@ class DecodeOptions:
             raise AromniError(f"unknown end_after {self.end_after!r}")
         if self.batch_size < 1:
             raise AromniError("batch size must be at least 1")
+        if self.candidates < 1:
+            raise AromniError(f"--candidates must be at least 1 (got {self.candidates})")
         return self
 
 
@@ -137,7 +141,7 @@ def options_for(task: str = "chat", compat: bool = False, **overrides) -> Decode
 
     An explicit ``greedy`` fixes the mode for the whole response (``markers`` off) unless ``markers`` is also
     given; ``greedy=True, markers=True`` is the reference chat's ``--greedy`` (greedy by default, still
-    switching on the markers)."""
+    switching on the markers). A CFG scale implies ``cfg=True`` unless ``cfg`` is also given."""
     if task not in TASK_DEFAULTS:
         raise AromniError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     kw = dict(TASK_DEFAULTS[task])
@@ -151,13 +155,15 @@ def options_for(task: str = "chat", compat: bool = False, **overrides) -> Decode
     given = {k: v for k, v in overrides.items() if v is not None}
     if "greedy" in given and "markers" not in given:
         given["markers"] = False
+    if ("cfg_text" in given or "cfg_image" in given) and "cfg" not in given:
+        given["cfg"] = True  # a guidance scale asks for guidance, whatever the model's own default
     kw.update(given)
     return DecodeOptions(task=task, explicit=frozenset(given), **kw).check()
 
 
 # options a model may set for itself (aromni.json "decode": {task: {name: value}}): the sampling knobs
 MODEL_DEFAULTABLE = ("greedy", "temperature", "top_p", "top_k", "repetition_penalty", "image_greedy",
-                     "image_temperature", "image_top_p", "image_top_k", "cfg", "cfg_text", "cfg_image")
+                     "image_temperature", "image_top_p", "image_top_k", "cfg", "cfg_text", "cfg_image", "candidates")
 
 
 def check_model_defaults(table: dict, where: str = "model") -> dict:

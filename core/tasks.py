@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import rerank
 from .bundle import Omni
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .errors import AromniError, InputError
@@ -54,19 +55,41 @@ def base_seed(seed: int | None) -> int:
 
 
 def decode_rows(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed: int | None,
-                on_token: Callable[[int, int], None] | None = None) -> tuple[list[list[int]], list[Generation]]:
-    """Decode prompts in batches of ``opts.batch_size``; row i uses seed ``seed + i``."""
-    s0 = base_seed(seed)
+                on_token: Callable[[int, int], None] | None = None,
+                seeds: list[int] | None = None) -> tuple[list[list[int]], list[Generation]]:
+    """Decode prompts in batches of ``opts.batch_size``; row i uses seed ``seed + i`` (or ``seeds[i]``)."""
+    if seeds is None:
+        s0 = base_seed(seed)
+        seeds = [s0 + i for i in range(len(prompts))]
     out: list[list[int]] = []
     gens = []
     bs = opts.batch_size
     for i in range(0, len(prompts), bs):
         chunk = prompts[i: i + bs]
         cb = None if on_token is None else (lambda b, t, i=i: on_token(i + b, t))
-        g = generate(omni.model, omni.vocab, chunk, opts, seeds=[s0 + i + k for k in range(len(chunk))], on_token=cb)
+        g = generate(omni.model, omni.vocab, chunk, opts, seeds=seeds[i: i + bs], on_token=cb)
         out += g.tokens
         gens.append(g)
     return out, gens
+
+
+def best_of(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed: int | None,
+            score: Callable[[int, list[list[int]]], list[float]]) -> tuple[list[list[int]], list[Generation]]:
+    """Each prompt's response, the best of ``opts.candidates`` by ``score(prompt index, responses)``.
+    Candidate 0 of prompt i is what ``decode_rows`` gives it (seed ``seed + i``); the others are sampled
+    (rerank.candidate_options) with seeds derived from it."""
+    s0 = base_seed(seed)
+    rows, gens = decode_rows(omni, prompts, opts, s0)
+    n = opts.candidates
+    if n <= 1 or not prompts:
+        return rows, gens
+    alt, more = decode_rows(omni, [p for p in prompts for _ in range(n - 1)], rerank.candidate_options(opts), None,
+                         seeds=[rerank.candidate_seed(s0 + i, j) for i in range(len(prompts)) for j in range(1, n)])
+    out = []
+    for i, first in enumerate(rows):
+        cands = [first] + alt[i * (n - 1): (i + 1) * (n - 1)]
+        out.append(cands[rerank.best(score(i, cands))])
+    return out, gens + more
 
 
 def cut_at_stop(ids: list[int], vocab: VocabLayout) -> list[int]:
@@ -171,6 +194,36 @@ def parse_response(ids: list[int], vocab: VocabLayout) -> dict:
     return {"text": text, "transcript": transcript, "images": images, "speech": speech}
 
 
+def _image_of(ids: list[int], vocab: VocabLayout) -> list[int]:
+    """The image codes of a response, zero-padded to a whole image (short only when the context ran out)."""
+    c = [vocab.image_code(t) for t in ids if vocab.is_image(t)][: vocab.image_tokens]
+    return c + [0] * (vocab.image_tokens - len(c))
+
+
+def _speech_of(ids: list[int], vocab: VocabLayout) -> list[int]:
+    return [c for seg in parse_response(ids, vocab)["speech"] for c in seg]
+
+
+def _speech_scorer(omni: Omni, ctx: PromptContext, sentences: list[str]):
+    """best_of score: how likely the model's own ASR finds row i's sentence in each candidate's speech."""
+    def score(i: int, cands: list[list[int]]) -> list[float]:
+        clips = [_speech_of(c, omni.vocab) for c in cands]
+        got = rerank.transcript_scores(omni, ctx, [c for c in clips if c], sentences[i])
+        return [got.pop(0) if c else float("-inf") for c in clips]
+    return score
+
+
+def _image_scorer(omni: Omni, ctx: PromptContext, texts: list[str | None]):
+    """best_of score: how likely the model's own captioner finds row i's text for each candidate's image."""
+    def score(i: int, cands: list[list[int]]) -> list[float]:
+        if not texts[i]:
+            return [0.0] * len(cands)
+        has = [any(omni.vocab.is_image(t) for t in c) for c in cands]
+        got = rerank.caption_scores(omni, ctx, [_image_of(c, omni.vocab) for c, h in zip(cands, has) if h], texts[i])
+        return [got.pop(0) if h else float("-inf") for h in has]
+    return score
+
+
 # ----------------------------------------------------------------------------------------------
 # TTS
 # ----------------------------------------------------------------------------------------------
@@ -204,6 +257,15 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
     for i, sent in enumerate(sentences):
         prompt = tts_prompt(ctx, sent) + ([] if opts.compat else [v.boa])
         dec = speech.stream()
+        if opts.candidates > 1:  # the best of N is known only at the end: no streaming within a sentence
+            rows, gens = best_of(omni, [prompt], opts, s0 + i, _speech_scorer(omni, ctx, [sent]))
+            codes = _speech_of(rows[0], v)
+            all_codes += codes
+            emit(dec.push(codes))
+            emit(dec.flush())
+            n_tok += sum(g.new_tokens for g in gens)
+            gen_s += sum(g.prefill_s + g.decode_s for g in gens)
+            continue
 
         def on_token(b: int, t: int) -> None:
             if v.is_audio(t):
@@ -230,16 +292,17 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
     speech = _need(omni, "speech", "tts")
     opts = model_options(omni, opts, "tts")
     v, ctx = omni.vocab, PromptContext.of(omni)
-    owner, prompts = [], []
+    owner, prompts, sentences = [], [], []
     for k, text in enumerate(texts):
         sents = split_sentences(text)
         if not sents:
             raise InputError(f"item {k + 1}: no text to speak")
         for s in sents:
             owner.append(k)
+            sentences.append(s)
             prompts.append(tts_prompt(ctx, s) + ([] if opts.compat else [v.boa]))
     t0 = time.perf_counter()
-    rows, gens = decode_rows(omni, prompts, opts, seed)
+    rows, gens = best_of(omni, prompts, opts, seed, _speech_scorer(omni, ctx, sentences))
     gen_s = sum(g.prefill_s + g.decode_s for g in gens)
     n_tok = sum(g.new_tokens for g in gens)
     segs: list[list[list[int]]] = [[] for _ in texts]  # speech spans per item, in sentence order
@@ -333,12 +396,17 @@ def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = N
         if not text.strip():
             raise InputError("empty text prompt")
         prompts += [fit_prompt(lambda t: t2i_prompt(ctx, t) + [v.boi], text, limit)] * n
-    rows, _ = decode_rows(omni, prompts, opts, seed)
-    codes = []
-    for r in rows:
-        c = [v.image_code(t) for t in r if v.is_image(t)][: v.image_tokens]
-        codes.append(c + [0] * (v.image_tokens - len(c)))  # only short when the context ran out
-    return _decode_images(omni, codes)
+    rows, _ = best_of(omni, prompts, opts, seed, _image_scorer(omni, ctx, [t for t in texts for _ in range(n)]))
+    return _decode_images(omni, [_image_of(r, v) for r in rows])
+
+
+def _s2i_scorer(omni: Omni, ctx: PromptContext):
+    """best_of score for speech -> image: each image against the first candidate's own transcript."""
+    def score(i: int, cands: list[list[int]]) -> list[float]:
+        p = parse_response(cands[0], omni.vocab)
+        text = omni.text.decode(p["transcript"] or p["text"]).strip()
+        return _image_scorer(omni, ctx, [text])(0, cands)
+    return score
 
 
 def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None) -> list[tuple]:
@@ -355,7 +423,7 @@ def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, s
             raise InputError("audio too long for speech-to-image in this model's context")
         cap = min(opts.max_text_tokens or text_room, text_room)
         opts = opts.replace(max_text_tokens=cap, text_cap_then=opts.text_cap_then or "res")
-    rows, _ = decode_rows(omni, prompts, opts, seed)
+    rows, _ = best_of(omni, prompts, opts, seed, _s2i_scorer(omni, ctx))
     out = []
     for r in rows:
         parsed = parse_response(r, v)

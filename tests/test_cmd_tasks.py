@@ -233,3 +233,26 @@ def test_bundle_decode_defaults_and_their_override(tiny_bundle, tmp_path):
     bad = aromni(b, "t2i", "a red square", check=False)
     err = bad.stderr.decode()
     assert bad.returncode == 2 and "beam" in err and len(err.strip().splitlines()) == 1
+
+
+def test_candidates_and_cfg_flags(tiny_bundle, tmp_path):
+    """--candidates N (best of N by the model's own captioner / recogniser) and --cfg/--no-cfg on the CLI; a
+    model's own candidates default is overridden by --candidates 1; --candidates 0 is one line, exit 2."""
+    import shutil
+
+    one = aromni(tiny_bundle, "t2i", "a red square", "--seed", "4").stdout
+    assert aromni(tiny_bundle, "t2i", "a red square", "--seed", "4", "--candidates", "1").stdout == one
+    best = [aromni(tiny_bundle, "t2i", "a red square", "--seed", "4", "--candidates", "4").stdout for _ in range(2)]
+    assert best[0] == best[1] and best[0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert aromni(tiny_bundle, "t2i", "a red square", "--seed", "4", "--no-cfg").stdout[:8] == b"\x89PNG\r\n\x1a\n"
+    wav = aromni(tiny_bundle, "tts", "Hi there.", "--seed", "1", "--candidates", "3", "--max-new-tokens", "30").stdout
+    assert wav[:4] == b"RIFF"
+    b = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle, b)
+    meta = json.load(open(os.path.join(b, "aromni.json")))
+    json.dump({**meta, "decode": {"t2i": {"candidates": 4, "cfg": False}}}, open(os.path.join(b, "aromni.json"), "w"))
+    assert aromni(b, "t2i", "a red square", "--seed", "4", "--candidates", "1", "--cfg").stdout == one
+    assert aromni(b, "t2i", "a red square", "--seed", "4", "--candidates", "4", "--cfg").stdout == best[0]
+    bad = aromni(tiny_bundle, "t2i", "a red square", "--candidates", "0", check=False)
+    err = bad.stderr.decode()
+    assert bad.returncode == 2 and "candidates" in err and len(err.strip().splitlines()) == 1

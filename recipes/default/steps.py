@@ -325,6 +325,8 @@ def _quality(build: str) -> list[str]:
             continue
         have = True
         n = (rep.get("data") or {}).get("n")
+        best_of = int((rep.get("decoding") or {}).get("candidates") or 1)
+        n_note = f"n={n}" + (f", best of {best_of}" if best_of > 1 else "")
         m = rep.get("metrics") or {}
         groups = m.get("by_group") or {}
         target_group = TARGET_GROUP.get(task) if TARGET_GROUP.get(task) in groups else None
@@ -334,15 +336,15 @@ def _quality(build: str) -> list[str]:
             return f"| {label} | {key} | {100 * value:.1f}% ({note}) | {f'{op} {100 * thr:.0f}%' if checked else ''} | {met} |"
 
         if target_group:
-            rows.append(row(f"{task}, all voices", v, f"n={n}", False))
+            rows.append(row(f"{task}, all voices", v, n_note, False))
         else:  # TTS: one row per judge (Whisper, the model's own ASR)
             judges = m.get("judges") or {(rep.get("settings") or {}).get("judge"): {key: v}}
-            rows += [row(task, jm[key], f"n={n}" + (f", judge {j}" if j else ""), True)
+            rows += [row(task, jm[key], n_note + (f", judge {j}" if j else ""), True)
                      for j, jm in judges.items() if jm.get(key) is not None]
         rows += [row(f"{task}, {g}", gm[key], f"n={gm.get('n')}", g == target_group)
                  for g, gm in sorted(groups.items()) if gm.get(key) is not None]
         if m.get(ALSO.get(task)) is not None:
-            rows.append(f"| {task} | {ALSO[task]} | {100 * m[ALSO[task]]:.1f}% (n={n}) | | |")
+            rows.append(f"| {task} | {ALSO[task]} | {100 * m[ALSO[task]]:.1f}% ({n_note}) | | |")
     return rows if have else rows + ["", "The held-out evaluation has not been run on this bundle "
                                       "(`scripts/eval_default.py --data corpus/heldout.jsonl --model BUNDLE`)."]
 
@@ -467,10 +469,12 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
   it produces fluent-looking nonsense.
 - Images are 64x64, speech is 16 kHz and robotic (the codec has no adversarial training); the TTS voice is
   espeak-ng's, never a cloned one.
-- Drawing is the weak part: captioning unseen shape/colour/position combinations works, but T2I mostly gets
-  colour, size and position right and the shape often wrong, on training prompts too. The image codes of empty
-  background also encode the distant object (see the tokenizer ceilings), so the LM must get every one of the
-  64 codes consistent. Argmax image codes are this bundle's default (`--image-sample` to sample).
+- Drawing is the weak part of the LM itself: one argmax drawing of an unseen combination gets colour, size and
+  position mostly right but the shape often wrong, on training prompts too (the image codes of empty background
+  also encode the distant object, see the tokenizer ceilings, so the LM must get all 64 codes consistent). The
+  bundle's default for t2i and speech -> image therefore draws 16 candidates (argmax + 15 sampled at temperature
+  0.7, no CFG) and keeps the one its own captioner finds most likely to say the prompt: 16x the decoding work.
+  `--candidates 1` gives the single argmax drawing.
 - Speech: ASR is reliable in the six training voices and poor in an unseen one; TTS speaks the corpus's
   sentences in one espeak-ng voice, through a codec whose own reconstructions Whisper mis-hears ~14% of the time
   (see the ceilings above); sentences outside the corpus come out as English-sounding babble.

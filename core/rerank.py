@@ -1,0 +1,67 @@
+"""Best of N by the model's own inverse task: score drawn candidates by how likely the model finds the prompt's
+words given each candidate (an image's caption, a clip's transcript), as DALL-E ranks samples with CLIP but
+with no second model.
+
+``--candidates N``: candidate 0 is decoded with the task's options as they are (so ``N = 1`` changes nothing),
+candidates 1..N-1 are sampled (images at ``image_temperature``, speech at ``temperature``); the one whose
+inverse-task log-likelihood is highest is kept.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+
+from .decoding import DecodeOptions
+from .prompts import Example, PromptContext, build_example
+
+
+def candidate_options(opts: DecodeOptions) -> DecodeOptions:
+    """The options of candidates 1..N-1: the same, but sampled where the task's output is drawn."""
+    if opts.task == "tts":
+        return replace(opts, greedy=False, markers=False)
+    return replace(opts, image_greedy=False)
+
+
+def candidate_seed(row_seed: int, j: int) -> int:
+    """Seed of candidate ``j`` (>= 1) of the row seeded ``row_seed``; the offset keeps it off the ``seed + i``
+    of the other rows of a call with a small seed (which would draw the same sample)."""
+    return (row_seed * 1_000_003 + j + 0x5DEECE66D) % 2**62
+
+
+@torch.no_grad()
+def response_logprobs(model, examples: list[Example], batch_size: int = 16) -> list[float]:
+    """Sum of log p over each example's last ``response_len`` tokens (teacher forcing, one causal pass per
+    batch); ``-inf`` for an example longer than the model's context."""
+    ctx = model.cfg.max_seq_len
+    dev = model.tok_embeddings.weight.device
+    out = [-math.inf] * len(examples)
+    fits = [i for i, e in enumerate(examples) if len(e.ids) <= ctx and 0 < e.response_len < len(e.ids)]
+    for s in range(0, len(fits), batch_size):
+        idx = fits[s: s + batch_size]
+        L = max(len(examples[i].ids) for i in idx)
+        x = torch.zeros(len(idx), L, dtype=torch.long)
+        for b, i in enumerate(idx):  # right padding: a causal pass never looks at it
+            x[b, : len(examples[i].ids)] = torch.tensor(examples[i].ids)
+        logp = torch.log_softmax(model(x.to(dev)).float(), dim=-1)  # [b, L, V]
+        for b, i in enumerate(idx):
+            n, r = len(examples[i].ids), examples[i].response_len
+            tgt = x[b, n - r: n].to(dev)
+            out[i] = float(logp[b, n - r - 1: n - 1].gather(-1, tgt[:, None]).sum())
+    return out
+
+
+def caption_scores(omni, ctx: PromptContext, images: list[list[int]], text: str) -> list[float]:
+    """log p(``text`` | image) under the caption template, for each image's codes."""
+    return response_logprobs(omni.model, [build_example(ctx, "caption", text=text, image_codes=c) for c in images])
+
+
+def transcript_scores(omni, ctx: PromptContext, clips: list[list[int]], text: str) -> list[float]:
+    """log p(``text`` | speech) under the ASR template, for each clip's codes."""
+    return response_logprobs(omni.model, [build_example(ctx, "asr", text=text, audio_codes=c) for c in clips])
+
+
+def best(scores: list[float]) -> int:
+    """Index of the highest score; the first on ties (candidate 0 when nothing could be scored)."""
+    return max(range(len(scores)), key=lambda k: (scores[k], -k))
