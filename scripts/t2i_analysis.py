@@ -6,8 +6,8 @@
 ``attributes``: for every single-object item of an `aromni eval t2i|s2i` report whose image shows one object,
 how often the analyser's shape, colour, size and position equal the reference's. ``sweep``: on the first
 ``--limit`` t2i prompts of ``--split`` (default heldout; seed 0), under several image decoding settings (each set explicitly, so a
-bundle's own defaults do not blur them), the share drawn with every attribute right and the share with shape,
-colour and position right. The README's T2I breakdown and the bundle's decode.yaml come from these commands.
+bundle's own defaults do not blur them; "best of N": the bundle's reranking by its own captioner), the share
+drawn with every attribute right and the share with shape, colour and position right. The README's T2I breakdown and the bundle's decode.yaml come from these commands.
 """
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ import json
 import sys
 
 KEYS = ("shape", "colour", "size", "position")
-SETTINGS = {"sampled": {"image_greedy": False, "image_temperature": 1.0},
-            "temperature 0.5": {"image_greedy": False, "image_temperature": 0.5},
-            "greedy": {"image_greedy": True}, "greedy, no cfg": {"image_greedy": True, "cfg": False},
-            "sampled, no cfg": {"image_greedy": False, "image_temperature": 1.0, "cfg": False}}
+ONE = {"candidates": 1, "cfg": True}
+SETTINGS = {"sampled": {**ONE, "image_greedy": False, "image_temperature": 1.0},
+            "temperature 0.5": {**ONE, "image_greedy": False, "image_temperature": 0.5},
+            "greedy": {**ONE, "image_greedy": True}, "greedy, no cfg": {**ONE, "image_greedy": True, "cfg": False},
+            "sampled, no cfg": {**ONE, "image_greedy": False, "image_temperature": 1.0, "cfg": False},
+            "best of 4": {"candidates": 4, "image_greedy": True, "image_temperature": 0.7, "cfg": False},
+            "best of 16": {"candidates": 16, "image_greedy": True, "image_temperature": 0.7, "cfg": False}}
 
 
 def _manifest(path: str) -> dict[str, dict]:
