@@ -30,25 +30,34 @@ def candidate_seed(row_seed: int, j: int) -> int:
     return (row_seed * 1_000_003 + j + 0x5DEECE66D) % 2**62
 
 
+LOGITS_BUDGET = 256 * 2**20  # bytes of fp32 logits per scoring pass (a 65k vocabulary: ~1k tokens per pass)
+
+
 @torch.no_grad()
 def response_logprobs(model, examples: list[Example], batch_size: int = 16) -> list[float]:
     """Sum of log p over each example's last ``response_len`` tokens (teacher forcing, one causal pass per
-    batch); ``-inf`` for an example longer than the model's context."""
-    ctx = model.cfg.max_seq_len
+    batch of at most ``batch_size`` examples and ``LOGITS_BUDGET`` bytes of logits); ``-inf`` for an example
+    longer than the model's context."""
+    ctx, V = model.cfg.max_seq_len, model.cfg.vocab_size
     dev = model.tok_embeddings.weight.device
     out = [-math.inf] * len(examples)
     fits = [i for i, e in enumerate(examples) if len(e.ids) <= ctx and 0 < e.response_len < len(e.ids)]
-    for s in range(0, len(fits), batch_size):
-        idx = fits[s: s + batch_size]
+    fits.sort(key=lambda i: len(examples[i].ids))  # similar lengths together: less padding
+    s = 0
+    while s < len(fits):
+        L = len(examples[fits[min(len(fits), s + batch_size) - 1]].ids)
+        n_rows = max(1, min(batch_size, LOGITS_BUDGET // (4 * V * L)))
+        idx = fits[s: s + n_rows]
+        s += len(idx)
         L = max(len(examples[i].ids) for i in idx)
         x = torch.zeros(len(idx), L, dtype=torch.long)
         for b, i in enumerate(idx):  # right padding: a causal pass never looks at it
             x[b, : len(examples[i].ids)] = torch.tensor(examples[i].ids)
-        logp = torch.log_softmax(model(x.to(dev)).float(), dim=-1)  # [b, L, V]
+        logits = model(x.to(dev))  # [b, L, V]
         for b, i in enumerate(idx):
             n, r = len(examples[i].ids), examples[i].response_len
-            tgt = x[b, n - r: n].to(dev)
-            out[i] = float(logp[b, n - r - 1: n - 1].gather(-1, tgt[:, None]).sum())
+            logp = torch.log_softmax(logits[b, n - r - 1: n - 1].float(), dim=-1)  # [r, V]
+            out[i] = float(logp.gather(-1, x[b, n - r: n].to(dev)[:, None]).sum())
     return out
 
 

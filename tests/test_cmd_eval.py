@@ -289,7 +289,7 @@ def test_t2i_analysis_sweep(tiny_bundle, corpus):
                        capture_output=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr.decode()
     rows = [line.split() for line in r.stdout.decode().strip().splitlines()]
-    assert rows[0] == ["setting", "all", "s+c+p"] and len(rows) == 6
+    assert rows[0] == ["setting", "all", "s+c+p"] and len(rows) == 8  # 7 settings
     assert all(row[-1].endswith("%") and row[-2].endswith("%") for row in rows[1:])
 
 

@@ -33,6 +33,18 @@ def test_response_logprobs_is_the_sum_over_the_response(omni):
     assert got[2] == -math.inf
 
 
+def test_response_logprobs_keeps_to_its_logits_budget(omni, monkeypatch):
+    """A large vocabulary scores fewer examples per pass (one at a time here), with the same results."""
+    exs = [Example([1] + list(range(5, 5 + k)), "caption", 2) for k in (3, 9, 5, 12)]
+    want = rerank.response_logprobs(omni.model, exs, batch_size=4)
+    calls = []
+    real = omni.model.forward
+    monkeypatch.setattr(omni.model, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    monkeypatch.setattr(rerank, "LOGITS_BUDGET", 4 * omni.model.cfg.vocab_size * 12)
+    assert rerank.response_logprobs(omni.model, exs, batch_size=4) == pytest.approx(want, abs=1e-4)
+    assert calls == [1, 1, 1, 1]
+
+
 def test_best_and_candidate_options():
     assert rerank.best([-3.0, -1.0, -1.0]) == 1  # first of the ties
     assert rerank.best([-math.inf, -math.inf]) == 0
@@ -82,8 +94,9 @@ def test_tasks_with_candidates(omni):
                                seeds=[rerank.candidate_seed(2, j) for j in (1, 2)])
     clips = [tasks._speech_of(c, omni.vocab) for c in first + alt]
     scores = rerank.transcript_scores(omni, ctx, clips, "One.")
-    assert scores == [rerank.response_logprobs(omni.model, [build_example(ctx, "asr", text="One.", audio_codes=c)])[0]
-                      for c in clips]
+    assert scores == pytest.approx([rerank.response_logprobs(omni.model, [build_example(ctx, "asr", text="One.",
+                                                                                       audio_codes=c)])[0]
+                                    for c in clips], abs=1e-4)
     one = tasks.tts(omni, "One.", seed=2, opts=opts)
     assert one.codes.tolist() == clips[rerank.best(scores)]
 
