@@ -467,8 +467,8 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
 - It knows only the synthetic world of the corpus: a few shapes, colours, sizes and positions, the corpus's
   sentences and six espeak-ng voices. Real photographs, real voices and open-ended text are out of domain; on them
   it produces fluent-looking nonsense.
-- Images are 64x64, speech is 16 kHz and robotic (the codec has no adversarial training); the TTS voice is
-  espeak-ng's, never a cloned one.
+- Images are 32x32 (the corpus's 64 px scenes, downscaled by the image tokenizer), speech is 16 kHz and robotic
+  (the codec has no adversarial training); the TTS voice is espeak-ng's, never a cloned one.
 - Drawing is the weak part of the LM itself: one argmax drawing of an unseen combination gets colour, size and
   position mostly right but the shape often wrong, on training prompts too (the image codes of empty background
   also encode the distant object, see the tokenizer ceilings, so the LM must get all 64 codes consistent). The
