@@ -11,8 +11,9 @@ from typing_extensions import Annotated
 
 from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, refuse_tty,
                                      text_arg)
-from aromni.commands._decode import (Batch, BatchSize, Candidates, Cfg, CfgImage, CfgText, Compat, Compile, ImageGreedy, ImageTemp,
-                                     MaxNew, OutDir, decode_options, load_model, make_dir, print_line, read_jsonl)
+from aromni.commands._decode import (Batch, BatchSize, Candidates, Cfg, CfgImage, CfgText, Compat, Compile,
+                                     ImageGreedy, ImageTemp, MaxNew, OutDir, decode_options, load_model, make_dir,
+                                     print_line, read_jsonl)
 from aromni.core.errors import AromniError, InputError
 
 
@@ -87,8 +88,8 @@ def run(
         raise AromniError("--json prints the result on stdout; write the image with -o FILE or --out-dir")
     if paths == ["-"]:
         refuse_tty("a PNG image")
-    opts = decode_options("t2i", compat, candidates=candidates, cfg=cfg, cfg_text=cfg_text, cfg_image=cfg_image, image_temperature=image_temperature,
-                          image_greedy=image_greedy,
+    opts = decode_options("t2i", compat, candidates=candidates, cfg=cfg, cfg_text=cfg_text, cfg_image=cfg_image,
+                          image_temperature=image_temperature, image_greedy=image_greedy,
                           image_top_p=image_top_p, image_top_k=image_top_k, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, compile=compile)
     omni = load_model(model, device, dtype, quiet, seed)

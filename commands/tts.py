@@ -65,9 +65,9 @@ def run(
     from aromni.core import tasks
     from aromni.core.audio_io import AudioWriter
 
-    opts = decode_options("tts", compat, candidates=candidates, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens,
-                          greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
-                          repetition_penalty=repetition_penalty, batch_size=batch_size, compile=compile)
+    opts = decode_options("tts", compat, candidates=candidates, max_new_tokens=max_new_tokens,
+                          max_speech_tokens=max_speech_tokens, greedy=greedy, temperature=temperature, top_p=top_p,
+                          top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size, compile=compile)
     if batch is not None:
         if text is not None:
             raise AromniError("give either TEXT or --batch, not both")

@@ -49,7 +49,7 @@ def response_logprobs(model, examples: list[Example], batch_size: int = 16) -> l
         n_rows = max(1, min(batch_size, LOGITS_BUDGET // (4 * V * L)))
         idx = fits[s: s + n_rows]
         s += len(idx)
-        L = max(len(examples[i].ids) for i in idx)
+        L = len(examples[idx[-1]].ids)  # sorted: the last is the longest
         x = torch.zeros(len(idx), L, dtype=torch.long)
         for b, i in enumerate(idx):  # right padding: a causal pass never looks at it
             x[b, : len(examples[i].ids)] = torch.tensor(examples[i].ids)

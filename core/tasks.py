@@ -194,10 +194,20 @@ def parse_response(ids: list[int], vocab: VocabLayout) -> dict:
     return {"text": text, "transcript": transcript, "images": images, "speech": speech}
 
 
-def _image_of(ids: list[int], vocab: VocabLayout) -> list[int]:
-    """The image codes of a response, zero-padded to a whole image (short only when the context ran out)."""
-    c = [vocab.image_code(t) for t in ids if vocab.is_image(t)][: vocab.image_tokens]
+def _whole_image(codes: list[int], vocab: VocabLayout) -> list[int]:
+    """``codes`` cut or zero-padded to one image (short only when the context ran out)."""
+    c = codes[: vocab.image_tokens]
     return c + [0] * (vocab.image_tokens - len(c))
+
+
+def _image_of(ids: list[int], vocab: VocabLayout) -> list[int]:
+    """The image codes of a response, as one whole image."""
+    return _whole_image([vocab.image_code(t) for t in ids if vocab.is_image(t)], vocab)
+
+
+def _transcript_of(omni: Omni, parsed: dict) -> str:
+    """The ``<-Ins->`` transcript of a parsed response (its plain text when there is none)."""
+    return omni.text.decode(parsed["transcript"] or parsed["text"]).strip()
 
 
 def _speech_of(ids: list[int], vocab: VocabLayout) -> list[int]:
@@ -257,15 +267,6 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
     for i, sent in enumerate(sentences):
         prompt = tts_prompt(ctx, sent) + ([] if opts.compat else [v.boa])
         dec = speech.stream()
-        if opts.candidates > 1:  # the best of N is known only at the end: no streaming within a sentence
-            rows, gens = best_of(omni, [prompt], opts, s0 + i, _speech_scorer(omni, ctx, [sent]))
-            codes = _speech_of(rows[0], v)
-            all_codes += codes
-            emit(dec.push(codes))
-            emit(dec.flush())
-            n_tok += sum(g.new_tokens for g in gens)
-            gen_s += sum(g.prefill_s + g.decode_s for g in gens)
-            continue
 
         def on_token(b: int, t: int) -> None:
             if v.is_audio(t):
@@ -273,10 +274,15 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
                 all_codes.append(c)
                 emit(dec.push([c]))
 
-        g = generate(omni.model, v, [prompt], opts, seeds=[s0 + i], on_token=on_token)
+        if opts.candidates > 1:  # the best of N is known only at the end: no streaming within a sentence
+            rows, gens = best_of(omni, [prompt], opts, s0 + i, _speech_scorer(omni, ctx, [sent]))
+            for t in rows[0]:
+                on_token(0, t)
+        else:
+            gens = [generate(omni.model, v, [prompt], opts, seeds=[s0 + i], on_token=on_token)]
         emit(dec.flush())
-        n_tok += g.new_tokens
-        gen_s += g.prefill_s + g.decode_s
+        n_tok += sum(g.new_tokens for g in gens)
+        gen_s += sum(g.prefill_s + g.decode_s for g in gens)
     wav = np.concatenate(wavs) if wavs else np.zeros(0, dtype=np.float32)
     total = time.perf_counter() - t0
     audio_s = len(wav) / speech.sample_rate
@@ -403,9 +409,7 @@ def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = N
 def _s2i_scorer(omni: Omni, ctx: PromptContext):
     """best_of score for speech -> image: each image against the first candidate's own transcript."""
     def score(i: int, cands: list[list[int]]) -> list[float]:
-        p = parse_response(cands[0], omni.vocab)
-        text = omni.text.decode(p["transcript"] or p["text"]).strip()
-        return _image_scorer(omni, ctx, [text])(0, cands)
+        return _image_scorer(omni, ctx, [_transcript_of(omni, parse_response(cands[0], omni.vocab))])(0, cands)
     return score
 
 
@@ -427,10 +431,8 @@ def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, s
     out = []
     for r in rows:
         parsed = parse_response(r, v)
-        words = parsed["transcript"] or parsed["text"]
-        img = parsed["images"][0] if parsed["images"] else []
-        img = img[: v.image_tokens] + [0] * (v.image_tokens - len(img[: v.image_tokens]))
-        out.append((omni.text.decode(words).strip(), img, bool(parsed["images"])))
+        img = _whole_image(parsed["images"][0] if parsed["images"] else [], v)
+        out.append((_transcript_of(omni, parsed), img, bool(parsed["images"])))
     images = _decode_images(omni, [c for _, c, _ in out]) if out else []
     return [(text, im) for (text, _, _), im in zip(out, images)]
 
