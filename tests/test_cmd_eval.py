@@ -281,6 +281,23 @@ def test_scene_scoring_accepts_a_perfect_answer():
     assert not _attr_check(analyse(draw(dict(sc, background="white"))), sc, [said])
 
 
+def test_tts_caption_attributes_heard():
+    # which attributes a judge heard right in spoken captions; sentences (no attrs) are left out
+    from aromni.core.eval.runner import _heard_attrs
+
+    sc = {"objects": [{"shape": "star", "colour": "green", "size": "small", "position": "right"}]}
+    rows = [{"attrs": sc, "hyps": {"whisper": "A small green star on the left.",
+                                   "self": "a small green star on the right"}},
+            {"attrs": sc, "hyps": {"whisper": "a small red star on the right",
+                                   "self": "a large green star on the right"}},
+            {"hyps": {"whisper": "hello", "self": "hello"}}]
+    got = _heard_attrs(rows)["caption_attrs"]
+    assert got["n"] == 2
+    assert got["whisper"] == {"shape": 1.0, "colour": 0.5, "size": 1.0, "position": 0.5}
+    assert got["self"] == {"shape": 1.0, "colour": 1.0, "size": 0.5, "position": 1.0}
+    assert _heard_attrs(rows[2:]) == {}
+
+
 @pytest.mark.slow
 def test_t2i_analysis_sweep(tiny_bundle, corpus):
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -125,3 +125,24 @@ def test_ci_recipe_end_to_end(tmp_path):
     r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stderr and "lm: finished" in r.stderr
+
+
+def test_card_quality_rows(tmp_path):
+    """The model card's quality table: one TTS row per judge, and which caption words each judge heard right."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("default_steps", os.path.join(RECIPE, "steps.py"))
+    steps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps)
+    (tmp_path / "eval").mkdir()
+    heard = {"shape": 0.99, "colour": 0.92, "size": 0.97, "position": 0.27}
+    rep = {"data": {"n": 177}, "decoding": {"candidates": 1},
+           "metrics": {"wer": 0.2, "judges": {"whisper": {"wer": 0.2}, "self": {"wer": 0.12}},
+                       "caption_attrs": {"n": 150, "whisper": heard, "self": heard}}}
+    (tmp_path / "eval" / "tts.json").write_text(json.dumps(rep))
+    rows = steps._quality(str(tmp_path))
+    assert "| tts | wer | 20.0% (n=177, judge whisper) | <= 15% | no |" in rows
+    assert "| tts | wer | 12.0% (n=177, judge self) | <= 15% | yes |" in rows
+    assert ("| tts, spoken captions | attribute heard right, judge whisper | shape 99%, colour 92%, size 97%, "
+            "position 27% (n=150) | | |") in rows
+    assert any(r.startswith("| t2i | scp_accuracy | not measured") for r in rows)

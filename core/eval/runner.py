@@ -94,6 +94,23 @@ def _attr_metrics(rows: list[dict]) -> dict:
     return out
 
 
+def _heard_attrs(rows: list[dict]) -> dict:
+    """TTS of scene captions (rows with ``attrs``): per judge, the share of clips in which it heard each attribute
+    as the caption says it (``{"caption_attrs": {"n": N, judge: {"shape": .., "position": ..}}}``, {} when no
+    row is a caption). It says which words a TTS model gets wrong, e.g. an unseen scene's position."""
+    from ..corpus.scenes import OBJECT_KEYS, attrs_match, parse_caption
+
+    caps = [r for r in rows if r.get("attrs")]
+    if not caps:
+        return {}
+    out: dict = {"n": len(caps)}
+    for judge in caps[0]["hyps"]:
+        heard = [parse_caption(r["hyps"][judge]) for r in caps]
+        out[judge] = {k: sum(attrs_match(h, r["attrs"], (k,)) for h, r in zip(heard, caps)) / len(caps)
+                      for k in OBJECT_KEYS}
+    return {"caption_attrs": out}
+
+
 def _asr_score(rows: list[dict]) -> dict:
     return {**corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows]).to_dict(), "n": len(rows)}
 
@@ -176,7 +193,7 @@ def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
             rows.append({"id": it.id, "ref": it.text, "audio_s": len(wav) / sr, "codes": int(len(res.codes)),
                          "first_audio_s": _stat(res.stats, "first_audio_s"), "rtf": _stat(res.stats, "rtf"),
                          "tokens_per_s": _stat(res.stats, "tokens_per_s"),
-                         "wav": _save(cfg, f"{i:05d}.wav", wav, sr)})
+                         "wav": _save(cfg, f"{i:05d}.wav", wav, sr), **({"attrs": it.attrs} if it.attrs else {})})
             bar.update(1)
     by_judge = {}
     for judge in judges:
@@ -196,7 +213,7 @@ def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     metrics = {**by_judge[first], "audio_s_total": audio,
                **_summary([r["first_audio_s"] for r in rows], "first_audio_s"),
                **_summary([r["rtf"] for r in rows], "rtf"),
-               **_summary([r["tokens_per_s"] for r in rows], "tokens_per_s")}
+               **_summary([r["tokens_per_s"] for r in rows], "tokens_per_s"), **_heard_attrs(rows)}
     info = {k if k == "judge" else f"judge_{k}": v for k, v in judges[0].info().items()}
     if len(judges) > 1:
         metrics["judges"] = by_judge

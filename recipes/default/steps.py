@@ -343,6 +343,10 @@ def _quality(build: str) -> list[str]:
                      for j, jm in judges.items() if jm.get(key) is not None]
         rows += [row(f"{task}, {g}", gm[key], f"n={gm.get('n')}", g == target_group)
                  for g, gm in sorted(groups.items()) if gm.get(key) is not None]
+        ca = m.get("caption_attrs") or {}
+        for j, acc in ((j, a) for j, a in ca.items() if isinstance(a, dict)):  # TTS: which caption words go wrong
+            heard = ", ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items())
+            rows.append(f"| {task}, spoken captions | attribute heard right, judge {j} | {heard} (n={ca['n']}) | | |")
         if m.get(ALSO.get(task)) is not None:
             rows.append(f"| {task} | {ALSO[task]} | {100 * m[ALSO[task]]:.1f}% ({n_note}) | | |")
     return rows if have else rows + ["", "The held-out evaluation has not been run on this bundle "
@@ -386,6 +390,9 @@ def write_card(bundle: str, build: str, recipe: str) -> str:
     params = _params(bundle)
     codec, vq, bpe = (_result_line(build, s).get("metrics", {}) for s in ("codec", "image_vq", "bpe"))
     lines_train = (corpus.get("lines") or {}).get("train", {})
+    n_voices = len((corpus.get("voices") or {}).get("input", [])) or "-"
+    wer_rec = ((_read_json(os.path.join(build, "ceilings.json")) or {}).get("speech") or {}).get("wer_reconstructed")
+    codec_wer = f"{100 * wer_rec:.0f}%" if wer_rec is not None else "some"
     lines_held = (corpus.get("lines") or {}).get("heldout", {})
     sp = (meta.get("speech_tokenizer") or {}).get("config", {})
     im = (meta.get("image_tokenizer") or {})
@@ -465,8 +472,8 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
 ## Limits
 
 - It knows only the synthetic world of the corpus: a few shapes, colours, sizes and positions, the corpus's
-  sentences and six espeak-ng voices. Real photographs, real voices and open-ended text are out of domain; on them
-  it produces fluent-looking nonsense.
+  sentences and """ + f"{n_voices}" + """ espeak-ng input voices. Real photographs, real voices and open-ended text
+  are out of domain; on them it produces fluent-looking nonsense.
 - Images are 32x32 (the corpus's 64 px scenes, downscaled by the image tokenizer), speech is 16 kHz and robotic
   (the codec has no adversarial training); the TTS voice is espeak-ng's, never a cloned one.
 - Drawing is the weak part of the LM itself: one argmax drawing of an unseen combination gets colour, size and
@@ -475,9 +482,10 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
   bundle's default for t2i and speech -> image therefore draws 16 candidates (argmax + 15 sampled at temperature
   0.7, no CFG) and keeps the one its own captioner finds most likely to say the prompt: 16x the decoding work.
   `--candidates 1` gives the single argmax drawing.
-- Speech: ASR is reliable in the six training voices and poor in an unseen one; TTS speaks the corpus's
-  sentences in one espeak-ng voice, through a codec whose own reconstructions Whisper mis-hears ~14% of the time
-  (see the ceilings above); sentences outside the corpus come out as English-sounding babble.
+- Speech: ASR is reliable in the """ + f"{n_voices}" + """ training voices and less so in an unseen one; TTS speaks
+  the corpus's sentences in one espeak-ng voice, through a codec whose own reconstructions Whisper mis-hears
+  """ + codec_wer + """ of the time (see the ceilings above); sentences outside the corpus come out as
+  English-sounding babble.
 - Chat is limited to the corpus's handful of greetings and requests.
 - The numbers above are from one seed on the held-out split of the same synthetic distribution; they say the
   pipeline works, not that the model generalises.
