@@ -482,10 +482,11 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
   bundle's default for t2i and speech -> image therefore draws 16 candidates (argmax + 15 sampled at temperature
   0.7, no CFG) and keeps the one its own captioner finds most likely to say the prompt: 16x the decoding work.
   `--candidates 1` gives the single argmax drawing.
-- Speech: ASR is reliable in the """ + f"{n_voices}" + """ training voices and less so in an unseen one; TTS speaks
-  the corpus's sentences in one espeak-ng voice, through a codec whose own reconstructions Whisper mis-hears
-  """ + codec_wer + """ of the time (see the ceilings above); sentences outside the corpus come out as
-  English-sounding babble.
+- Speech: ASR is reliable in the """ + f"{n_voices}" + """ training voices, not in an unseen one (the held-out voice
+  rows); TTS speaks the corpus's sentences in one espeak-ng voice, through a codec whose own reconstructions
+  Whisper mis-hears """ + codec_wer + """ of the time (see the ceilings above). Speaking an unseen scene caption it
+  tends to say a position that training scenes of that shape and colour had (the spoken-captions rows), and
+  sentences outside the corpus come out as English-sounding babble.
 - Chat is limited to the corpus's handful of greetings and requests.
 - The numbers above are from one seed on the held-out split of the same synthetic distribution; they say the
   pipeline works, not that the model generalises.
