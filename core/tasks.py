@@ -214,12 +214,18 @@ def _speech_of(ids: list[int], vocab: VocabLayout) -> list[int]:
     return [c for seg in parse_response(ids, vocab)["speech"] for c in seg]
 
 
+def _spread(has: list[bool], scores: list[float]) -> list[float]:
+    """The scores of the candidates that ``has`` an output, in order, and ``-inf`` for those without one."""
+    it = iter(scores)
+    return [next(it) if h else float("-inf") for h in has]
+
+
 def _speech_scorer(omni: Omni, ctx: PromptContext, sentences: list[str]):
     """best_of score: how likely the model's own ASR finds row i's sentence in each candidate's speech."""
     def score(i: int, cands: list[list[int]]) -> list[float]:
         clips = [_speech_of(c, omni.vocab) for c in cands]
-        got = rerank.transcript_scores(omni, ctx, [c for c in clips if c], sentences[i])
-        return [got.pop(0) if c else float("-inf") for c in clips]
+        return _spread([bool(c) for c in clips],
+                       rerank.transcript_scores(omni, ctx, [c for c in clips if c], sentences[i]))
     return score
 
 
@@ -229,8 +235,8 @@ def _image_scorer(omni: Omni, ctx: PromptContext, texts: list[str | None]):
         if not texts[i]:
             return [0.0] * len(cands)
         has = [any(omni.vocab.is_image(t) for t in c) for c in cands]
-        got = rerank.caption_scores(omni, ctx, [_image_of(c, omni.vocab) for c, h in zip(cands, has) if h], texts[i])
-        return [got.pop(0) if h else float("-inf") for h in has]
+        return _spread(has, rerank.caption_scores(omni, ctx, [_image_of(c, omni.vocab) for c, h in zip(cands, has)
+                                                              if h], texts[i]))
     return score
 
 

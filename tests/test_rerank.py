@@ -117,3 +117,10 @@ def test_candidates_is_checked_and_may_be_a_model_default():
     assert check_model_defaults({"t2i": {"candidates": 8, "image_temperature": 0.7}})
     with pytest.raises(AromniError):
         check_model_defaults({"tts": {"candidates": 0}})
+
+
+def test_candidates_without_output_score_minus_inf():
+    from aromni.core.tasks import _spread
+
+    assert _spread([True, False, True], [-1.0, -2.0]) == [-1.0, -math.inf, -2.0]
+    assert _spread([False, False], []) == [-math.inf, -math.inf]
