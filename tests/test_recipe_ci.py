@@ -128,7 +128,8 @@ def test_ci_recipe_end_to_end(tmp_path):
 
 
 def test_card_quality_rows(tmp_path):
-    """The model card's quality table: one TTS row per judge, and which caption words each judge heard right."""
+    """The model card's quality table: one TTS row per judge, which caption words each judge heard right, and the
+    speaker groups (speech -> image judged in the training voices, like ASR)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("default_steps", os.path.join(RECIPE, "steps.py"))
@@ -146,3 +147,12 @@ def test_card_quality_rows(tmp_path):
     assert ("| tts, spoken captions | attribute heard right, judge whisper | shape 99%, colour 92%, size 97%, "
             "position 27% (n=150) | | |") in rows
     assert any(r.startswith("| t2i | scp_accuracy | not measured") for r in rows)
+    # speech -> image: the target is judged in the training voices (as ASR's); all clips and the held-out voice beside
+    s2i = {"data": {"n": 300}, "decoding": {"candidates": 16},
+           "metrics": {"attr_accuracy": 0.45, "by_group": {"train voices": {"attr_accuracy": 0.85, "n": 150},
+                                                           "held-out voice": {"attr_accuracy": 0.06, "n": 150}}}}
+    (tmp_path / "eval" / "s2i.json").write_text(json.dumps(s2i))
+    rows = steps._quality(str(tmp_path))
+    assert "| s2i, all voices | attr_accuracy | 45.0% (n=300, best of 16) |  |  |" in rows
+    assert "| s2i, train voices | attr_accuracy | 85.0% (n=150) | >= 70% | yes |" in rows
+    assert "| s2i, held-out voice | attr_accuracy | 6.0% (n=150) |  |  |" in rows

@@ -311,7 +311,10 @@ TARGETS = {  # issue 7's quality targets on the held-out split: (task, metric, c
     "caption": ("attr_accuracy", ">=", 0.80), "asr": ("wer", "<=", 0.10), "tts": ("wer", "<=", 0.15),
     "s2i": ("attr_accuracy", ">=", 0.70)}
 ALSO = {"t2i": "attr_accuracy"}  # shown without a target: T2I with the size judged too
-TARGET_GROUP = {"asr": "train voices"}  # a target set for one speaker group: ASR's is for the training voices
+# Targets set for one speaker group. Issue 7's held-out split is unseen attribute combinations and sentences, and
+# it asks for a held-out voice to be reported separately (ASR); the corpus adds that voice to speech -> image
+# too, so both are judged in the training voices and show the held-out voice (and all clips) beside.
+TARGET_GROUP = {"asr": "train voices", "s2i": "train voices"}
 
 
 def _quality(build: str) -> list[str]:
