@@ -250,3 +250,32 @@ def test_normalisation_modes_on_the_first_step(tmp_path, data):
     assert w1 != w2
     assert abs(got["step"] - (n1 + n2) / (w1 + w2)) < 1e-5
     assert abs(got["micro"] - (n1 / w1 + n2 / w2) / 2) < 1e-5
+
+
+def test_tokenizer_file_picks(tmp_path):
+    """max_items with pick first: the manifest's first N mentions (a file named twice counts twice); with pick
+    spread: each file once, a seeded sample across the whole manifest (late tasks included)."""
+    from aromni.core.train.stages import _files_of
+
+    man = tmp_path / "m.jsonl"
+    lines = [{"task": "asr", "audio": f"a{i // 2}.wav"} for i in range(20)]  # each clip named twice
+    lines += [{"task": "tts", "audio": f"t{i}.wav"} for i in range(10)]  # only at the end
+    lines += [{"task": "chat", "turns": [{"role": "user", "audio": "c.wav"}, {"role": "assistant", "text": "hi"}]}]
+    man.write_text("".join(json.dumps(d) + "\n" for d in lines))
+
+    (tmp_path / "codec.yaml").write_text(f"kind: codec\ndata: {{train: [{{type: manifest, path: {man}}}]}}\n")
+
+    def files(*over):
+        cfg = load_config(str(tmp_path / "codec.yaml"), list(over))
+        return [os.path.basename(p) for p, _ in _files_of(cfg, "audio")]
+
+    assert files() == [f"a{i // 2}.wav" for i in range(20)] + [f"t{i}.wav" for i in range(10)] + ["c.wav"]
+    assert files("tokenizer.max_items=6") == ["a0.wav", "a0.wav", "a1.wav", "a1.wav", "a2.wav", "a2.wav"]
+    every = [f"a{i}.wav" for i in range(10)] + [f"t{i}.wav" for i in range(10)] + ["c.wav"]
+    assert files("tokenizer.pick=spread") == every
+    got = files("tokenizer.pick=spread", "tokenizer.max_items=12")
+    assert len(got) == len(set(got)) == 12 and any(f.startswith("t") for f in got)
+    assert got == files("tokenizer.pick=spread", "tokenizer.max_items=12")  # seeded
+    assert got != files("tokenizer.pick=spread", "tokenizer.max_items=12", "seed=1")
+    with pytest.raises(AromniError, match="tokenizer.pick"):
+        files("tokenizer.pick=middle")

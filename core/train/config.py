@@ -104,6 +104,9 @@ class TokenizerSection:
     init: str | None = None  # start from this tokenizer dir instead of a fresh preset
     vocab_size: int = 8000  # bpe
     max_items: int | None = None  # cap on images / clips / texts read from the manifest
+    # which images / clips max_items keeps: "first" (manifest order, a file named twice counts twice) or
+    # "spread" (each file once, a seeded sample across all the manifests' lines)
+    pick: str = "first"
     options: dict = field(default_factory=dict)  # extra keyword arguments of fit_image_vq / fit_codec
 
 
@@ -197,7 +200,8 @@ def validate(cfg: TrainConfig) -> None:
     choices = [("kind", cfg.kind, KINDS), ("optim.schedule", cfg.optim.schedule, ("linear", "cosine", "constant")),
                ("train.precision", cfg.train.precision, ("auto", "bf16", "fp32")),
                ("train.strategy", cfg.train.strategy, ("auto", "none", "ddp", "fsdp")),
-               ("loss.normalize", cfg.loss.normalize, ("step", "micro"))]
+               ("loss.normalize", cfg.loss.normalize, ("step", "micro")),
+               ("tokenizer.pick", cfg.tokenizer.pick, ("first", "spread"))]
     for key, v, ok in choices:
         if v not in ok:
             raise AromniError(f"config: {key} = {v!r} (choose one of {', '.join(ok)})")

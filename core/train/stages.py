@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 from ..errors import AromniError, CheckpointError
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
@@ -127,7 +129,9 @@ def _manifest_rows(cfg: TrainConfig):
 
 
 def _files_of(cfg: TrainConfig, key: str) -> list[tuple[str, str]]:
-    """(path, where) of every ``key`` ("image" / "audio") in the manifests, chat turns included."""
+    """(path, where) of every ``key`` ("image" / "audio") in the manifests, chat turns included, up to
+    ``tokenizer.max_items`` of them as ``tokenizer.pick`` says."""
+    cap, first = cfg.tokenizer.max_items, cfg.tokenizer.pick == "first"
     out = []
     for d, base, where in _manifest_rows(cfg):
         items = [d] + [t for t in d.get("turns") or [] if isinstance(t, dict)]
@@ -135,9 +139,17 @@ def _files_of(cfg: TrainConfig, key: str) -> list[tuple[str, str]]:
             if it.get(key):
                 p = it[key]
                 out.append((p if os.path.isabs(p) else os.path.join(base, p), where))
-        if cfg.tokenizer.max_items and len(out) >= cfg.tokenizer.max_items:
-            return out[: cfg.tokenizer.max_items]
-    return out
+        if first and cap and len(out) >= cap:
+            return out[:cap]
+    if first:
+        return out
+    # A manifest written task by task puts some kinds of clip (a voice, a task's sentences) only at its end:
+    # the first N would never see them.
+    distinct = list({p: (p, w) for p, w in reversed(out)}.values())[::-1]  # each file once, first mention
+    if cap and len(distinct) > cap:
+        keep = np.sort(np.random.default_rng([cfg.seed, 17]).choice(len(distinct), cap, replace=False))
+        distinct = [distinct[i] for i in keep]
+    return distinct
 
 
 def _texts_of(cfg: TrainConfig) -> list[str]:
