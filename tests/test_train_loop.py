@@ -175,9 +175,11 @@ def test_config_errors_and_print_config(tmp_path, data):
     assert "unknown key 'optim.lrr'" in r.stderr and "lm.yaml" in r.stderr
     r = subprocess.run(CLI + [path, "train.stop_at=0"], env=ENV, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "train.stop_at" in r.stderr
+    r = subprocess.run(CLI + [path, "tokenizer.pick=middle"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "tokenizer.pick" in r.stderr
     for bad, msg in [("optim.lr=fast", "optim.lr"), ("kind=gan", "kind"), ("lr", "not key=value"),
                      ("data.train.5.path=x", "no element"), ("train.max_steps=0", "max_steps"),
-                     ("train.stop_at=0", "stop_at")]:
+                     ("train.stop_at=0", "stop_at"), ("tokenizer.pick=middle", "tokenizer.pick")]:
         with pytest.raises(AromniError, match=msg):
             load_config(path, [bad])
     cfg = load_config(path, ["optim.betas=[0.9, 0.95]", "loss.perceptual_tasks=null", "optim.lr=1e-4"])
@@ -261,6 +263,7 @@ def test_tokenizer_file_picks(tmp_path):
     lines = [{"task": "asr", "audio": f"a{i // 2}.wav"} for i in range(20)]  # each clip named twice
     lines += [{"task": "tts", "audio": f"t{i}.wav"} for i in range(10)]  # only at the end
     lines += [{"task": "chat", "turns": [{"role": "user", "audio": "c.wav"}, {"role": "assistant", "text": "hi"}]}]
+    lines += [{"task": "asr", "audio": "a0.wav"}]  # named again at the end: keeps its first place
     man.write_text("".join(json.dumps(d) + "\n" for d in lines))
 
     (tmp_path / "codec.yaml").write_text(f"kind: codec\ndata: {{train: [{{type: manifest, path: {man}}}]}}\n")
@@ -269,7 +272,7 @@ def test_tokenizer_file_picks(tmp_path):
         cfg = load_config(str(tmp_path / "codec.yaml"), list(over))
         return [os.path.basename(p) for p, _ in _files_of(cfg, "audio")]
 
-    assert files() == [f"a{i // 2}.wav" for i in range(20)] + [f"t{i}.wav" for i in range(10)] + ["c.wav"]
+    assert files() == [f"a{i // 2}.wav" for i in range(20)] + [f"t{i}.wav" for i in range(10)] + ["c.wav", "a0.wav"]
     assert files("tokenizer.max_items=6") == ["a0.wav", "a0.wav", "a1.wav", "a1.wav", "a2.wav", "a2.wav"]
     every = [f"a{i}.wav" for i in range(10)] + [f"t{i}.wav" for i in range(10)] + ["c.wav"]
     assert files("tokenizer.pick=spread") == every

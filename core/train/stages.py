@@ -145,7 +145,10 @@ def _files_of(cfg: TrainConfig, key: str) -> list[tuple[str, str]]:
         return out
     # A manifest written task by task puts some kinds of clip (a voice, a task's sentences) only at its end:
     # the first N would never see them.
-    distinct = list({p: (p, w) for p, w in reversed(out)}.values())[::-1]  # each file once, first mention
+    first_mention: dict[str, tuple[str, str]] = {}
+    for p, w in out:
+        first_mention.setdefault(p, (p, w))
+    distinct = list(first_mention.values())
     if cap and len(distinct) > cap:
         keep = np.sort(np.random.default_rng([cfg.seed, 17]).choice(len(distinct), cap, replace=False))
         distinct = [distinct[i] for i in keep]
