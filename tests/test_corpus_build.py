@@ -123,6 +123,43 @@ def test_heldout_is_disjoint(textonly):
     assert any(line["task"] == "text" and line["text"] in held_sents for line in held)
 
 
+def test_tts_drills_hold_nothing_held_out():
+    from aromni.core.corpus.build import DRILL_WORDS, caption_words, drill_texts
+
+    held = S.heldout_combos(0)
+    train_s, held_s = T.split_sentences(0)
+    texts = drill_texts(np.random.default_rng(5), 600, train_s, held, held_s)
+    assert texts == drill_texts(np.random.default_rng(5), 600, train_s, held, held_s)
+    vocab = set(caption_words()) | {w for s in train_s for w in s.split()}
+    where = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
+    for t in texts:
+        words = t.split()
+        assert DRILL_WORDS[0] <= len(words) <= DRILL_WORDS[1] and set(words) <= vocab
+        assert not any({s, c, where[p]} <= set(words) for s, c, p in held)
+        assert not any(h in t for h in held_s)
+    # the position words are read in many contexts, after shapes and colours that training captions never
+    # put at that position too
+    said = [set(t.split()) for t in texts]
+    for s, c, p in held:
+        assert any({c, where[p]} <= w for w in said) and any({s, where[p]} <= w for w in said)
+
+
+def test_tts_drills_come_last_and_change_nothing_else():
+    """Drill lines are appended to the training manifest: every other line (and so the codec's first-mention
+    clips) is the same as without them."""
+    from dataclasses import replace
+
+    from aromni.core.corpus.build import PRESETS, plan
+
+    cfg = replace(PRESETS["ci"], n_tts_drills=5)
+    (tr, he), _ = plan("unused", cfg, 0, SR, True)
+    (tr0, he0), _ = plan("unused", replace(cfg, n_tts_drills=0), 0, SR, True)
+    assert tr.lines[:len(tr0.lines)] == tr0.lines and he.lines == he0.lines
+    drills = tr.lines[len(tr0.lines):]
+    assert len(drills) == 5
+    assert all(d["drill"] and d["task"] == "tts" and d["voice"] == P.OUTPUT_VOICE.name for d in drills)
+
+
 # --- with speech ---------------------------------------------------------------------------------
 @needs_espeak
 def test_configured_voices_exist():

@@ -53,6 +53,22 @@ def test_mix_and_decode_defaults_are_the_same_in_ci(name):
         assert yaml.safe_load(f) == yaml.safe_load(g)
 
 
+def test_mix_repeats_each_task_and_drills_apart(tmp_path):
+    sys.path.insert(0, RECIPE)
+    try:
+        import steps
+    finally:
+        sys.path.remove(RECIPE)
+    (tmp_path / "mix.yaml").write_text("tts: 3\ntts_drill: 1\nasr: 0\n")
+    lines = [{"task": "tts", "text": "a"}, {"task": "tts", "text": "b c", "drill": True}, {"task": "asr"},
+             {"task": "caption"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    counts = steps.write_mix(str(tmp_path / "mix.yaml"), str(tmp_path / "train.jsonl"), str(tmp_path / "mix.jsonl"))
+    assert counts == {"tts": 3, "tts_drill": 1, "asr": 0, "caption": 1}
+    out = [json.loads(x) for x in (tmp_path / "mix.jsonl").read_text().splitlines()]
+    assert [d["text"] for d in out if d["task"] == "tts"] == ["a", "a", "a", "b c"]
+
+
 def test_small_config_fits_the_bundle_budget():
     """The shipped LM (fp16) plus the small tokenizers must stay under the 40 MB bundle budget."""
     from aromni.core.image_tokenizer import build_image_tokenizer

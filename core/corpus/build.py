@@ -47,6 +47,7 @@ class CorpusConfig:
     n_s2i: int = 1500             # train spoken captions with their image (each also an asr line)
     asr_per_sentence: int = 3     # input voices per training sentence
     n_tts_captions: int = 600     # captions spoken in the output voice
+    n_tts_drills: int = 0         # output-voice readings of random training words (drill_texts; measured: README)
     n_chat: int = 600
     heldout_scenes: int = 300
     heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
@@ -194,6 +195,46 @@ def _tts_caption_tasks(b: _Builder, rng, combos: set, n: int) -> None:
         b.add("tts", text=text, attrs=_clean(a), **b.audio(text, P.OUTPUT_VOICE))
 
 
+DRILL_WORDS = (3, 8)  # words per drill line, both ends included
+
+
+def caption_words() -> list[str]:
+    """Every word a scene caption can use (canonical form)."""
+    words = {"a", "and", *S.SHAPES, *S.COLOURS, *S.SIZES}
+    for where in S.WHERE.values():
+        words.update(where.split())
+    return sorted(words)
+
+
+def drill_texts(rng, n: int, sents: list[str], held_combos: set, held_sents: list[str]) -> list[str]:
+    """``n`` lines of random words: half from the captions' words, half from every training word.
+
+    TTS of a template caption can be learnt without reading its last words: in training, a shape and colour
+    held out at one position are always followed by the other positions ("green star on the" -> "left").
+    Lines whose word order predicts nothing make the model say each word it reads. A line never holds the
+    shape, colour and position word of a held-out combination together, nor a held-out sentence.
+    """
+    cap = caption_words()
+    every = sorted(set(cap) | {w for s in sents for w in s.split()})
+    pos_word = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
+    banned = [(s, c, pos_word[p]) for s, c, p in sorted(held_combos)]
+    out: list[str] = []
+    while len(out) < n:
+        pool = cap if rng.random() < 0.5 else every
+        k = int(rng.integers(DRILL_WORDS[0], DRILL_WORDS[1] + 1))
+        words = [pool[int(i)] for i in rng.integers(len(pool), size=k)]
+        text, ws = " ".join(words), set(words)
+        if any(set(t) <= ws for t in banned) or any(h in text for h in held_sents):
+            continue
+        out.append(text)
+    return out
+
+
+def _tts_drill_tasks(b: _Builder, texts: list[str]) -> None:
+    for text in texts:
+        b.add("tts", text=text, drill=True, **b.audio(text, P.OUTPUT_VOICE))
+
+
 def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None:
     voices = P.input_voices()
     kinds = ("draw", "describe", "say", "spoken_draw") if b.speech else ("draw", "describe")
@@ -260,6 +301,8 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
     for s, c, p in sorted(train_combos):
         for z in S.SIZES:
             tr.add("text", text=S.caption({"objects": [{"shape": s, "colour": c, "size": z, "position": p}]}))
+    if speech and cfg.n_tts_drills:  # last: the codec's `pick: first` clips stay those of a corpus without them
+        _tts_drill_tasks(tr, drill_texts(rng(7), cfg.n_tts_drills, train_sents, held_combos, held_sents))
 
     he = _Builder(out_dir, "heldout", cfg, sample_rate, speech)
     _scene_tasks(he, rng(11), held_combos, cfg.heldout_scenes, heldout=True)
