@@ -211,8 +211,9 @@ def drill_texts(rng, n: int, sents: list[str], held_combos: set, held_sents: lis
 
     TTS of a template caption can be learnt without reading its last words: in training, a shape and colour
     held out at one position are always followed by the other positions ("green star on the" -> "left").
-    Lines whose word order predicts nothing make the model say each word it reads. A line never holds the
-    shape, colour and position word of a held-out combination together, nor a held-out sentence.
+    Lines whose word order predicts nothing were meant to make the model say each word it reads (measured on
+    the default recipe: they did not; README). A line never holds the shape, colour and position word of a
+    held-out combination together, nor a held-out sentence.
     """
     cap = caption_words()
     every = sorted(set(cap) | {w for s in sents for w in s.split()})
