@@ -53,12 +53,18 @@ def test_mix_and_decode_defaults_are_the_same_in_ci(name):
         assert yaml.safe_load(f) == yaml.safe_load(g)
 
 
+def _steps():
+    """recipes/default/steps.py as a module (it is a script, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("default_steps", os.path.join(RECIPE, "steps.py"))
+    steps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps)
+    return steps
+
+
 def test_mix_repeats_each_task_and_drills_apart(tmp_path):
-    sys.path.insert(0, RECIPE)
-    try:
-        import steps
-    finally:
-        sys.path.remove(RECIPE)
+    steps = _steps()
     (tmp_path / "mix.yaml").write_text("tts: 3\ntts_drill: 1\nasr: 0\n")
     lines = [{"task": "tts", "text": "a"}, {"task": "tts", "text": "b c", "drill": True}, {"task": "asr"},
              {"task": "caption"}]
@@ -146,11 +152,7 @@ def test_ci_recipe_end_to_end(tmp_path):
 def test_card_quality_rows(tmp_path):
     """The model card's quality table: one TTS row per judge, which caption words each judge heard right, and the
     speaker groups (speech -> image judged in the training voices, like ASR)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("default_steps", os.path.join(RECIPE, "steps.py"))
-    steps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(steps)
+    steps = _steps()
     (tmp_path / "eval").mkdir()
     heard = {"shape": 0.99, "colour": 0.92, "size": 0.97, "position": 0.27}
     rep = {"data": {"n": 177}, "decoding": {"candidates": 1},

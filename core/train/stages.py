@@ -145,10 +145,10 @@ def _files_of(cfg: TrainConfig, key: str) -> list[tuple[str, str]]:
         return out
     # A manifest written task by task puts some kinds of clip (a voice, a task's sentences) only at its end:
     # the first N would never see them.
-    first_mention: dict[str, tuple[str, str]] = {}
+    first_mention: dict[str, str] = {}  # path -> where, in order of first mention
     for p, w in out:
-        first_mention.setdefault(p, (p, w))
-    distinct = list(first_mention.values())
+        first_mention.setdefault(p, w)
+    distinct = list(first_mention.items())
     if cap and len(distinct) > cap:
         keep = np.sort(np.random.default_rng([cfg.seed, 17]).choice(len(distinct), cap, replace=False))
         distinct = [distinct[i] for i in keep]
