@@ -37,6 +37,9 @@ Candidates = Annotated[Optional[int], typer.Option(
     "--candidates", help="Best of N: draw N (the first as set, the rest sampled) and keep the one the model's own "
                          "captioner (images) or recogniser (speech) finds most likely to say the prompt "
                          "(default 1, or the model's own).")]
+ChunkWords = Annotated[Optional[int], typer.Option(
+    "--chunk-words", help="Speak each sentence in pieces of at most N words, one decode each (0: whole sentences; "
+                          "default 0, or the model's own).")]
 Compat = Annotated[bool, typer.Option(
     "--compat", help="Reproduce the reference decoder exactly (masks, penalty, caps); see README.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows decoded together.")]

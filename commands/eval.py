@@ -53,6 +53,9 @@ def run(
     candidates: Annotated[Optional[int], typer.Option(
         "--candidates", help="t2i, s2i, tts: best of N by the model's own captioner / recogniser (default: the "
                              "model's own, else 1).")] = None,
+    chunk_words: Annotated[Optional[int], typer.Option(
+        "--chunk-words", help="tts: speak in pieces of at most N words (0: whole sentences; default: the model's "
+                              "own, else 0).")] = None,
     compat: Annotated[bool, typer.Option("--compat", help="The reference scripts' decoding settings.")] = False,
     save: Annotated[Optional[str], typer.Option("--save", help="Keep generated audio/images in this directory.")
                     ] = None,
@@ -94,7 +97,8 @@ def run(
 
     decode = {"max_new_tokens": max_new_tokens, "greedy": greedy, "temperature": temperature, "top_p": top_p,
               "cfg_text": cfg_text, "cfg_image": cfg_image, "image_temperature": image_temperature,
-              "image_greedy": image_greedy, "cfg": cfg, "candidates": candidates}
+              "image_greedy": image_greedy, "cfg": cfg, "candidates": candidates,
+              "chunk_words": chunk_words}
     cfg = EvalConfig(task=task, data=data, model=model, split=split, limit=limit, batch_size=batch_size, seed=seed,
                      device=device, dtype=dtype, decode={k: v for k, v in decode.items() if v is not None},
                      compat=compat, judge=judge, clip_checkpoint=clip_checkpoint, clip_arch=clip_arch,

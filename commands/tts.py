@@ -10,9 +10,9 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, log, text_arg
-from aromni.commands._decode import (Batch, BatchSize, Candidates, Compat, Compile, Greedy, MaxNew, OutDir, RepPenalty,
-                                     Stats, Temperature, TopK, TopP, decode_options, load_model, make_dir, print_line,
-                                     read_jsonl)
+from aromni.commands._decode import (Batch, BatchSize, Candidates, ChunkWords, Compat, Compile, Greedy, MaxNew, OutDir,
+                                     RepPenalty, Stats, Temperature, TopK, TopP, decode_options, load_model, make_dir,
+                                     print_line, read_jsonl)
 from aromni.core.errors import AromniError, InputError
 
 
@@ -20,7 +20,7 @@ def _stats_lines(st: dict) -> str:
     fa = f"{st['first_audio_s'] * 1000:.0f} ms" if st.get("first_audio_s") is not None else "n/a"
     rtf = f"{st['rtf']:.3f}" if st.get("rtf") is not None else "n/a"
     return (f"aromni: first audio {fa}, {st['tokens_per_s']:.1f} tokens/s, real-time factor {rtf} "
-            f"({st['audio_s']:.2f}s of audio, {st['tokens']} tokens, {st['sentences']} sentence(s))")
+            f"({st['audio_s']:.2f}s of audio, {st['tokens']} tokens, {st['sentences']} sentence(s) or piece(s))")
 
 
 def run(
@@ -34,6 +34,7 @@ def run(
     max_speech_tokens: Annotated[Optional[int], typer.Option(
         "--max-speech-tokens", help="Cap on speech codes per sentence (40 per second).")] = None,
     candidates: Candidates = None,
+    chunk_words: ChunkWords = None,
     greedy: Greedy = None,
     temperature: Temperature = None,
     top_p: TopP = None,
@@ -52,8 +53,9 @@ def run(
     """Text -> speech as WAV (or raw PCM with --raw) on stdout or -o FILE.
 
     Audio is written while the model is still generating: long text is split into sentences that are spoken one
-    after another. On a file the WAV header carries the exact length; on a pipe it says "unknown length"
-    (0xFFFFFFFF), which ffmpeg, sox and most players accept. --batch FILE.jsonl ({"text": ..., "output"?: name}
+    after another (with --chunk-words N, or a model that sets it, into pieces of at most N words). On a file the
+    WAV header carries the exact length; on a pipe it says "unknown length" (0xFFFFFFFF), which ffmpeg, sox and
+    most players accept. --batch FILE.jsonl ({"text": ..., "output"?: name}
     per line) decodes all items together and writes WAVs to --out-dir.
 
     \b
@@ -65,9 +67,10 @@ def run(
     from aromni.core import tasks
     from aromni.core.audio_io import AudioWriter
 
-    opts = decode_options("tts", compat, candidates=candidates, max_new_tokens=max_new_tokens,
-                          max_speech_tokens=max_speech_tokens, greedy=greedy, temperature=temperature, top_p=top_p,
-                          top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size, compile=compile)
+    opts = decode_options("tts", compat, candidates=candidates, chunk_words=chunk_words,
+                          max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens, greedy=greedy,
+                          temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+                          batch_size=batch_size, compile=compile)
     if batch is not None:
         if text is not None:
             raise AromniError("give either TEXT or --batch, not both")

@@ -52,6 +52,7 @@ class DecodeOptions:
     controls: tuple = ("eos", "eom", "ins", "res")  # control tokens allowed in TEXT
     stop: tuple = ("eos", "eom")  # emitted, then the row ends
     max_speech_tokens: int = 1024  # codes per speech span (40/s: 25.6 s)
+    chunk_words: int = 0  # tts: speak each sentence in pieces of at most this many words (0: whole sentences)
     end_after: str | None = None  # "image" | "speech": the row ends after its first such span
     force_after: tuple = ()  # ((token name, forced next token name), ...), e.g. (("res", "boi"),)
     max_text_tokens: int | None = None  # per text segment; then ``text_cap_then`` is forced (or the row ends)
@@ -99,6 +100,8 @@ class DecodeOptions:
             raise AromniError("batch size must be at least 1")
         if self.candidates < 1:
             raise AromniError(f"--candidates must be at least 1 (got {self.candidates})")
+        if self.chunk_words < 0:
+            raise AromniError(f"--chunk-words must be 0 (whole sentences) or more (got {self.chunk_words})")
         return self
 
 
@@ -163,7 +166,8 @@ def options_for(task: str = "chat", compat: bool = False, **overrides) -> Decode
 
 # options a model may set for itself (aromni.json "decode": {task: {name: value}}): the sampling knobs
 MODEL_DEFAULTABLE = ("greedy", "temperature", "top_p", "top_k", "repetition_penalty", "image_greedy",
-                     "image_temperature", "image_top_p", "image_top_k", "cfg", "cfg_text", "cfg_image", "candidates")
+                     "image_temperature", "image_top_p", "image_top_k", "cfg", "cfg_text", "cfg_image", "candidates",
+                     "chunk_words")
 
 
 def check_model_defaults(table: dict, where: str = "model") -> dict:

@@ -1,4 +1,4 @@
-"""Splitting long inputs: text into sentences (TTS), audio into windows cut at silences (ASR)."""
+"""Splitting long inputs: text into sentences and short pieces (TTS), audio into windows cut at silences (ASR)."""
 from __future__ import annotations
 
 import re
@@ -45,6 +45,22 @@ def split_sentences(text: str, max_chars: int = 200, min_chars: int = 12) -> lis
     if len(merged) > 1 and len(merged[-1]) < min_chars and len(merged[-2]) + 1 + len(merged[-1]) <= max_chars:
         merged[-2:] = [f"{merged[-2]} {merged[-1]}"]
     return [q for m in merged for q in _split_long(m, max_chars)]
+
+
+def split_words(text: str, max_words: int) -> list[str]:
+    """Text -> consecutive pieces of at most ``max_words`` words, as few as possible and as even as possible
+    (7 words by 3: 3 + 2 + 2); ``max_words`` < 1 keeps the text whole."""
+    words = text.split()
+    if max_words < 1 or len(words) <= max_words:
+        return [" ".join(words)] if words else []
+    n = -(-len(words) // max_words)
+    q, r = divmod(len(words), n)
+    out, i = [], 0
+    for k in range(n):
+        size = q + (k < r)
+        out.append(" ".join(words[i:i + size]))
+        i += size
+    return out
 
 
 def frame_energy(wav: np.ndarray, frame: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from .errors import AromniError, InputError
 from .generate import Generation, generate
 from .prompts import (PromptContext, asr_prompt, caption_prompt, chat_prompt, chat_turn, s2i_prompt, t2i_prompt,
                       tts_prompt)
-from .segmenting import split_audio, split_sentences
+from .segmenting import split_audio, split_sentences, split_words
 from .vocab import VocabLayout
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
@@ -30,7 +30,7 @@ ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may forc
 class TTSResult:
     wav: np.ndarray  # mono float32 at omni.speech.sample_rate
     codes: np.ndarray  # speech codes (int64)
-    stats: dict  # first_audio_s, tokens_per_s, rtf, audio_s, tokens, sentences
+    stats: dict  # first_audio_s, tokens_per_s, rtf, audio_s, tokens, sentences (decodes: pieces with chunk_words)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,15 +243,22 @@ def _image_scorer(omni: Omni, ctx: PromptContext, texts: list[str | None]):
 # ----------------------------------------------------------------------------------------------
 # TTS
 # ----------------------------------------------------------------------------------------------
+def speech_pieces(text: str, chunk_words: int = 0) -> list[str]:
+    """What one TTS decode speaks: the text's sentences, or with ``chunk_words`` their pieces of at most that
+    many words (a small model that finishes long prompts as training did still reads a few words right)."""
+    return [p for s in split_sentences(text) for p in split_words(s, chunk_words)]
+
+
 def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Callable[[np.ndarray], None] | None = None,
         seed: int | None = None) -> TTSResult:
-    """Text -> speech. Long text is split into sentences, spoken one after another; ``on_audio(chunk)`` gets audio
-    as soon as the chunked codec releases it (while the model is still generating)."""
+    """Text -> speech. Long text is split into sentences (and those into pieces of ``opts.chunk_words`` words),
+    spoken one after another; ``on_audio(chunk)`` gets audio as soon as the chunked codec releases it (while the
+    model is still generating)."""
     speech = _need(omni, "speech", "tts")
     _need(omni, "text", "tts")
     opts = model_options(omni, opts, "tts")
     v, ctx = omni.vocab, PromptContext.of(omni)
-    sentences = split_sentences(text)
+    sentences = speech_pieces(text, opts.chunk_words)
     if not sentences:
         raise InputError("no text to speak")
     s0 = base_seed(seed)
@@ -306,7 +313,7 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
     v, ctx = omni.vocab, PromptContext.of(omni)
     owner, prompts, sentences = [], [], []
     for k, text in enumerate(texts):
-        sents = split_sentences(text)
+        sents = speech_pieces(text, opts.chunk_words)
         if not sents:
             raise InputError(f"item {k + 1}: no text to speak")
         for s in sents:

@@ -256,3 +256,24 @@ def test_candidates_and_cfg_flags(tiny_bundle, tmp_path):
     bad = aromni(tiny_bundle, "t2i", "a red square", "--candidates", "0", check=False)
     err = bad.stderr.decode()
     assert bad.returncode == 2 and "candidates" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tts_chunk_words_flag_and_model_default(tiny_bundle, tmp_path):
+    """--chunk-words N speaks pieces of at most N words (one decode each); a bundle's own chunk_words default
+    applies unless --chunk-words is given; a negative N is one line, exit 2."""
+    import shutil
+
+    def pieces(bundle, *flags):
+        r = aromni(bundle, "tts", "one two three four five", "--seed", "1", "--max-new-tokens", "20", "--json",
+                   "-o", str(tmp_path / "o.wav"), *flags)
+        return json.loads(r.stdout)["sentences"]
+
+    assert pieces(tiny_bundle) == 1 and pieces(tiny_bundle, "--chunk-words", "2") == 3
+    b = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle, b)
+    meta = json.load(open(os.path.join(b, "aromni.json")))
+    json.dump({**meta, "decode": {"tts": {"chunk_words": 3}}}, open(os.path.join(b, "aromni.json"), "w"))
+    assert pieces(b) == 2 and pieces(b, "--chunk-words", "0") == 1
+    bad = aromni(tiny_bundle, "tts", "hi", "--chunk-words", "-1", "-o", str(tmp_path / "x.wav"), check=False)
+    err = bad.stderr.decode()
+    assert bad.returncode == 2 and "chunk-words" in err and len(err.strip().splitlines()) == 1

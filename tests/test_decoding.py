@@ -248,7 +248,8 @@ def test_model_defaults_are_validated():
     from aromni.core.decoding import check_model_defaults
 
     assert check_model_defaults({"s2i": {"image_greedy": True}}) == {"s2i": {"image_greedy": True}}
+    assert check_model_defaults({"tts": {"chunk_words": 3}}) == {"tts": {"chunk_words": 3}}
     for bad in ({"draw": {"image_greedy": True}}, {"t2i": {"batch_size": 4}}, {"t2i": {"image_temperature": 0}},
-                {"t2i": True}, []):
+                {"t2i": True}, [], {"tts": {"chunk_words": -1}}):
         with pytest.raises(AromniError):
             check_model_defaults(bad)

@@ -231,6 +231,26 @@ def test_tts_splits_sentences(omni):
     assert np.array_equal(b.codes, r.codes)  # batched rows, same seeds, same speech
 
 
+def test_tts_chunk_words_speaks_pieces(omni):
+    from aromni.core import tasks
+    from aromni.core.decoding import options_for
+    from aromni.core.segmenting import split_words
+
+    assert split_words("a small green star on the right", 3) == ["a small green", "star on", "the right"]
+    assert split_words("on the right", 3) == ["on the right"] and split_words("a b c d", 3) == ["a b", "c d"]
+    assert split_words("  a  b ", 0) == ["a b"] and split_words(" ", 3) == []
+    assert tasks.speech_pieces("Hello there my friend. See you on monday!", 2) == [
+        "Hello there", "my friend.", "See you", "on monday!"]
+    text = "a small green star on the right"
+    r = tasks.tts(omni, text, options_for("tts", chunk_words=3), seed=2)
+    assert r.stats["sentences"] == 3
+    # each piece is its own decode, seeded as the sentences of a text are
+    alone = [tasks.tts(omni, p, seed=2 + i) for i, p in enumerate(split_words(text, 3))]
+    assert np.array_equal(r.codes, np.concatenate([a.codes for a in alone]))
+    b = tasks.tts_batch(omni, [text], options_for("tts", chunk_words=3), seed=2)[0]
+    assert np.array_equal(b.codes, r.codes)
+
+
 def test_asr_windows_batch_and_determinism(omni):
     from aromni.core import tasks
     from aromni.core.decoding import options_for
