@@ -38,8 +38,8 @@ Candidates = Annotated[Optional[int], typer.Option(
                          "captioner (images) or recogniser (speech) finds most likely to say the prompt "
                          "(default 1, or the model's own).")]
 ChunkWords = Annotated[Optional[int], typer.Option(
-    "--chunk-words", help="Speak each sentence in pieces of at most N words, one decode each (0: whole sentences; "
-                          "default 0, or the model's own).")]
+    "--chunk-words", help="Speak each sentence in pieces of at most N words, one decode each, each at most "
+                          "0.5 s + 0.5 s per word long (0: whole sentences; default 0, or the model's own).")]
 Compat = Annotated[bool, typer.Option(
     "--compat", help="Reproduce the reference decoder exactly (masks, penalty, caps); see README.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows decoded together.")]

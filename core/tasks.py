@@ -5,9 +5,10 @@ order, after long-input splitting), so batch size and batch composition never ch
 """
 from __future__ import annotations
 
+import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -249,6 +250,18 @@ def speech_pieces(text: str, chunk_words: int = 0) -> list[str]:
     return [p for s in split_sentences(text) for p in split_words(s, chunk_words)]
 
 
+PIECE_SECONDS = (0.5, 0.5)  # speech per piece of N words: at most 0.5 s + 0.5 s per word (espeak says ~0.3 s/word)
+
+
+def piece_options(opts: DecodeOptions, codes_per_s: float) -> DecodeOptions:
+    """With ``chunk_words``, each piece's speech span is capped by its length in words (a piece that does not
+    stop would otherwise run to ``max_speech_tokens``, 25 s), unless the caller set ``max_speech_tokens``."""
+    if not opts.chunk_words or "max_speech_tokens" in opts.explicit:
+        return opts
+    cap = math.ceil(codes_per_s * (PIECE_SECONDS[0] + PIECE_SECONDS[1] * opts.chunk_words))
+    return replace(opts, max_speech_tokens=min(opts.max_speech_tokens, cap))
+
+
 def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Callable[[np.ndarray], None] | None = None,
         seed: int | None = None) -> TTSResult:
     """Text -> speech. Long text is split into sentences (and those into pieces of ``opts.chunk_words`` words),
@@ -256,7 +269,7 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
     model is still generating)."""
     speech = _need(omni, "speech", "tts")
     _need(omni, "text", "tts")
-    opts = model_options(omni, opts, "tts")
+    opts = piece_options(model_options(omni, opts, "tts"), speech.sample_rate / speech.hop)
     v, ctx = omni.vocab, PromptContext.of(omni)
     sentences = speech_pieces(text, opts.chunk_words)
     if not sentences:
@@ -309,7 +322,7 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
               seed: int | None = None) -> list[TTSResult]:
     """Several texts decoded together (their sentences are the rows of one batch); no streaming."""
     speech = _need(omni, "speech", "tts")
-    opts = model_options(omni, opts, "tts")
+    opts = piece_options(model_options(omni, opts, "tts"), speech.sample_rate / speech.hop)
     v, ctx = omni.vocab, PromptContext.of(omni)
     owner, prompts, sentences = [], [], []
     for k, text in enumerate(texts):

@@ -245,10 +245,18 @@ def test_tts_chunk_words_speaks_pieces(omni):
     r = tasks.tts(omni, text, options_for("tts", chunk_words=3), seed=2)
     assert r.stats["sentences"] == 3
     # each piece is its own decode, seeded as the sentences of a text are
-    alone = [tasks.tts(omni, p, seed=2 + i) for i, p in enumerate(split_words(text, 3))]
+    alone = [tasks.tts(omni, p, options_for("tts", chunk_words=3), seed=2 + i)
+             for i, p in enumerate(split_words(text, 3))]
     assert np.array_equal(r.codes, np.concatenate([a.codes for a in alone]))
     b = tasks.tts_batch(omni, [text], options_for("tts", chunk_words=3), seed=2)[0]
     assert np.array_equal(b.codes, r.codes)
+    # a piece's speech is capped by its length in words (0.5 s + 0.5 s per word), unless the caller sets a cap
+    per_s = omni.speech.sample_rate / omni.speech.hop
+    assert tasks.piece_options(options_for("tts", chunk_words=3), per_s).max_speech_tokens == int(np.ceil(2 * per_s))
+    assert tasks.piece_options(options_for("tts"), per_s).max_speech_tokens == options_for("tts").max_speech_tokens
+    mine = options_for("tts", chunk_words=3, max_speech_tokens=500)
+    assert tasks.piece_options(mine, per_s).max_speech_tokens == 500
+    assert all(0 < len(a.codes) <= np.ceil(2 * per_s) for a in alone)
 
 
 def test_asr_windows_batch_and_determinism(omni):
