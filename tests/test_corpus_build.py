@@ -151,13 +151,50 @@ def test_tts_drills_come_last_and_change_nothing_else():
 
     from aromni.core.corpus.build import PRESETS, plan
 
-    cfg = replace(PRESETS["ci"], n_tts_drills=5)
+    cfg = replace(PRESETS["ci"], n_tts_drills=5, n_tts_chunks=0)
     (tr, he), _ = plan("unused", cfg, 0, SR, True)
     (tr0, he0), _ = plan("unused", replace(cfg, n_tts_drills=0), 0, SR, True)
     assert tr.lines[:len(tr0.lines)] == tr0.lines and he.lines == he0.lines
     drills = tr.lines[len(tr0.lines):]
     assert len(drills) == 5
     assert all(d["drill"] and d["task"] == "tts" and d["voice"] == P.OUTPUT_VOICE.name for d in drills)
+
+
+def test_tts_chunks_are_pieces_of_training_texts():
+    from aromni.core.corpus.build import chunk_texts
+
+    held = S.heldout_combos(0)
+    combos = set(S.all_combos()) - held
+    train_s, held_s = T.split_sentences(0)
+    texts = chunk_texts(np.random.default_rng(5), 900, combos, 0.2, train_s, 0.3, held, held_s)
+    assert texts == chunk_texts(np.random.default_rng(5), 900, combos, 0.2, train_s, 0.3, held, held_s)
+    assert len(texts) == 900 and {len(t.split()) for t in texts} == {1, 2, 3}
+    where = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
+    for t in texts:
+        assert not any({s, c, where[p]} <= set(t.split()) for s, c, p in held)
+        assert not any(h in t.lower() for h in held_s)
+    # consecutive words of a training caption or sentence (written forms: capitals and final punctuation; a
+    # piece with "and" may join a two-object caption's halves)
+    caps = {S.caption({"objects": [{"shape": s, "colour": c, "position": p} | ({"size": z} if z else {})]})
+            for s, c, p in combos for z in (None, *S.SIZES)}
+    said = "|" + "|".join(f" {t} " for t in sorted(caps) + train_s) + "|"
+    plain = [" ".join("i" if w == "I" else w.lower() for w in t.strip(".!?").split()) for t in texts]
+    assert all(f" {p} " in said for p in plain if "and" not in p.split())
+    assert "on the" in plain and "right" in plain
+
+
+def test_tts_chunks_come_last_and_change_nothing_else():
+    from dataclasses import replace
+
+    from aromni.core.corpus.build import PRESETS, plan
+
+    cfg = replace(PRESETS["ci"], n_tts_chunks=7)
+    (tr, he), _ = plan("unused", cfg, 0, SR, True)
+    (tr0, he0), _ = plan("unused", replace(cfg, n_tts_chunks=0), 0, SR, True)
+    assert tr.lines[:len(tr0.lines)] == tr0.lines and he.lines == he0.lines
+    pieces = tr.lines[len(tr0.lines):]
+    assert len(pieces) == 7
+    assert all(d["chunk"] and d["task"] == "tts" and d["voice"] == P.OUTPUT_VOICE.name for d in pieces)
 
 
 # --- with speech ---------------------------------------------------------------------------------

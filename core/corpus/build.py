@@ -48,6 +48,7 @@ class CorpusConfig:
     asr_per_sentence: int = 3     # input voices per training sentence
     n_tts_captions: int = 600     # captions spoken in the output voice
     n_tts_drills: int = 0         # output-voice readings of random training words (drill_texts; measured: README)
+    n_tts_chunks: int = 0         # output-voice readings of short pieces of training texts (chunk_texts; README)
     n_chat: int = 600
     heldout_scenes: int = 300
     heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
@@ -64,8 +65,8 @@ class CorpusConfig:
 
 PRESETS = {
     "default": CorpusConfig(),
-    "ci": CorpusConfig(n_scenes=24, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6, heldout_scenes=8,
-                       heldout_s2i=3, n_chat_heldout=2, max_sentences=12),
+    "ci": CorpusConfig(n_scenes=24, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6,
+                       heldout_scenes=8, heldout_s2i=3, n_chat_heldout=2, max_sentences=12),
 }
 
 GREETINGS = ("hello", "good morning", "good afternoon", "good evening")
@@ -236,6 +237,45 @@ def _tts_drill_tasks(b: _Builder, texts: list[str]) -> None:
         b.add("tts", text=text, drill=True, **b.audio(text, P.OUTPUT_VOICE))
 
 
+CHUNK_SIZES = (0.2, 0.4, 0.4)  # probabilities of a piece of 1, 2, 3 words (the bundle speaks <= 3 at a time)
+
+
+def chunk_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], written_prob: float,
+                held_combos: set, held_sents: list[str]) -> list[str]:
+    """``n`` pieces of 1..3 consecutive words cut at random places from training TTS texts (canonical captions
+    of ``combos`` and ``sents``, some in written form), every piece of a cut text in order.
+
+    TTS of a whole held-out caption fails at its last word: training never put it after its prefix, and the LM
+    finishes the prefix as training did. Spoken a few words at a time (decode option ``chunk_words``) every
+    piece is one training said, so the model must learn to say short pieces and stop. A piece never holds the
+    shape, colour and position word of a held-out combination together, nor a held-out sentence.
+    """
+    pos_word = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
+    banned = [(s, c, pos_word[p]) for s, c, p in sorted(held_combos)]
+    out: list[str] = []
+    while len(out) < n:
+        if rng.random() < 0.5:
+            text = S.caption(S.sample_scene(rng, two_prob, combos))
+        else:
+            s = _pick(rng, sents)
+            text = T.written(s) if rng.random() < written_prob else s
+        words, i = text.split(), 0
+        while i < len(words) and len(out) < n:
+            k = 1 + int(rng.choice(len(CHUNK_SIZES), p=CHUNK_SIZES))
+            piece = words[i:i + k]
+            i += k
+            t = " ".join(piece)
+            if any(set(b) <= set(piece) for b in banned) or any(h in t for h in held_sents):
+                continue
+            out.append(t)
+    return out
+
+
+def _tts_chunk_tasks(b: _Builder, texts: list[str]) -> None:
+    for text in texts:
+        b.add("tts", text=text, chunk=True, **b.audio(text, P.OUTPUT_VOICE))
+
+
 def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None:
     voices = P.input_voices()
     kinds = ("draw", "describe", "say", "spoken_draw") if b.speech else ("draw", "describe")
@@ -304,6 +344,9 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
             tr.add("text", text=S.caption({"objects": [{"shape": s, "colour": c, "size": z, "position": p}]}))
     if speech and cfg.n_tts_drills:  # last: the codec's `pick: first` clips stay those of a corpus without them
         _tts_drill_tasks(tr, drill_texts(rng(7), cfg.n_tts_drills, train_sents, held_combos, held_sents))
+    if speech and cfg.n_tts_chunks:  # last too, for the same reason
+        _tts_chunk_tasks(tr, chunk_texts(rng(8), cfg.n_tts_chunks, train_combos, cfg.two_prob, train_sents,
+                                         cfg.written_prob, held_combos, held_sents))
 
     he = _Builder(out_dir, "heldout", cfg, sample_rate, speech)
     _scene_tasks(he, rng(11), held_combos, cfg.heldout_scenes, heldout=True)
