@@ -144,20 +144,21 @@ def test_tts_drills_hold_nothing_held_out():
         assert any({c, where[p]} <= w for w in said) and any({s, where[p]} <= w for w in said)
 
 
-def test_tts_drills_come_last_and_change_nothing_else():
-    """Drill lines are appended to the training manifest: every other line (and so the codec's first-mention
-    clips) is the same as without them."""
+@pytest.mark.parametrize("field,flag,n", [("n_tts_drills", "drill", 5), ("n_tts_chunks", "chunk", 7)])
+def test_tts_extra_lines_come_last_and_change_nothing_else(field, flag, n):
+    """Drill and chunk lines are appended to the training manifest: every other line (and so the codec's
+    first-mention clips) is the same as without them."""
     from dataclasses import replace
 
     from aromni.core.corpus.build import PRESETS, plan
 
-    cfg = replace(PRESETS["ci"], n_tts_drills=5, n_tts_chunks=0)
+    cfg = replace(PRESETS["ci"], **{"n_tts_drills": 0, "n_tts_chunks": 0, field: n})
     (tr, he), _ = plan("unused", cfg, 0, SR, True)
-    (tr0, he0), _ = plan("unused", replace(cfg, n_tts_drills=0), 0, SR, True)
+    (tr0, he0), _ = plan("unused", replace(cfg, **{field: 0}), 0, SR, True)
     assert tr.lines[:len(tr0.lines)] == tr0.lines and he.lines == he0.lines
-    drills = tr.lines[len(tr0.lines):]
-    assert len(drills) == 5
-    assert all(d["drill"] and d["task"] == "tts" and d["voice"] == P.OUTPUT_VOICE.name for d in drills)
+    extra = tr.lines[len(tr0.lines):]
+    assert len(extra) == n
+    assert all(d[flag] and d["task"] == "tts" and d["voice"] == P.OUTPUT_VOICE.name for d in extra)
 
 
 def test_tts_chunks_are_pieces_of_training_texts():
@@ -181,20 +182,6 @@ def test_tts_chunks_are_pieces_of_training_texts():
     plain = [" ".join("i" if w == "I" else w.lower() for w in t.strip(".!?").split()) for t in texts]
     assert all(f" {p} " in said for p in plain if "and" not in p.split())
     assert "on the" in plain and "right" in plain
-
-
-def test_tts_chunks_come_last_and_change_nothing_else():
-    from dataclasses import replace
-
-    from aromni.core.corpus.build import PRESETS, plan
-
-    cfg = replace(PRESETS["ci"], n_tts_chunks=7)
-    (tr, he), _ = plan("unused", cfg, 0, SR, True)
-    (tr0, he0), _ = plan("unused", replace(cfg, n_tts_chunks=0), 0, SR, True)
-    assert tr.lines[:len(tr0.lines)] == tr0.lines and he.lines == he0.lines
-    pieces = tr.lines[len(tr0.lines):]
-    assert len(pieces) == 7
-    assert all(d["chunk"] and d["task"] == "tts" and d["voice"] == P.OUTPUT_VOICE.name for d in pieces)
 
 
 # --- with speech ---------------------------------------------------------------------------------

@@ -207,6 +207,18 @@ def caption_words() -> list[str]:
     return sorted(words)
 
 
+def _holds_held_out(held_combos: set, held_sents: list[str]):
+    """``check(words) -> bool``: the words hold the shape, colour and position word of a held-out combination
+    together, or a held-out sentence."""
+    pos_word = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
+    banned = [{s, c, pos_word[p]} for s, c, p in sorted(held_combos)]
+
+    def check(words: list[str]) -> bool:
+        ws, text = set(words), " ".join(words)
+        return any(b <= ws for b in banned) or any(h in text for h in held_sents)
+    return check
+
+
 def drill_texts(rng, n: int, sents: list[str], held_combos: set, held_sents: list[str]) -> list[str]:
     """``n`` lines of random words: half from the captions' words, half from every training word.
 
@@ -218,23 +230,15 @@ def drill_texts(rng, n: int, sents: list[str], held_combos: set, held_sents: lis
     """
     cap = caption_words()
     every = sorted(set(cap) | {w for s in sents for w in s.split()})
-    pos_word = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
-    banned = [(s, c, pos_word[p]) for s, c, p in sorted(held_combos)]
+    held_out = _holds_held_out(held_combos, held_sents)
     out: list[str] = []
     while len(out) < n:
         pool = cap if rng.random() < 0.5 else every
         k = int(rng.integers(DRILL_WORDS[0], DRILL_WORDS[1] + 1))
         words = [pool[int(i)] for i in rng.integers(len(pool), size=k)]
-        text, ws = " ".join(words), set(words)
-        if any(set(t) <= ws for t in banned) or any(h in text for h in held_sents):
-            continue
-        out.append(text)
+        if not held_out(words):
+            out.append(" ".join(words))
     return out
-
-
-def _tts_drill_tasks(b: _Builder, texts: list[str]) -> None:
-    for text in texts:
-        b.add("tts", text=text, drill=True, **b.audio(text, P.OUTPUT_VOICE))
 
 
 CHUNK_SIZES = (0.2, 0.4, 0.4)  # probabilities of a piece of 1, 2, 3 words (the bundle speaks <= 3 at a time)
@@ -250,8 +254,7 @@ def chunk_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], wri
     piece is one training said, so the model must learn to say short pieces and stop. A piece never holds the
     shape, colour and position word of a held-out combination together, nor a held-out sentence.
     """
-    pos_word = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
-    banned = [(s, c, pos_word[p]) for s, c, p in sorted(held_combos)]
+    held_out = _holds_held_out(held_combos, held_sents)
     out: list[str] = []
     while len(out) < n:
         if rng.random() < 0.5:
@@ -264,16 +267,15 @@ def chunk_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], wri
             k = 1 + int(rng.choice(len(CHUNK_SIZES), p=CHUNK_SIZES))
             piece = words[i:i + k]
             i += k
-            t = " ".join(piece)
-            if any(set(b) <= set(piece) for b in banned) or any(h in t for h in held_sents):
-                continue
-            out.append(t)
+            if not held_out(piece):
+                out.append(" ".join(piece))
     return out
 
 
-def _tts_chunk_tasks(b: _Builder, texts: list[str]) -> None:
+def _tts_extra_tasks(b: _Builder, texts: list[str], kind: str) -> None:
+    """Output-voice TTS lines flagged ``kind`` (``drill`` / ``chunk``: the mix counts them apart)."""
     for text in texts:
-        b.add("tts", text=text, chunk=True, **b.audio(text, P.OUTPUT_VOICE))
+        b.add("tts", text=text, **{kind: True}, **b.audio(text, P.OUTPUT_VOICE))
 
 
 def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None:
@@ -343,10 +345,10 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
         for z in S.SIZES:
             tr.add("text", text=S.caption({"objects": [{"shape": s, "colour": c, "size": z, "position": p}]}))
     if speech and cfg.n_tts_drills:  # last: the codec's `pick: first` clips stay those of a corpus without them
-        _tts_drill_tasks(tr, drill_texts(rng(7), cfg.n_tts_drills, train_sents, held_combos, held_sents))
+        _tts_extra_tasks(tr, drill_texts(rng(7), cfg.n_tts_drills, train_sents, held_combos, held_sents), "drill")
     if speech and cfg.n_tts_chunks:  # last too, for the same reason
-        _tts_chunk_tasks(tr, chunk_texts(rng(8), cfg.n_tts_chunks, train_combos, cfg.two_prob, train_sents,
-                                         cfg.written_prob, held_combos, held_sents))
+        _tts_extra_tasks(tr, chunk_texts(rng(8), cfg.n_tts_chunks, train_combos, cfg.two_prob, train_sents,
+                                         cfg.written_prob, held_combos, held_sents), "chunk")
 
     he = _Builder(out_dir, "heldout", cfg, sample_rate, speech)
     _scene_tasks(he, rng(11), held_combos, cfg.heldout_scenes, heldout=True)
