@@ -19,7 +19,8 @@
 # the evaluation: whisper (offline Whisper tiny.en), self (the model's own ASR; --ci default), or both:
 # whisper,self (default; the speech is synthesised once; the tokenizer ceilings use the first)), RERUN (N > 0:
 # after the LM, train it again from scratch for N steps into lm-rerun and compare the logged losses with the
-# first run's: rerun.json, in the model card; default 0, off).
+# first run's: rerun.json, in the model card; default 0, off), RECIPE (a recipe folder to use instead of
+# recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +38,8 @@ done
 if [ "$CI" = 1 ] && [ "$INSTALL" = 1 ]; then
   echo "build_default_model.sh: --install with --ci would replace the default model by the CI toy; refused" >&2; exit 2
 fi
-if [ "$CI" = 1 ]; then RECIPE="$ROOT/recipes/default/ci"; PRESET=ci; else RECIPE="$ROOT/recipes/default"; PRESET=default; fi
+if [ "$CI" = 1 ]; then DEF_RECIPE="$ROOT/recipes/default/ci"; PRESET=ci; else DEF_RECIPE="$ROOT/recipes/default"; PRESET=default; fi
+RECIPE="$(cd "${RECIPE:-$DEF_RECIPE}" && pwd)"
 OUT="${OUT:-$ROOT/build/default$([ "$CI" = 1 ] && echo -ci)}"
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi

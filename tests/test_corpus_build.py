@@ -144,21 +144,47 @@ def test_tts_drills_hold_nothing_held_out():
         assert any({c, where[p]} <= w for w in said) and any({s, where[p]} <= w for w in said)
 
 
-@pytest.mark.parametrize("field,flag,n", [("n_tts_drills", "drill", 5), ("n_tts_chunks", "chunk", 7)])
-def test_tts_extra_lines_come_last_and_change_nothing_else(field, flag, n):
-    """Drill and chunk lines are appended to the training manifest: every other line (and so the codec's
-    first-mention clips) is the same as without them."""
+@pytest.mark.parametrize("field,flag,task,n", [("n_tts_drills", "drill", "tts", 5), ("n_tts_chunks", "chunk", "tts", 7),
+                                               ("n_asr_joined", "joined", "asr", 4)])
+def test_extra_lines_come_last_and_change_nothing_else(field, flag, task, n):
+    """Drill, chunk and joined-piece lines are appended to the training manifest: every other line (and so the
+    codec's first-mention clips) is the same as without them."""
     from dataclasses import replace
 
     from aromni.core.corpus.build import PRESETS, plan
 
-    cfg = replace(PRESETS["ci"], **{"n_tts_drills": 0, "n_tts_chunks": 0, field: n})
+    cfg = replace(PRESETS["ci"], **{"n_tts_drills": 0, "n_tts_chunks": 0, "n_asr_joined": 0, field: n})
     (tr, he), _ = plan("unused", cfg, 0, SR, True)
     (tr0, he0), _ = plan("unused", replace(cfg, **{field: 0}), 0, SR, True)
     assert tr.lines[:len(tr0.lines)] == tr0.lines and he.lines == he0.lines
     extra = tr.lines[len(tr0.lines):]
     assert len(extra) == n
-    assert all(d[flag] and d["task"] == "tts" and d["voice"] == P.OUTPUT_VOICE.name for d in extra)
+    assert all(d[flag] and d["task"] == task and d["voice"] == P.OUTPUT_VOICE.name for d in extra)
+
+
+@needs_espeak
+def test_asr_joined_lines_hear_training_texts_said_piece_by_piece(tmp_path):
+    """A joined line's clip is its text's pieces of ``joined_words`` words (as ``--chunk-words`` splits them),
+    each the output voice's own clip, back to back; its transcript is the whole training text."""
+    from aromni.core.segmenting import split_words
+
+    d = str(tmp_path)
+    build_corpus(d, seed=0, preset="ci", sample_rate=SR, n_asr_joined=6, joined_words=2)
+    lines = read_manifest(os.path.join(d, "train.jsonl"))
+    joined = [x for x in lines if x.get("joined")]
+    assert len(joined) == 6 and joined == lines[-6:]
+    sents = set(T.split_sentences(0)[0])
+    held = S.heldout_combos(0)
+    for x in joined:
+        assert x["task"] == "asr" and x["voice"] == P.OUTPUT_VOICE.name
+        assert x["text"] in sents or x["text"].startswith("a ")
+        assert not any({s, c} <= set(x["text"].split()) and S.WHERE[p] in x["text"] for s, c, p in held)
+        pieces = split_words(x["text"], 2)
+        parts = [load_audio(os.path.join(d, "wav", P.wav_name(p, P.OUTPUT_VOICE, SR)), SR) for p in pieces]
+        wav = load_audio(os.path.join(d, x["audio"]), SR)
+        assert len(pieces) > 1 or len(x["text"].split()) <= 2
+        assert len(wav) == sum(len(p) for p in parts)
+        assert np.abs(wav - np.concatenate(parts)).max() < 2 / 32768
 
 
 def test_tts_chunks_are_pieces_of_training_texts():

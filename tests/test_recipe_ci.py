@@ -65,14 +65,15 @@ def _steps():
 
 def test_mix_repeats_each_task_and_drills_apart(tmp_path):
     steps = _steps()
-    (tmp_path / "mix.yaml").write_text("tts: 3\ntts_drill: 1\nasr: 0\n")
+    (tmp_path / "mix.yaml").write_text("tts: 3\ntts_drill: 1\nasr: 0\nasr_joined: 2\n")
     lines = [{"task": "tts", "text": "a"}, {"task": "tts", "text": "b c", "drill": True}, {"task": "asr"},
-             {"task": "caption"}]
+             {"task": "caption"}, {"task": "tts", "text": "d", "chunk": True}, {"task": "asr", "joined": True}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
     counts = steps.write_mix(str(tmp_path / "mix.yaml"), str(tmp_path / "train.jsonl"), str(tmp_path / "mix.jsonl"))
-    assert counts == {"tts": 3, "tts_drill": 1, "asr": 0, "caption": 1}
+    assert counts == {"tts": 3, "tts_drill": 1, "asr": 0, "caption": 1, "tts_chunk": 1, "asr_joined": 2}
     out = [json.loads(x) for x in (tmp_path / "mix.jsonl").read_text().splitlines()]
-    assert [d["text"] for d in out if d["task"] == "tts"] == ["a", "a", "a", "b c"]
+    assert [d["text"] for d in out if d["task"] == "tts"] == ["a", "a", "a", "b c", "d"]
+    assert [d.get("joined") for d in out if d["task"] == "asr"] == [True, True]
 
 
 def test_small_config_fits_the_bundle_budget():

@@ -8,7 +8,8 @@ has no such part; paths relative to the manifest), plus ``turns`` for chats and 
 held-out lines with speech input. Per task:
 
 - tts: ``text`` (sometimes in written form, "Hello world!") -> ``audio`` in the one output voice.
-- asr: ``audio`` (input voices) -> ``text`` (normal form: lower case, no punctuation).
+- asr: ``audio`` (input voices) -> ``text`` (normal form: lower case, no punctuation); optional lines flagged
+  ``joined`` hear the output voice say a training text a few words at a time (``n_asr_joined``).
 - caption: ``image`` -> ``text`` (canonical caption). t2i: ``text`` (caption, sometimes a paraphrase) -> ``image``.
 - s2i: ``audio`` (a spoken caption) -> ``text`` (its transcript) + ``image``  ("transcribe and draw").
 - text: plain ``text``.
@@ -25,6 +26,7 @@ voice (``voice_heldout: true``); nothing held out ever appears in train.jsonl.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -32,6 +34,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from ..audio_io import load_audio, write_wav
+from ..segmenting import split_words
 from . import scenes as S
 from . import sentences as T
 from . import speech as P
@@ -49,6 +53,8 @@ class CorpusConfig:
     n_tts_captions: int = 600     # captions spoken in the output voice
     n_tts_drills: int = 0         # output-voice readings of random training words (drill_texts; measured: README)
     n_tts_chunks: int = 0         # output-voice readings of short pieces of training texts (chunk_texts; README)
+    n_asr_joined: int = 0         # asr of training texts said piece by piece in the output voice (joined_texts)
+    joined_words: int = 3         # words per piece of those lines (the decode option chunk_words they mirror)
     n_chat: int = 600
     heldout_scenes: int = 300
     heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
@@ -100,6 +106,7 @@ class _Builder:
         self.lines: list[dict] = []
         self.images: list[tuple[str, dict]] = []
         self.jobs: set[P.SpeechJob] = set()
+        self.joins: dict[str, tuple[str, ...]] = {}  # joined clip -> its pieces' clips (paths under out_dir)
         self.counters: dict[str, int] = {}
 
     def image(self, attrs: dict, kind: str) -> str:
@@ -113,6 +120,13 @@ class _Builder:
         job = P.SpeechJob(text, voice)
         self.jobs.add(job)
         return {"audio": "wav/" + P.wav_name(text, voice, self.sr), "voice": voice.name, "speed": voice.speed}
+
+    def joined_audio(self, pieces: list[str], voice: P.Voice) -> dict:
+        """One clip of ``pieces`` said one after another (each its own espeak-ng clip, as chunked TTS says them)."""
+        parts = tuple(self.audio(p, voice)["audio"] for p in pieces)
+        rel = "wav/j" + hashlib.sha1("\x00".join(parts).encode()).hexdigest()[:15] + ".wav"
+        self.joins[rel] = parts
+        return {"audio": rel, "voice": voice.name, "speed": voice.speed}
 
     def add(self, task: str, **kw) -> dict:
         line = _line(task, self.split, **kw)
@@ -278,6 +292,33 @@ def _tts_extra_tasks(b: _Builder, texts: list[str], kind: str) -> None:
         b.add("tts", text=text, **{kind: True}, **b.audio(text, P.OUTPUT_VOICE))
 
 
+def joined_texts(rng, n: int, combos: set, two_prob: float, sents: list[str]) -> list[str]:
+    """``n`` training texts (canonical captions of ``combos`` or ``sents``, half and half) for joined-piece ASR.
+
+    With ``chunk_words`` the TTS says a text a few words at a time and the clips are joined; a recogniser that
+    only heard whole utterances maps such speech to the training sentence it sounds most like (README)."""
+    out = []
+    for _ in range(n):
+        out.append(S.caption(S.sample_scene(rng, two_prob, combos)) if rng.random() < 0.5 else _pick(rng, sents))
+    return out
+
+
+def _asr_joined_tasks(b: _Builder, texts: list[str], words: int) -> None:
+    for text in texts:
+        b.add("asr", text=text, joined=True, **b.joined_audio(split_words(text, words), P.OUTPUT_VOICE))
+
+
+def write_joins(out_dir: str, joins: dict[str, tuple[str, ...]], sample_rate: int) -> None:
+    """Write each joined clip (cached like the speech files) from its synthesised pieces."""
+    for rel, parts in sorted(joins.items()):
+        path = os.path.join(out_dir, rel)
+        if os.path.exists(path):
+            continue
+        wav = np.concatenate([load_audio(os.path.join(out_dir, p), sample_rate) for p in parts])
+        write_wav(f"{path}.tmp", wav, sample_rate)
+        os.replace(f"{path}.tmp", path)
+
+
 def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None:
     voices = P.input_voices()
     kinds = ("draw", "describe", "say", "spoken_draw") if b.speech else ("draw", "describe")
@@ -349,6 +390,9 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
     if speech and cfg.n_tts_chunks:  # last too, for the same reason
         _tts_extra_tasks(tr, chunk_texts(rng(8), cfg.n_tts_chunks, train_combos, cfg.two_prob, train_sents,
                                          cfg.written_prob, held_combos, held_sents), "chunk")
+    if speech and cfg.n_asr_joined:  # last too
+        _asr_joined_tasks(tr, joined_texts(rng(9), cfg.n_asr_joined, train_combos, cfg.two_prob, train_sents),
+                          cfg.joined_words)
 
     he = _Builder(out_dir, "heldout", cfg, sample_rate, speech)
     _scene_tasks(he, rng(11), held_combos, cfg.heldout_scenes, heldout=True)
@@ -393,6 +437,8 @@ def build_corpus(out_dir: str, seed: int = 0, preset: str = "default", sample_ra
     if jobs:
         with tqdm(total=len(jobs), desc="speech", unit="utt", disable=not progress, leave=False) as bar:
             P.synthesize_many(jobs, os.path.join(out_dir, "wav"), sample_rate, workers, on_done=bar.update)
+    for b in builders:
+        write_joins(out_dir, b.joins, sample_rate)
     t_speech = time.time() - t0 - t_img
 
     for b, name in zip(builders, MANIFESTS):
@@ -401,8 +447,9 @@ def build_corpus(out_dir: str, seed: int = 0, preset: str = "default", sample_ra
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     counts = {b.split: _task_counts(b.lines) for b in builders}
+    joins = sorted({rel for b in builders for rel in b.joins})
     wav_bytes = sum(os.path.getsize(os.path.join(out_dir, "wav", P.wav_name(j.text, j.voice, sample_rate)))
-                    for j in jobs)
+                    for j in jobs) + sum(os.path.getsize(os.path.join(out_dir, rel)) for rel in joins)
     summary = {
         "seed": seed, "preset": preset, "config": asdict(cfg), "sample_rate": sample_rate, "speech": speech,
         "espeak_ng": P.espeak_version() if speech else None,
@@ -410,7 +457,7 @@ def build_corpus(out_dir: str, seed: int = 0, preset: str = "default", sample_ra
                    "input_speeds": list(P.INPUT_SPEEDS), "output": asdict(P.OUTPUT_VOICE),
                    "heldout": asdict(P.HELDOUT_VOICE)},
         "lines": counts, "images": len(images), "utterances": len(jobs),
-        "speech_hours": round((wav_bytes - 44 * len(jobs)) / 2 / sample_rate / 3600, 3),
+        "speech_hours": round((wav_bytes - 44 * (len(jobs) + len(joins))) / 2 / sample_rate / 3600, 3),
         **info,
     }
     with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as f:

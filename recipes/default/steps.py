@@ -45,9 +45,13 @@ def write_prompts(out: str, repeat: int = 50) -> None:
     os.replace(out + ".tmp", out)
 
 
+EXTRA_KINDS = (("drill", "tts_drill"), ("chunk", "tts_chunk"), ("joined", "asr_joined"))  # line flag -> mix key
+
+
 def write_mix(mix_yaml: str, train: str, out: str) -> dict:
     """``train`` with each line written ``mix[task]`` times (default 1; drill lines, corpus ``n_tts_drills``, under
-    ``tts_drill``; chunk lines, ``n_tts_chunks``, under ``tts_chunk``); returns lines per task."""
+    ``tts_drill``; chunk lines, ``n_tts_chunks``, under ``tts_chunk``; joined-piece ASR lines, ``n_asr_joined``, under
+    ``asr_joined``); returns lines per task."""
     with open(mix_yaml, encoding="utf-8") as f:
         mix = yaml.safe_load(f) or {}
     if os.path.dirname(os.path.abspath(train)) != os.path.dirname(os.path.abspath(out)):
@@ -58,7 +62,7 @@ def write_mix(mix_yaml: str, train: str, out: str) -> dict:
             if not line.strip():
                 continue
             rec = json.loads(line)
-            task = "tts_drill" if rec.get("drill") else "tts_chunk" if rec.get("chunk") else rec.get("task")
+            task = next((k for f, k in EXTRA_KINDS if rec.get(f)), rec.get("task"))
             k = int(mix.get(task, 1)) if task != "image" else 1
             dst.write(line.rstrip("\n") + "\n" if k else "")
             for _ in range(k - 1):
