@@ -53,7 +53,8 @@ def run(
     """Text -> speech as WAV (or raw PCM with --raw) on stdout or -o FILE.
 
     Audio is written while the model is still generating: long text is split into sentences that are spoken one
-    after another (with --chunk-words N, or a model that sets it, into pieces of at most N words). On a file the
+    after another (with --chunk-words N, or a model that sets it, into pieces of at most N words: the bundled
+    default model says three words at a time; --chunk-words 0 speaks whole sentences). On a file the
     WAV header carries the exact length; on a pipe it says "unknown length" (0xFFFFFFFF), which ffmpeg, sox and
     most players accept. --batch FILE.jsonl ({"text": ..., "output"?: name}
     per line) decodes all items together and writes WAVs to --out-dir.

@@ -68,12 +68,13 @@ def option_lines(cmd) -> list[str]:
 
 
 def _metavar(p, cmd) -> str:
+    """The value's placeholder as ``--help`` shows it (``<int>``); typer >= 0.17 makes display_type a method."""
     if p.metavar:
         return p.metavar
-    try:
-        return str(p.display_type).upper() or "VALUE"
-    except Exception:  # noqa: BLE001 - typer internals vary across versions
-        return "VALUE"
+    dt = getattr(p, "display_type", None)
+    if callable(dt):
+        dt = dt(cmd.context_class(cmd))
+    return str(dt or "VALUE")
 
 
 def arg_names(cmd) -> list[str]:

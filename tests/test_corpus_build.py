@@ -236,7 +236,10 @@ def test_full_build_speech(full):
         if line["task"] == "tts":
             assert (line["voice"], line["speed"]) == (P.OUTPUT_VOICE.name, P.OUTPUT_VOICE.speed)
         if line["task"] in ("asr", "s2i"):
-            assert line["voice"] in P.INPUT_VOICES and line["speed"] in P.INPUT_SPEEDS
+            if line.get("joined"):  # asr of the output voice said piece by piece (the ci preset has a few)
+                assert line["task"] == "asr" and line["voice"] == P.OUTPUT_VOICE.name
+            else:
+                assert line["voice"] in P.INPUT_VOICES and line["speed"] in P.INPUT_SPEEDS
             assert line["text"] == T.normalise(line["text"])
         if line["task"] == "s2i":
             assert S.attrs_match(S.parse_caption(line["text"]), line["attrs"])

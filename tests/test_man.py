@@ -29,6 +29,13 @@ def test_every_option_in_page(name):
                     f"{opt} of 'aromni {name}' is not in {path}; run scripts/gen_man.py"
 
 
+def test_option_values_are_named_as_help_names_them():
+    text = _unescape(open(os.path.join(MAN, "aromni-tts.1")).read())
+    assert ".B --chunk-words <int>" in text and ".B --output, -o <str>" in text
+    for name in group.list_commands(ctx):
+        assert "bound method" not in open(os.path.join(MAN, f"aromni-{name}.1")).read().lower(), name
+
+
 def test_top_page_lists_commands():
     text = _unescape(open(os.path.join(MAN, "aromni.1")).read())
     for name in group.list_commands(ctx):

@@ -70,9 +70,11 @@ class CorpusConfig:
 
 
 PRESETS = {
-    "default": CorpusConfig(),
+    # the bundle speaks three words at a time (decode chunk_words 3): pieces to say, joined pieces to hear (README)
+    "default": CorpusConfig(n_tts_chunks=3000, n_asr_joined=1500),
     "ci": CorpusConfig(n_scenes=24, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6,
-                       heldout_scenes=8, heldout_s2i=3, n_chat_heldout=2, max_sentences=12),
+                       heldout_scenes=8, heldout_s2i=3, n_chat_heldout=2, max_sentences=12, n_tts_chunks=8,
+                       n_asr_joined=4),
 }
 
 GREETINGS = ("hello", "good morning", "good afternoon", "good evening")

@@ -493,9 +493,11 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
   `--candidates 1` gives the single argmax drawing.
 - Speech: ASR is reliable in the """ + f"{n_voices}" + """ training voices, not in an unseen one (the held-out voice
   rows); TTS speaks the corpus's sentences in one espeak-ng voice, through a codec whose own reconstructions
-  Whisper mis-hears """ + codec_wer + """ of the time (see the ceilings above). Speaking an unseen scene caption it
-  tends to say a position that training scenes of that shape and colour had (the spoken-captions rows), and
-  sentences outside the corpus come out as English-sounding babble.
+  Whisper mis-hears """ + codec_wer + """ of the time (see the ceilings above). It speaks three words at a time
+  (decode default `chunk_words: 3`; said whole, an unseen scene caption ends with the position that training
+  scenes of that shape and colour had). Its own recogniser hears that joined speech worse than Whisper does:
+  it maps unseen sentences, and some unseen captions, to training ones. Sentences outside the corpus come out
+  as English-sounding babble.
 - Chat is limited to the corpus's handful of greetings and requests.
 - The numbers above are from one seed on the held-out split of the same synthetic distribution; they say the
   pipeline works, not that the model generalises.
