@@ -39,7 +39,9 @@ if [ "$CI" = 1 ] && [ "$INSTALL" = 1 ]; then
   echo "build_default_model.sh: --install with --ci would replace the default model by the CI toy; refused" >&2; exit 2
 fi
 if [ "$CI" = 1 ]; then DEF_RECIPE="$ROOT/recipes/default/ci"; PRESET=ci; else DEF_RECIPE="$ROOT/recipes/default"; PRESET=default; fi
-RECIPE="$(cd "${RECIPE:-$DEF_RECIPE}" && pwd)"
+RECIPE="${RECIPE:-$DEF_RECIPE}"
+[ -f "$RECIPE/lm.yaml" ] || { echo "build_default_model.sh: RECIPE=$RECIPE is not a recipe folder (no lm.yaml)" >&2; exit 2; }
+RECIPE="$(cd "$RECIPE" && pwd)"
 OUT="${OUT:-$ROOT/build/default$([ "$CI" = 1 ] && echo -ci)}"
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi

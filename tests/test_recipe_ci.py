@@ -93,6 +93,12 @@ def _run(args, cwd, env_extra=None, **kw):
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
 
 
+def test_build_script_refuses_a_missing_recipe_folder(tmp_path):
+    r = _run(["bash", SCRIPT, "--ci", str(tmp_path / "out")], tmp_path, {"RECIPE": str(tmp_path / "nowhere")})
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "not a recipe folder" in r.stderr and not (tmp_path / "out").exists()
+
+
 def _aromni(*args, cwd):
     r = _run([sys.executable, "-m", "aromni", *args], cwd)
     assert r.returncode == 0, r.stderr[-2000:]
