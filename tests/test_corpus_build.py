@@ -169,7 +169,7 @@ def test_asr_joined_lines_hear_training_texts_said_piece_by_piece(tmp_path):
     from aromni.core.segmenting import split_words
 
     d = str(tmp_path)
-    build_corpus(d, seed=0, preset="ci", sample_rate=SR, n_asr_joined=6, joined_words=2)
+    build_corpus(d, seed=0, preset="ci", sample_rate=SR, n_asr_joined=6, joined_words=2, joined_mixed=0.0)
     lines = read_manifest(os.path.join(d, "train.jsonl"))
     joined = [x for x in lines if x.get("joined")]
     assert len(joined) == 6 and joined == lines[-6:]
@@ -185,6 +185,34 @@ def test_asr_joined_lines_hear_training_texts_said_piece_by_piece(tmp_path):
         assert len(pieces) > 1 or len(x["text"].split()) <= 2
         assert len(wav) == sum(len(p) for p in parts)
         assert np.abs(wav - np.concatenate(parts)).max() < 2 / 32768
+
+
+def test_mixed_joined_lines_join_pieces_of_different_training_texts():
+    """With ``mixed`` 1 every joined line is 2-4 pieces, each a ``split_words`` piece of some training text, so
+    its transcript is (almost always) no training text; with 0 each line is one training text's pieces."""
+    from aromni.core.corpus.build import joined_texts
+    from aromni.core.segmenting import split_words
+
+    held = S.heldout_combos(0)
+    combos = set(S.all_combos()) - held
+    train_s, held_s = T.split_sentences(0)
+    args = (combos, 0.2, train_s, 3)
+    lines = joined_texts(np.random.default_rng(3), 300, *args, 1.0, held, held_s)
+    assert lines == joined_texts(np.random.default_rng(3), 300, *args, 1.0, held, held_s)
+    assert {len(x) for x in lines} == {2, 3, 4}
+    texts = [" ".join(x) for x in lines]
+    assert sum(t in set(train_s) for t in texts) < 5 and len(set(texts)) > 290
+    where = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
+    for x in lines:
+        for piece in x:
+            assert 1 <= len(piece.split()) <= 3
+            assert not any({s, c, where[p]} <= set(piece.split()) for s, c, p in held)
+            assert not any(h in piece for h in held_s)
+    whole = joined_texts(np.random.default_rng(3), 400, *args, 0.0, held, held_s)
+    assert all(x == split_words(" ".join(x), 3) for x in whole)
+    n_sent = [sum(" ".join(x) in set(train_s) for x in lines)
+              for lines in (whole, joined_texts(np.random.default_rng(3), 400, *args, 0.5, held, held_s))]
+    assert n_sent[0] > 160 and 60 < n_sent[1] < 140   # half the lines whole, half of those sentences
 
 
 def test_tts_chunks_are_pieces_of_training_texts():

@@ -55,6 +55,7 @@ class CorpusConfig:
     n_tts_chunks: int = 0         # output-voice readings of short pieces of training texts (chunk_texts; README)
     n_asr_joined: int = 0         # asr of training texts said piece by piece in the output voice (joined_texts)
     joined_words: int = 3         # words per piece of those lines (the decode option chunk_words they mirror)
+    joined_mixed: float = 0.0     # share of those lines that join pieces of different texts (joined_texts)
     n_chat: int = 600
     heldout_scenes: int = 300
     heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
@@ -294,20 +295,41 @@ def _tts_extra_tasks(b: _Builder, texts: list[str], kind: str) -> None:
         b.add("tts", text=text, **{kind: True}, **b.audio(text, P.OUTPUT_VOICE))
 
 
-def joined_texts(rng, n: int, combos: set, two_prob: float, sents: list[str]) -> list[str]:
-    """``n`` training texts (canonical captions of ``combos`` or ``sents``, half and half) for joined-piece ASR.
+def joined_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], words: int, mixed: float = 0.0,
+                 held_combos: set = frozenset(), held_sents: list[str] = ()) -> list[list[str]]:
+    """``n`` lines for joined-piece ASR, each a list of pieces of at most ``words`` words: a training text
+    (canonical caption of ``combos`` or a sentence of ``sents``, half and half) split as ``chunk_words`` splits
+    it, or, for a ``mixed`` share of the lines, 2-4 pieces each cut that way from a different random training
+    text (no piece holding held-out content).
 
     With ``chunk_words`` the TTS says a text a few words at a time and the clips are joined; a recogniser that
-    only heard whole utterances maps such speech to the training sentence it sounds most like (README)."""
-    out = []
+    only heard whole utterances maps such speech to the training sentence it sounds most like, and one that
+    only heard whole training texts joined maps an unseen text to a training one (README)."""
+    held_out = _holds_held_out(held_combos, held_sents)
+
+    def text() -> str:
+        return S.caption(S.sample_scene(rng, two_prob, combos)) if rng.random() < 0.5 else _pick(rng, sents)
+
+    out: list[list[str]] = []
     for _ in range(n):
-        out.append(S.caption(S.sample_scene(rng, two_prob, combos)) if rng.random() < 0.5 else _pick(rng, sents))
+        if mixed <= 0 or rng.random() >= mixed:  # (no draw at 0: the lines of builds before this option)
+            out.append(split_words(text(), words))
+            continue
+        line: list[str] = []
+        for _ in range(int(rng.integers(2, 5))):
+            while True:
+                pieces = split_words(text(), words)
+                piece = pieces[int(rng.integers(len(pieces)))]
+                if not held_out(piece.split()):
+                    break
+            line.append(piece)
+        out.append(line)
     return out
 
 
-def _asr_joined_tasks(b: _Builder, texts: list[str], words: int) -> None:
-    for text in texts:
-        b.add("asr", text=text, joined=True, **b.joined_audio(split_words(text, words), P.OUTPUT_VOICE))
+def _asr_joined_tasks(b: _Builder, lines: list[list[str]]) -> None:
+    for pieces in lines:
+        b.add("asr", text=" ".join(pieces), joined=True, **b.joined_audio(pieces, P.OUTPUT_VOICE))
 
 
 def write_joins(out_dir: str, joins: dict[str, tuple[str, ...]], sample_rate: int) -> None:
@@ -393,8 +415,8 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
         _tts_extra_tasks(tr, chunk_texts(rng(8), cfg.n_tts_chunks, train_combos, cfg.two_prob, train_sents,
                                          cfg.written_prob, held_combos, held_sents), "chunk")
     if speech and cfg.n_asr_joined:  # last too
-        _asr_joined_tasks(tr, joined_texts(rng(9), cfg.n_asr_joined, train_combos, cfg.two_prob, train_sents),
-                          cfg.joined_words)
+        _asr_joined_tasks(tr, joined_texts(rng(9), cfg.n_asr_joined, train_combos, cfg.two_prob, train_sents,
+                                           cfg.joined_words, cfg.joined_mixed, held_combos, held_sents))
 
     he = _Builder(out_dir, "heldout", cfg, sample_rate, speech)
     _scene_tasks(he, rng(11), held_combos, cfg.heldout_scenes, heldout=True)
