@@ -32,6 +32,34 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return dev
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of x86 CPUs with bf16 matrix instructions
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 in hardware (x86 ``avx512_bf16`` / ``amx_bf16``; read from
+    ``/proc/cpuinfo``, or ``cpuinfo`` text). Without it bf16 autocast is emulated: a small LM trained ~17x
+    slower than in fp32 on a 2-core AVX2 EPYC."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return any(f in flags for f in BF16_CPU_FLAGS)
+    return False
+
+
+def auto_bf16(device: torch.device) -> bool:
+    """``precision: auto``: bf16 where the device computes it natively (a bf16-capable GPU, a CPU per
+    ``cpu_has_native_bf16``), else fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on CUDA with bf16 support, else fp32."""
     if name in (None, "", "auto"):

@@ -282,3 +282,30 @@ def test_tokenizer_file_picks(tmp_path):
     assert got != files("tokenizer.pick=spread", "tokenizer.max_items=12", "seed=1")
     with pytest.raises(AromniError, match="tokenizer.pick"):
         files("tokenizer.pick=middle")
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    from aromni.core.device import cpu_has_native_bf16
+
+    amd = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+    spr = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n"
+    assert not cpu_has_native_bf16(amd) and cpu_has_native_bf16(spr)
+    assert cpu_has_native_bf16("flags : amx_bf16 amx_tile\n") and not cpu_has_native_bf16("model name : x\n")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(tmp_path, data, monkeypatch, capsys, native):
+    """On a CPU without native bf16, autocast is emulated (~17x slower than fp32 on an AVX2 EPYC): ``auto``
+    trains in fp32 there and an explicit ``bf16`` warns."""
+    import aromni.core.device as device
+    import aromni.core.train.loop as loop
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    run(_cfg(tmp_path, data, "auto", "train.max_steps=1", "train.device=cpu", "train.precision=auto"), quiet=False)
+    err = capsys.readouterr().err
+    assert ("precision bf16 autocast (train.precision auto)" if native else "precision fp32 (train.precision auto)") in err
+    run(_cfg(tmp_path, data, "bf16", "train.max_steps=1", "train.device=cpu", "train.precision=bf16"), quiet=False)
+    err = capsys.readouterr().err
+    assert "precision bf16 autocast (train.precision bf16)" in err
+    assert ("without native bf16" in err) is (not native)

@@ -81,7 +81,7 @@ class TrainSection:
     stop_at: int | None = None  # end this run at this step (checkpoint, no export); the schedule still spans
     #                             max_steps, and --resume continues it
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 elsewhere | bf16 | fp32
+    precision: str = "auto"  # auto: bf16 where native (GPU; CPU with avx512_bf16/amx_bf16), else fp32 | bf16 | fp32
     strategy: str = "auto"  # auto: ddp when launched on several ranks | none | ddp | fsdp
     compile: bool = False  # torch.compile each transformer block
     log_every: int = 1

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..bundle import Omni
-from ..device import resolve_device
+from ..device import auto_bf16, cpu_has_native_bf16, resolve_device
 from ..errors import AromniError, CheckpointError
 from . import checkpoint as ckpt
 from . import dist as D
@@ -169,7 +169,11 @@ class Trainer:
 
     def _setup_precision(self) -> None:
         p = self.cfg.train.precision
-        bf16 = p == "bf16" or (p == "auto" and self.device.type == "cuda")
+        bf16 = p == "bf16" or (p == "auto" and auto_bf16(self.device))
+        if bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            self.log("warning: train.precision bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16): "
+                     "emulated, many times slower than fp32; precision auto picks fp32 here")
+        self.log(f"precision {'bf16 autocast' if bf16 else 'fp32'} (train.precision {p})")
         self.bf16 = bf16
         use_autocast = bf16 and self.info.strategy != "fsdp"  # FSDP2 casts through its MixedPrecisionPolicy
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_autocast else nullcontext
