@@ -40,6 +40,12 @@ Candidates = Annotated[Optional[int], typer.Option(
 ChunkWords = Annotated[Optional[int], typer.Option(
     "--chunk-words", help="Speak each sentence in pieces of at most N words, one decode each, each at most "
                           "0.5 s + 0.5 s per word long (0: whole sentences; default 0, or the model's own).")]
+SpeechPad = Annotated[Optional[int], typer.Option(
+    "--speech-pad", help="Decode N frames of the codec's silence code around each speech span as context, then "
+                         "cut them off (the decoder blurs a span's first and last sounds; default 0, or the "
+                         "model's own).")]
+LeadIn = Annotated[Optional[float], typer.Option(
+    "--lead-in", help="Seconds of silence before the speech (default 0, or the model's own).")]
 Compat = Annotated[bool, typer.Option(
     "--compat", help="Reproduce the reference decoder exactly (masks, penalty, caps); see README.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows decoded together.")]

@@ -56,6 +56,11 @@ def run(
     chunk_words: Annotated[Optional[int], typer.Option(
         "--chunk-words", help="tts: speak in pieces of at most N words (0: whole sentences; default: the model's "
                               "own, else 0).")] = None,
+    speech_pad: Annotated[Optional[int], typer.Option(
+        "--speech-pad", help="tts: frames of the codec's silence code decoded around each speech span, then cut "
+                             "off (default: the model's own, else 0).")] = None,
+    lead_in: Annotated[Optional[float], typer.Option(
+        "--lead-in", help="tts: seconds of silence before the speech (default: the model's own, else 0).")] = None,
     compat: Annotated[bool, typer.Option("--compat", help="The reference scripts' decoding settings.")] = False,
     save: Annotated[Optional[str], typer.Option("--save", help="Keep generated audio/images in this directory.")
                     ] = None,
@@ -98,7 +103,7 @@ def run(
     decode = {"max_new_tokens": max_new_tokens, "greedy": greedy, "temperature": temperature, "top_p": top_p,
               "cfg_text": cfg_text, "cfg_image": cfg_image, "image_temperature": image_temperature,
               "image_greedy": image_greedy, "cfg": cfg, "candidates": candidates,
-              "chunk_words": chunk_words}
+              "chunk_words": chunk_words, "speech_pad": speech_pad, "lead_in": lead_in}
     cfg = EvalConfig(task=task, data=data, model=model, split=split, limit=limit, batch_size=batch_size, seed=seed,
                      device=device, dtype=dtype, decode={k: v for k, v in decode.items() if v is not None},
                      compat=compat, judge=judge, clip_checkpoint=clip_checkpoint, clip_arch=clip_arch,

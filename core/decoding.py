@@ -53,6 +53,8 @@ class DecodeOptions:
     stop: tuple = ("eos", "eom")  # emitted, then the row ends
     max_speech_tokens: int = 1024  # codes per speech span (40/s: 25.6 s)
     chunk_words: int = 0  # tts: speak each sentence in pieces of at most this many words (0: whole sentences)
+    speech_pad: int = 0  # tts: frames of the codec's silence code decoded around each speech span, then cut off
+    lead_in: float = 0.0  # tts: seconds of silence before the speech
     end_after: str | None = None  # "image" | "speech": the row ends after its first such span
     force_after: tuple = ()  # ((token name, forced next token name), ...), e.g. (("res", "boi"),)
     max_text_tokens: int | None = None  # per text segment; then ``text_cap_then`` is forced (or the row ends)
@@ -102,6 +104,10 @@ class DecodeOptions:
             raise AromniError(f"--candidates must be at least 1 (got {self.candidates})")
         if self.chunk_words < 0:
             raise AromniError(f"--chunk-words must be 0 (whole sentences) or more (got {self.chunk_words})")
+        if self.speech_pad < 0:
+            raise AromniError(f"--speech-pad must be 0 or more (got {self.speech_pad})")
+        if not 0 <= self.lead_in <= 10:
+            raise AromniError(f"--lead-in must be 0 to 10 seconds (got {self.lead_in})")
         return self
 
 
@@ -167,7 +173,7 @@ def options_for(task: str = "chat", compat: bool = False, **overrides) -> Decode
 # options a model may set for itself (aromni.json "decode": {task: {name: value}}): the sampling knobs
 MODEL_DEFAULTABLE = ("greedy", "temperature", "top_p", "top_k", "repetition_penalty", "image_greedy",
                      "image_temperature", "image_top_p", "image_top_k", "cfg", "cfg_text", "cfg_image", "candidates",
-                     "chunk_words")
+                     "chunk_words", "speech_pad", "lead_in")
 
 
 def check_model_defaults(table: dict, where: str = "model") -> dict:

@@ -41,20 +41,22 @@ class StreamConfig:
 
 class StreamDecoder:
     """``push(codes)`` returns the audio made final by those codes (maybe empty); ``flush()`` the rest and
-    resets the decoder for the next utterance."""
+    resets the decoder for the next utterance. ``pad`` frames of the codec's silence code stand before the
+    first code and after the last as context and are never released (as ``WavTokenizer.decode(pad=...)``)."""
 
-    def __init__(self, tok, config: StreamConfig | None = None, **overrides):
+    def __init__(self, tok, config: StreamConfig | None = None, pad: int = 0, **overrides):
         self.tok = tok
         self.cfg = replace(config or StreamConfig(), **overrides)
+        self.pad = max(0, int(pad))
         self.hop = tok.hop
         n = self.cfg.xfade * self.hop
         self._ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32) if n else None
         self.reset()
 
     def reset(self) -> None:
-        self._codes = torch.zeros(0, dtype=torch.long)  # codes from frame self._base on
+        self._codes = self._silence(self.pad)  # codes from frame self._base on (the pad first)
         self._base = 0  # absolute index of self._codes[0]
-        self.done = 0  # frames whose audio was released
+        self.done = self.pad  # frames whose audio was released (or never will be: the pad)
         self._tail = None  # previous window's audio for the first `xfade` frames after `done`
         self.windows = 0  # decoder calls so far (for benchmarks)
 
@@ -62,12 +64,15 @@ class StreamDecoder:
     def n_codes(self) -> int:
         return self._base + len(self._codes)
 
+    def _silence(self, n: int) -> torch.Tensor:
+        return torch.full((n,), self.tok.silence_code if n else 0, dtype=torch.long)
+
     def push(self, codes) -> np.ndarray:
         c = self.tok._codes(codes)
         self._codes = torch.cat([self._codes, c])
         out = []
         while True:
-            end = self.done + (self.cfg.first if self.done == 0 else self.cfg.chunk)
+            end = self.done + (self.cfg.first if self.done == self.pad else self.cfg.chunk)
             if self.n_codes < end + self.cfg.right:
                 break
             out.append(self._release(end, end + self.cfg.right))
@@ -75,7 +80,11 @@ class StreamDecoder:
 
     def flush(self) -> np.ndarray:
         n = self.n_codes
-        out = self._release(n, n) if n > self.done else np.zeros(0, dtype=np.float32)
+        if n > self.done:
+            self._codes = torch.cat([self._codes, self._silence(self.pad)])
+            out = self._release(n, n + self.pad)
+        else:
+            out = np.zeros(0, dtype=np.float32)
         self.reset()
         return out
 

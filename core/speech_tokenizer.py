@@ -26,6 +26,7 @@ class WavTokenizer:
         self.sample_rate = self.cfg.sample_rate
         self.hop = self.cfg.hop
         self.codebook_size = self.cfg.codebook_size
+        self._silence_code: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -67,13 +68,27 @@ class WavTokenizer:
             raise InputError(f"speech code {bad} is outside the codebook (0..{self.codebook_size - 1})")
         return c
 
-    def decode(self, codes, length: int | None = None) -> np.ndarray:
-        """codes [L] -> wav [L * hop] (float32), cut to ``length`` samples when the caller knows it."""
+    def decode(self, codes, length: int | None = None, pad: int = 0) -> np.ndarray:
+        """codes [L] -> wav [L * hop] (float32), cut to ``length`` samples when the caller knows it. ``pad`` > 0
+        decodes ``pad`` frames of ``silence_code`` before and after as context and cuts them off: the decoder
+        blurs a clip's edges (a TTS span's first sound, often a short "a", is lost without it)."""
         c = self._codes(codes)
         if c.numel() == 0:
             return np.zeros(0, dtype=np.float32)
-        wav = self.decode_batch(c[None])[0]
+        if pad > 0:
+            s = torch.full((pad,), self.silence_code, dtype=torch.long)
+            wav = self.decode_batch(torch.cat([s, c, s])[None])[0][pad * self.hop: (pad + len(c)) * self.hop]
+        else:
+            wav = self.decode_batch(c[None])[0]
         return wav[:length] if length is not None else wav
+
+    @property
+    def silence_code(self) -> int:
+        """The code this codec gives silence (the commonest code of 0.5 s of zeros), computed once."""
+        if self._silence_code is None:
+            codes = self.encode(np.zeros(self.sample_rate // 2, dtype=np.float32)).reshape(-1)
+            self._silence_code = int(torch.bincount(codes.long()).argmax())
+        return self._silence_code
 
     def decode_batch(self, codes: torch.Tensor) -> np.ndarray:
         """Equal-length code rows [B, L] -> wav [B, L * hop]. Rows are decoded together only because they are
@@ -87,9 +102,10 @@ class WavTokenizer:
         return self.net.quantizer.embed[self._codes(codes).to(self.device)]
 
     # --- streaming ------------------------------------------------------------------------------
-    def stream(self, config: StreamConfig | None = None, **overrides) -> StreamDecoder:
-        """A chunked decoder: ``push(codes) -> wav ready so far``, ``flush() -> the rest`` (see speech_stream)."""
-        return StreamDecoder(self, config, **overrides)
+    def stream(self, config: StreamConfig | None = None, pad: int = 0, **overrides) -> StreamDecoder:
+        """A chunked decoder: ``push(codes) -> wav ready so far``, ``flush() -> the rest`` (see speech_stream);
+        ``pad`` as in ``decode``."""
+        return StreamDecoder(self, config, pad=pad, **overrides)
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, root: str) -> dict:

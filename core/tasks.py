@@ -262,6 +262,12 @@ def piece_options(opts: DecodeOptions, codes_per_s: float) -> DecodeOptions:
     return replace(opts, max_speech_tokens=min(opts.max_speech_tokens, cap))
 
 
+def lead_in(speech, opts: DecodeOptions) -> np.ndarray:
+    """``opts.lead_in`` seconds of silence, put before a TTS clip's first speech: Whisper drops a first "a" of
+    speech that starts at the clip's first sample (README, "TTS and its judges")."""
+    return np.zeros(int(round(opts.lead_in * speech.sample_rate)), dtype=np.float32)
+
+
 def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Callable[[np.ndarray], None] | None = None,
         seed: int | None = None) -> TTSResult:
     """Text -> speech. Long text is split into sentences (and those into pieces of ``opts.chunk_words`` words),
@@ -286,13 +292,14 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
             return
         if not first:
             first.append(time.perf_counter() - t0)
+            chunk = np.concatenate([lead_in(speech, opts), chunk])  # with the first speech, not before it
         wavs.append(chunk)
         if on_audio is not None:
             on_audio(chunk)
 
     for i, sent in enumerate(sentences):
         prompt = tts_prompt(ctx, sent) + ([] if opts.compat else [v.boa])
-        dec = speech.stream()
+        dec = speech.stream(pad=opts.speech_pad)
 
         def on_token(b: int, t: int) -> None:
             if v.is_audio(t):
@@ -344,8 +351,8 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
         toks[o] += len(r)
     out = []
     for k in range(len(texts)):
-        parts = [speech.decode(seg) for seg in segs[k]]
-        wav = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        parts = [speech.decode(seg, pad=opts.speech_pad) for seg in segs[k]]
+        wav = np.concatenate([lead_in(speech, opts)] + parts) if parts else np.zeros(0, dtype=np.float32)
         codes = np.asarray([c for seg in segs[k] for c in seg], dtype=np.int64)
         out.append(TTSResult(wav.astype(np.float32), codes,
                              {"first_audio_s": None, "tokens_per_s": n_tok / gen_s if gen_s else 0.0, "rtf": None,

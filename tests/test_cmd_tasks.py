@@ -277,3 +277,29 @@ def test_tts_chunk_words_flag_and_model_default(tiny_bundle, tmp_path):
     bad = aromni(tiny_bundle, "tts", "hi", "--chunk-words", "-1", "-o", str(tmp_path / "x.wav"), check=False)
     err = bad.stderr.decode()
     assert bad.returncode == 2 and "chunk-words" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tts_lead_in_and_speech_pad_flags(tiny_bundle, tmp_path):
+    """--lead-in S starts the WAV with S seconds of silence; --speech-pad keeps the length; a bundle's own
+    defaults apply unless a flag is given; bad values are one line, exit 2."""
+    import shutil
+
+    import soundfile as sf
+
+    def wav(bundle, *flags):
+        out = str(tmp_path / "o.wav")
+        aromni(bundle, "tts", "one two three", "--seed", "1", "--max-new-tokens", "20", "-o", out, *flags)
+        return sf.read(out, dtype="float32")
+
+    (plain, sr) = wav(tiny_bundle)
+    (led, _) = wav(tiny_bundle, "--lead-in", "0.2", "--speech-pad", "4")
+    assert len(led) == len(plain) + int(0.2 * sr) and not led[: int(0.2 * sr)].any()
+    b = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle, b)
+    meta = json.load(open(os.path.join(b, "aromni.json")))
+    json.dump({**meta, "decode": {"tts": {"lead_in": 0.1, "speech_pad": 4}}}, open(os.path.join(b, "aromni.json"), "w"))
+    assert len(wav(b)[0]) == len(plain) + int(0.1 * sr) and len(wav(b, "--lead-in", "0")[0]) == len(plain)
+    for flag, value in (("--lead-in", "-1"), ("--speech-pad", "-2")):
+        bad = aromni(tiny_bundle, "tts", "hi", flag, value, "-o", str(tmp_path / "x.wav"), check=False)
+        err = bad.stderr.decode()
+        assert bad.returncode == 2 and flag.lstrip("-") in err and len(err.strip().splitlines()) == 1

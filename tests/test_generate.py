@@ -231,6 +231,29 @@ def test_tts_splits_sentences(omni):
     assert np.array_equal(b.codes, r.codes)  # batched rows, same seeds, same speech
 
 
+def test_tts_lead_in_and_speech_pad(omni):
+    """``lead_in`` puts that much silence before the speech (released with the first speech, so the first-audio
+    time is not faked); ``speech_pad`` decodes every span between silence codes, as ``decode(pad=...)``: the same
+    codes, other edges, the same length. Streaming and batched TTS agree."""
+    from aromni.core import tasks
+    from aromni.core.decoding import options_for
+
+    text = "A single sentence to speak."
+    base = tasks.tts(omni, text, seed=0)
+    opts = options_for("tts", lead_in=0.05, speech_pad=4)
+    chunks = []
+    r = tasks.tts(omni, text, opts, seed=0, on_audio=chunks.append)
+    lead = int(0.05 * omni.speech.sample_rate)
+    assert np.array_equal(r.codes, base.codes) and len(r.wav) == lead + len(base.wav)
+    assert not r.wav[:lead].any() and len(chunks[0]) > lead and chunks[0][lead:].any()
+    padded = omni.speech.decode(r.codes, pad=4)
+    assert not np.allclose(r.wav[lead:lead + 4 * omni.speech.hop], base.wav[:4 * omni.speech.hop])
+    b = tasks.tts_batch(omni, [text], opts, seed=0)[0]
+    assert np.array_equal(b.codes, r.codes) and len(b.wav) == len(r.wav)
+    np.testing.assert_array_equal(b.wav[lead:], padded)
+    assert not b.wav[:lead].any()
+
+
 def test_tts_chunk_words_speaks_pieces(omni):
     from aromni.core import tasks
     from aromni.core.decoding import options_for

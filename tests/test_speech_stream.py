@@ -120,3 +120,26 @@ def test_bad_geometry_and_codes(tok_codes):
         tok.stream(first=0)
     with pytest.raises(InputError):
         tok.stream().push([tok.codebook_size])
+
+
+def test_silence_pad_is_context_never_released(tok_codes):
+    """``pad`` frames of the silence code stand before and after the codes: the stream releases exactly the
+    codes' frames, a short utterance equals ``decode(pad=...)``, and a long one stays close to it."""
+    tok, codes = tok_codes
+    s = tok.silence_code
+    zeros = tok.encode(np.zeros(tok.sample_rate // 2, dtype=np.float32))
+    assert s == int(torch.bincount(zeros).argmax())
+    whole = tok.decode(codes[:15], pad=6)
+    assert whole.shape == (15 * tok.hop,)
+    framed = tok.decode(torch.cat([torch.full((6,), s), codes[:15], torch.full((6,), s)]))
+    np.testing.assert_array_equal(whole, framed[6 * tok.hop: 21 * tok.hop])
+    assert not np.array_equal(whole, tok.decode(codes[:15]))  # the context changes the edges
+    dec = tok.stream(pad=6)
+    y = np.concatenate([dec.push(codes[:15]), dec.flush()])
+    np.testing.assert_array_equal(y, whole)  # one window: exactly decode(pad=6)
+    for n in (40, 100):
+        y, released = run_stream(tok, codes[:n], [1], pad=6)
+        assert y.shape == (n * tok.hop,) and sum(released) > 0
+        assert snr_db(tok.decode(codes[:n], pad=6), y) > 11.0
+    again = np.concatenate([dec.push(codes[:15]), dec.flush()])  # reset keeps the pad
+    np.testing.assert_array_equal(again, whole)

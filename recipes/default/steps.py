@@ -495,7 +495,10 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
   rows); TTS speaks the corpus's sentences in one espeak-ng voice, through a codec whose own reconstructions
   Whisper mis-hears """ + codec_wer + """ of the time (see the ceilings above). It speaks three words at a time
   (decode default `chunk_words: 3`; said whole, an unseen scene caption ends with the position that training
-  scenes of that shape and colour had). Its own recogniser hears that joined speech worse than Whisper does:
+  scenes of that shape and colour had), each piece decoded between silence codes and the clip begun after
+  0.1 s of silence (`speech_pad: 2`, `lead_in: 0.1`: without them Whisper lost most captions' first "a", on
+  the codec's reconstructions and the original espeak-ng clips too, which start at their first sample; the
+  ceilings above are of such clips). Its own recogniser hears that joined speech worse than Whisper does:
   it maps unseen sentences, and some unseen captions, to training ones. Sentences outside the corpus come out
   as English-sounding babble.
 - Chat is limited to the corpus's handful of greetings and requests.
