@@ -11,8 +11,8 @@ from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, log, text_arg
 from aromni.commands._decode import (Batch, BatchSize, Candidates, ChunkWords, Compat, Compile, Greedy, LeadIn, MaxNew,
-                                     OutDir, RepPenalty, SpeechPad, Stats, Temperature, TopK, TopP, decode_options, load_model, make_dir,
-                                     print_line, read_jsonl)
+                                     OutDir, RepPenalty, SpeechPad, Stats, Temperature, TopK, TopP, decode_options,
+                                     load_model, make_dir, print_line, read_jsonl)
 from aromni.core.errors import AromniError, InputError
 
 
@@ -71,8 +71,7 @@ def run(
     from aromni.core.audio_io import AudioWriter
 
     opts = decode_options("tts", compat, candidates=candidates, chunk_words=chunk_words, speech_pad=speech_pad,
-                          lead_in=lead_in,
-                          max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens, greedy=greedy,
+                          lead_in=lead_in, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens, greedy=greedy,
                           temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
                           batch_size=batch_size, compile=compile)
     if batch is not None:

@@ -46,10 +46,10 @@ class SpeechTokenizer(Protocol):
     def encode(self, wav: np.ndarray) -> torch.Tensor:
         """mono float wav at ``sample_rate`` -> codes [L] (int64)."""
 
-    def decode(self, codes: torch.Tensor) -> np.ndarray:
-        """codes [L] -> mono float wav [L * hop]."""
+    def decode(self, codes: torch.Tensor, pad: int = 0) -> np.ndarray:
+        """codes [L] -> mono float wav [L * hop]; ``pad`` frames of silence decoded around them as context."""
 
-    def stream(self):
+    def stream(self, pad: int = 0):
         """A chunked decoder: ``push(codes) -> np.ndarray`` (audio ready so far), ``flush() -> np.ndarray``."""
 
     def save(self, root: str) -> dict: ...

@@ -54,7 +54,7 @@ class StreamDecoder:
         self.reset()
 
     def reset(self) -> None:
-        self._codes = self._silence(self.pad)  # codes from frame self._base on (the pad first)
+        self._codes = self.tok.silence_codes(self.pad)  # codes from frame self._base on (the pad first)
         self._base = 0  # absolute index of self._codes[0]
         self.done = self.pad  # frames whose audio was released (or never will be: the pad)
         self._tail = None  # previous window's audio for the first `xfade` frames after `done`
@@ -63,9 +63,6 @@ class StreamDecoder:
     @property
     def n_codes(self) -> int:
         return self._base + len(self._codes)
-
-    def _silence(self, n: int) -> torch.Tensor:
-        return torch.full((n,), self.tok.silence_code if n else 0, dtype=torch.long)
 
     def push(self, codes) -> np.ndarray:
         c = self.tok._codes(codes)
@@ -81,7 +78,7 @@ class StreamDecoder:
     def flush(self) -> np.ndarray:
         n = self.n_codes
         if n > self.done:
-            self._codes = torch.cat([self._codes, self._silence(self.pad)])
+            self._codes = torch.cat([self._codes, self.tok.silence_codes(self.pad)])
             out = self._release(n, n + self.pad)
         else:
             out = np.zeros(0, dtype=np.float32)

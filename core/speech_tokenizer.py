@@ -76,7 +76,7 @@ class WavTokenizer:
         if c.numel() == 0:
             return np.zeros(0, dtype=np.float32)
         if pad > 0:
-            s = torch.full((pad,), self.silence_code, dtype=torch.long)
+            s = self.silence_codes(pad)
             wav = self.decode_batch(torch.cat([s, c, s])[None])[0][pad * self.hop: (pad + len(c)) * self.hop]
         else:
             wav = self.decode_batch(c[None])[0]
@@ -89,6 +89,10 @@ class WavTokenizer:
             codes = self.encode(np.zeros(self.sample_rate // 2, dtype=np.float32)).reshape(-1)
             self._silence_code = int(torch.bincount(codes.long()).argmax())
         return self._silence_code
+
+    def silence_codes(self, n: int) -> torch.Tensor:
+        """``n`` frames of ``silence_code`` [n] (int64); computes nothing when ``n`` is 0."""
+        return torch.full((n,), self.silence_code if n else 0, dtype=torch.long)
 
     def decode_batch(self, codes: torch.Tensor) -> np.ndarray:
         """Equal-length code rows [B, L] -> wav [B, L * hop]. Rows are decoded together only because they are

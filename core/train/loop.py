@@ -170,7 +170,7 @@ class Trainer:
     def _setup_precision(self) -> None:
         p = self.cfg.train.precision
         bf16 = p == "bf16" or (p == "auto" and auto_bf16(self.device))
-        if bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+        if p == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
             self.log("warning: train.precision bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16): "
                      "emulated, many times slower than fp32; precision auto picks fp32 here")
         self.log(f"precision {'bf16 autocast' if bf16 else 'fp32'} (train.precision {p})")
