@@ -11,7 +11,8 @@
 #   --no-eval  skip the held-out evaluation (the model card then says "not measured")
 #
 # Resumable: a finished stage leaves OUT/<stage>/DONE and is skipped on the next run; an interrupted LM
-# run continues from its newest checkpoint (OUT/lm/checkpoints). Delete OUT/<stage> to redo a stage (and
+# run continues from its newest checkpoint (OUT/lm/checkpoints), an interrupted evaluation keeps the tasks it
+# finished (OUT/eval/<task>.json, eval_default.py --resume). Delete OUT/<stage> to redo a stage (and
 # the ones after it). Stage times (wall and CPU) go to OUT/times.tsv, logs to OUT/logs/<stage>.log.
 # Environment: PYTHON (default .venv/bin/python if present, else python3), THREADS (torch threads, default
 # all cores; use 1 on a busy machine), PARALLEL (1: train the image and speech tokenizers side by side, the
@@ -133,7 +134,7 @@ stage bundle bundle run_py "$STEPS" assemble lm/bundle bundle --build "$OUT" --r
 if [ "$EVAL" = 1 ]; then
   # 32 rows a batch: the best-of-16 image tasks decode 15 sampled candidates per prompt, ~2.7x faster than at 8
   stage eval eval run_py "$ROOT/scripts/eval_default.py" --data corpus/heldout.jsonl --model bundle --out eval \
-    --judge "$JUDGE" --seed 0 --batch-size 32 -q
+    --resume --judge "$JUDGE" --seed 0 --batch-size 32 -q
   run_py "$STEPS" card bundle --build "$OUT" --recipe "$RECIPE"
 fi
 if [ "$INSTALL" = 1 ]; then

@@ -1,9 +1,13 @@
 """Evaluate a model on every task of a corpus manifest's held-out split; print the README table.
 
     python scripts/eval_default.py --data corpus/manifest.jsonl [--model DIR] [--out eval/] [--judge whisper]
+                                   [--resume]
 
 Writes OUT/<task>.json (the `aromni eval` reports) and prints a Markdown table of the headline numbers.
 The model is loaded once. Tasks with no held-out items in the manifest are skipped (said on stderr).
+With --resume a task whose report is already in OUT is kept, not run again, when that report is of the same
+model (path; the report newer than every file of it), data (sha256, split, items), seed, batch size and TTS
+judges: an interrupted evaluation (the build script's last stage, ~20 min) goes on where it stopped.
 """
 from __future__ import annotations
 
@@ -12,8 +16,37 @@ import os
 import sys
 
 from aromni.core.errors import InputError
-from aromni.core.eval.report import markdown_summary, write_report
+from aromni.core.eval.data import load_dataset
+from aromni.core.eval.report import markdown_summary, read_report, write_report
 from aromni.core.eval.runner import EVALUATORS, EvalConfig, evaluate
+
+
+def _newest_mtime(path: str) -> float:
+    if os.path.isfile(path):
+        return os.path.getmtime(path)
+    return max((os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs), default=0.0)
+
+
+def _judge_names(spec: str) -> str:
+    return ",".join("self" if j == "model" else j.split(":")[0] for j in spec.split(","))
+
+
+def finished_report(path: str, a: argparse.Namespace, task: str, model_dir: str) -> dict | None:
+    """The report at ``path`` if it is of this run's model (unchanged since), data and settings, else None."""
+    if not os.path.isfile(path) or os.path.getmtime(path) < _newest_mtime(model_dir):
+        return None
+    try:
+        rep = read_report(path)
+        want = load_dataset(a.data, task, a.split, a.limit).info
+    except InputError:
+        return None
+    data = rep.get("data", {})
+    same = (os.path.realpath(rep.get("model", {}).get("path", "")) == os.path.realpath(model_dir)
+            and all(data.get(k) == want[k] for k in ("sha256", "split", "n"))
+            and rep.get("seed") == a.seed and rep.get("batch_size") == a.batch_size
+            and (task != "tts" or rep.get("settings", {}).get("judge") == _judge_names(a.judge))
+            and not (task == "t2i" and a.clip_checkpoint))  # CLIPScore settings are not compared: run it again
+    return rep if same else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,15 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="keep the reports already in OUT of this data, "
+                    "settings and model (newer than its files); run the other tasks")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_args(argv)
 
-    from aromni.core.api import load
+    from aromni.core.api import DEFAULT_DIR, load
 
-    omni = load(a.model, device=a.device, dtype=a.dtype)
     os.makedirs(a.out, exist_ok=True)
-    reports = []
+    reports, todo = [], []
     for task in a.tasks.split(","):
+        path = os.path.join(a.out, f"{task}.json")
+        rep = finished_report(path, a, task, a.model or DEFAULT_DIR) if a.resume else None
+        if rep is None:
+            todo.append(task)
+        else:
+            print(f"{task}: kept {path} (--resume)", file=sys.stderr)
+            reports.append(rep)
+    omni = load(a.model, device=a.device, dtype=a.dtype) if todo else None
+    for task in todo:
         cfg = EvalConfig(task=task, data=a.data, model=a.model, split=a.split, limit=a.limit,
                          batch_size=a.batch_size, seed=a.seed, device=a.device, dtype=a.dtype, judge=a.judge,
                          clip_checkpoint=a.clip_checkpoint, quiet=a.quiet)
@@ -51,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         write_report(rep, os.path.join(a.out, f"{task}.json"))
         reports.append(rep)
+    order = a.tasks.split(",")
+    reports.sort(key=lambda r: order.index(r["task"]))
     print(markdown_summary(reports))
     return 0
 

@@ -322,3 +322,19 @@ def test_eval_default_script(tiny_bundle, corpus, tmp_path):
     assert rows[0].startswith("| task |") and [row.split("|")[1].strip() for row in rows[2:]] == \
         ["asr", "tts", "caption", "t2i", "s2i"]
     assert sorted(os.listdir(tmp_path / "ev")) == ["asr.json", "caption.json", "s2i.json", "t2i.json", "tts.json"]
+
+    # --resume keeps the reports of this model, data and settings and runs only what is missing or stale
+    def resume(*extra):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "eval_default.py"), "--data",
+                            str(corpus / "manifest.jsonl"), "--model", tiny_bundle, "--out", str(tmp_path / "ev"),
+                            "--tasks", "asr,tts", "--device", "cpu", "-q", "--resume", *extra],
+                           capture_output=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr.decode()
+        return r.stderr.decode(), [row.split("|")[1].strip() for row in r.stdout.decode().strip().splitlines()[2:]]
+
+    mtimes = {t: os.path.getmtime(tmp_path / "ev" / f"{t}.json") for t in ("asr", "tts")}
+    err, tasks = resume("--judge", "self")
+    assert "asr: kept" in err and "tts: kept" in err and tasks == ["asr", "tts"]
+    assert all(os.path.getmtime(tmp_path / "ev" / f"{t}.json") == m for t, m in mtimes.items())
+    err, _ = resume("--judge", "self", "--seed", "1")  # another seed: both run again
+    assert "kept" not in err and all(os.path.getmtime(tmp_path / "ev" / f"{t}.json") > m for t, m in mtimes.items())
