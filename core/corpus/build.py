@@ -55,7 +55,7 @@ class CorpusConfig:
     n_tts_chunks: int = 0         # output-voice readings of short pieces of training texts (chunk_texts; README)
     n_asr_joined: int = 0         # asr of training texts said piece by piece in the output voice (joined_texts)
     joined_words: int = 3         # words per piece of those lines (the decode option chunk_words they mirror)
-    joined_mixed: float = 0.0     # share of those lines that join pieces of different texts (joined_texts)
+    joined_mixed: float = 0.0     # share of those lines that join pieces of different texts (measured worse: README)
     n_chat: int = 600
     heldout_scenes: int = 300
     heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
