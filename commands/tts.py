@@ -71,9 +71,9 @@ def run(
     from aromni.core.audio_io import AudioWriter
 
     opts = decode_options("tts", compat, candidates=candidates, chunk_words=chunk_words, speech_pad=speech_pad,
-                          lead_in=lead_in, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens, greedy=greedy,
-                          temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                          batch_size=batch_size, compile=compile)
+                          lead_in=lead_in, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens,
+                          greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
+                          repetition_penalty=repetition_penalty, batch_size=batch_size, compile=compile)
     if batch is not None:
         if text is not None:
             raise AromniError("give either TEXT or --batch, not both")
