@@ -21,7 +21,9 @@
 # whisper,self (default; the speech is synthesised once; the tokenizer ceilings use the first)), RERUN (N > 0:
 # after the LM, train it again from scratch for N steps into lm-rerun and compare the logged losses with the
 # first run's: rerun.json, in the model card; default 0, off), RECIPE (a recipe folder to use instead of
-# recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings).
+# recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1:
+# after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr) and 600 more LM steps with them
+# (pretokenize_self.yaml, selftrain.yaml); the bundle is then that LM; default 0, off: README "Self-training").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,6 +53,7 @@ case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$
 SEED="${SEED:-0}"
 JUDGE="${JUDGE:-$([ "$CI" = 1 ] && echo self || echo whisper,self)}"
 NICE="${NICE:-0}"
+SELFTRAIN="${SELFTRAIN:-0}"
 THREADS="${THREADS:-$(nproc 2>/dev/null || echo 2)}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" PYTHONHASHSEED=0
 
@@ -93,7 +96,10 @@ stage() {
 train() {  # train NAME: aromni train RECIPE/NAME.yaml (--resume when an LM checkpoint exists)
   local cfg="$RECIPE/$1.yaml"; shift
   local extra=()
-  if [ "$(basename "$cfg")" = lm.yaml ] && ls -d lm/checkpoints/step-* >/dev/null 2>&1; then extra=(--resume); fi
+  local name; name="$(basename "$cfg" .yaml)"
+  if { [ "$name" = lm ] || [ "$name" = selftrain ]; } && ls -d "$name"/checkpoints/step-* >/dev/null 2>&1; then
+    extra=(--resume)
+  fi
   run_py -m aromni train "$cfg" --json "${extra[@]}" "$@"
 }
 
@@ -130,7 +136,15 @@ if [ "${RERUN:-0}" -gt 0 ]; then
   stage rerun lm-rerun rerun_lm
   run_py "$STEPS" rerun-compare lm/metrics.jsonl lm-rerun/metrics.jsonl --out rerun.json
 fi
-stage bundle bundle run_py "$STEPS" assemble lm/bundle bundle --build "$OUT" --recipe "$RECIPE"
+LM_BUNDLE=lm/bundle
+if [ "$SELFTRAIN" = 1 ]; then  # the LM's own TTS of the training texts as ASR lines, then 600 more steps
+  stage self_asr corpus/selfwav run_py "$STEPS" self-asr lm/bundle corpus/train.jsonl corpus/self_asr.jsonl \
+    --decode "$RECIPE/decode.yaml" $([ "$CI" = 1 ] && echo "--limit 8")
+  stage pretokenize_self shards/self train pretokenize_self
+  stage selftrain selftrain train selftrain
+  LM_BUNDLE=selftrain/bundle
+fi
+stage bundle bundle run_py "$STEPS" assemble "$LM_BUNDLE" bundle --build "$OUT" --recipe "$RECIPE"
 if [ "$EVAL" = 1 ]; then
   # 32 rows a batch: the best-of-16 image tasks decode 15 sampled candidates per prompt, ~2.7x faster than at 8
   stage eval eval run_py "$ROOT/scripts/eval_default.py" --data corpus/heldout.jsonl --model bundle --out eval \

@@ -14,6 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "default")
 SCRIPT = os.path.join(ROOT, "scripts", "build_default_model.sh")
 STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm")
+SELF_STAGES = ("pretokenize_self", "selftrain")  # SELFTRAIN=1
+KINDS = {"pretokenize_self": "pretokenize", "selftrain": "lm"}
 # what the CI variant may change: sizes, lengths and step counts, never the recipe itself
 SIZE_KEYS = {"tokenizer.vocab_size", "tokenizer.preset", "tokenizer.max_items", "data.batch_size", "data.max_len",
              "data.seq_len", "optim.lr", "optim.warmup_steps", "train.max_steps", "train.eval_every",
@@ -31,13 +33,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", STAGES + SELF_STAGES)
 def test_configs_load_and_ci_differs_only_in_size(stage):
     from aromni.core.train.config import load_config
 
     full, ci = (os.path.join(RECIPE, *p, f"{stage}.yaml") for p in ((), ("ci",)))
     for path in (full, ci):
-        assert load_config(path).kind == (stage if stage != "pretokenize" else "pretokenize")
+        assert load_config(path).kind == KINDS.get(stage, stage)
     with open(full) as f:
         a = _flat(yaml.safe_load(f))
     with open(ci) as f:
@@ -154,6 +156,21 @@ def test_ci_recipe_end_to_end(tmp_path):
     r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stderr and "lm: finished" in r.stderr
+
+    # SELFTRAIN=1: ASR lines of the LM's own speech, more steps from the LM's bundle, the bundle is that LM
+    (out / "bundle" / "DONE").unlink()
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, env_extra={"SELFTRAIN": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "corpus" / "self_asr.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and all((out / "corpus" / d["audio"]).stat().st_size > 44 for d in lines)
+    assert {d["task"] for d in lines} == {"asr"}
+    assert sorted(os.listdir(bundle / "recipe")) == sorted([f"{s}.yaml" for s in STAGES + SELF_STAGES]
+                                                           + ["mix.yaml", "decode.yaml"])
+    with safe_open(str(out / "selftrain" / "bundle" / "model.safetensors"), "pt") as a, \
+            safe_open(str(out / "lm" / "bundle" / "model.safetensors"), "pt") as b:
+        k = sorted(a.keys())[0]
+        assert not bool((a.get_tensor(k) == b.get_tensor(k)).all())  # trained further
+    _aromni("asr", str(tmp_path / "s.wav"), *m, cwd=tmp_path)
 
 
 def test_card_quality_rows(tmp_path):

@@ -3,6 +3,7 @@
     steps.py prompts OUT.jsonl                       # the prompt templates as text lines (for the BPE)
     steps.py mix MIX.yaml TRAIN.jsonl OUT.jsonl      # TRAIN.jsonl with each task's lines repeated MIX times
     steps.py uncond SHARDS OUT --mix MIX.yaml --tokenizers KIND=DIR...  # unconditional images (for CFG)
+    steps.py self-asr LM_BUNDLE TRAIN.jsonl OUT.jsonl --decode DECODE.yaml [--limit N]  # ASR of the LM's own TTS
     steps.py assemble LM_BUNDLE OUT --build B --recipe R   # fp16 weights + stage configs -> the shipped bundle
     steps.py card BUNDLE --build B --recipe R        # (re)write BUNDLE/MODEL_CARD.md from the build's records
     steps.py rerun-compare A/metrics.jsonl B/metrics.jsonl [--out F.json]  # how close a rerun's losses come
@@ -22,8 +23,8 @@ import numpy as np
 import yaml
 
 MAX_BUNDLE_MB = 40.0
-STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm")
-STAGE_DIRS = {"pretokenize": "shards"}
+STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm", "pretokenize_self", "selftrain")
+STAGE_DIRS = {"pretokenize": "shards", "pretokenize_self": "shards/self"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,6 +553,48 @@ def rerun_compare(a: str, b: str) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# self-training lines (SELFTRAIN=1)
+# ----------------------------------------------------------------------------------------------
+def write_self_asr(bundle: str, train: str, out: str, decode_yaml: str, limit: int | None = None,
+                   batch: int = 32) -> int:
+    """ASR lines (``out``, next to ``train``) whose audio is ``bundle``'s own TTS of the distinct training ASR
+    texts (joined-piece lines left out), spoken with decode.yaml's tts defaults; clips in selfwav/. Returns the
+    number of lines. Its own recogniser then learns the voice it speaks in (README: "Self-training")."""
+    import random
+
+    from aromni.core import api, tasks
+    from aromni.core.audio_io import write_wav
+    from aromni.core.decoding import options_for
+
+    if os.path.dirname(os.path.abspath(train)) != os.path.dirname(os.path.abspath(out)):
+        sys.exit("self-asr: OUT must sit next to TRAIN (manifest paths are relative to the manifest)")
+    with open(train, encoding="utf-8") as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    texts = sorted({r["text"] for r in rows if r.get("task") == "asr" and not r.get("joined")})
+    random.Random(0).shuffle(texts)
+    texts = texts[:limit] if limit else texts
+    with open(decode_yaml, encoding="utf-8") as f:
+        tts_defaults = (yaml.safe_load(f) or {}).get("tts") or {}
+    omni = api.load(bundle)
+    opts = options_for("tts", batch_size=batch, **tts_defaults)
+    root = os.path.dirname(os.path.abspath(out))
+    os.makedirs(os.path.join(root, "selfwav"), exist_ok=True)
+    lines = []
+    for i in range(0, len(texts), batch):
+        chunk = texts[i: i + batch]
+        for k, (text, res) in enumerate(zip(chunk, tasks.tts_batch(omni, chunk, opts, seed=i))):
+            rel = f"selfwav/self_{i + k:05d}.wav"
+            write_wav(os.path.join(root, rel), res.wav, omni.speech.sample_rate)
+            lines.append({"id": f"self-{i + k:05d}", "task": "asr", "split": "train", "text": text, "image": None,
+                          "audio": rel, "voice": "self", "speed": None, "attrs": None})
+        print(f"self-asr: {len(lines)}/{len(texts)}", file=sys.stderr, flush=True)
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(d) + "\n" for d in lines)
+    os.replace(out + ".tmp", out)
+    return len(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -572,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="KIND=DIR")
     p.add_argument("--judge", default="whisper")
     p.add_argument("--limit", type=int, default=100)
+    p = sub.add_parser("self-asr")
+    p.add_argument("bundle")
+    p.add_argument("train")
+    p.add_argument("out")
+    p.add_argument("--decode", required=True, help="decode.yaml: its tts section sets how the LM speaks")
+    p.add_argument("--limit", type=int, default=None, help="at most N texts (the first of a seeded shuffle)")
     p = sub.add_parser("rerun-compare")
     p.add_argument("a")
     p.add_argument("b")
@@ -594,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         write_uncond(a.shards, a.out, dict(t.split("=", 1) for t in a.tokenizers), max(1, round(1 / share)))
     elif a.cmd == "ceilings":
         write_ceilings(a.heldout, a.out, dict(t.split("=", 1) for t in a.tokenizers), a.judge, a.limit)
+    elif a.cmd == "self-asr":
+        write_self_asr(a.bundle, a.train, a.out, a.decode, a.limit)
     elif a.cmd == "rerun-compare":
         res = rerun_compare(a.a, a.b)
         if a.out:
