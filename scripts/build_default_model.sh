@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild aromni's bundled default model from nothing: corpus -> BPE -> image VQ -> speech codec ->
-# token shards (+ unconditional images) -> language model -> bundle (fp16, with MODEL_CARD.md) ->
-# held-out evaluation.
+# token shards (+ unconditional images) -> language model -> self-training (ASR of its own speech) ->
+# bundle (fp16, with MODEL_CARD.md) -> held-out evaluation.
 #
 #   scripts/build_default_model.sh [--ci] [--install] [--no-eval] [OUT]
 #
@@ -23,7 +23,8 @@
 # first run's: rerun.json, in the model card; default 0, off), RECIPE (a recipe folder to use instead of
 # recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1:
 # after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr) and 600 more LM steps with them
-# (pretokenize_self.yaml, selftrain.yaml); the bundle is then that LM; default 0, off: README "Self-training").
+# (pretokenize_self.yaml, selftrain.yaml); the bundle is then that LM; default 1; 0: the LM's bundle as it is;
+# README "Self-training").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,7 +54,7 @@ case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$
 SEED="${SEED:-0}"
 JUDGE="${JUDGE:-$([ "$CI" = 1 ] && echo self || echo whisper,self)}"
 NICE="${NICE:-0}"
-SELFTRAIN="${SELFTRAIN:-0}"
+SELFTRAIN="${SELFTRAIN:-1}"
 THREADS="${THREADS:-$(nproc 2>/dev/null || echo 2)}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" PYTHONHASHSEED=0
 

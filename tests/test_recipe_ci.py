@@ -110,7 +110,8 @@ def _aromni(*args, cwd):
 @pytest.mark.slow
 def test_ci_recipe_end_to_end(tmp_path):
     out = tmp_path / "build"
-    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, env_extra={"RERUN": "20"}, timeout=900)
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, env_extra={"RERUN": "20", "SELFTRAIN": "0"},
+             timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     rerun = json.loads((out / "rerun.json").read_text())  # the LM trained again: same machine, same losses
     assert (rerun["steps"], rerun["last"]) == (2, 20) and rerun["identical"], rerun
@@ -148,18 +149,18 @@ def test_ci_recipe_end_to_end(tmp_path):
     _aromni("caption", str(tmp_path / "i.png"), *m, cwd=tmp_path)
 
     # resumable: a rerun skips every finished stage; a redone LM stage resumes from its last checkpoint
-    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=300)
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, env_extra={"SELFTRAIN": "0"}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "lm: done already" in r.stderr and "codec: done already" in r.stderr
     (out / "lm" / "DONE").unlink()
     (out / "bundle" / "DONE").unlink()
-    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=300)
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, env_extra={"SELFTRAIN": "0"}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stderr and "lm: finished" in r.stderr
 
-    # SELFTRAIN=1: ASR lines of the LM's own speech, more steps from the LM's bundle, the bundle is that LM
+    # SELFTRAIN=1 (the default): ASR lines of the LM's own speech, more steps from its bundle; the bundle is that LM
     (out / "bundle" / "DONE").unlink()
-    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, env_extra={"SELFTRAIN": "1"}, timeout=600)
+    r = _run(["bash", SCRIPT, "--ci", "--no-eval", str(out)], ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(x) for x in (out / "corpus" / "self_asr.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and all((out / "corpus" / d["audio"]).stat().st_size > 44 for d in lines)
