@@ -171,6 +171,7 @@ def test_ci_recipe_end_to_end(tmp_path):
             safe_open(str(out / "lm" / "bundle" / "model.safetensors"), "pt") as b:
         k = sorted(a.keys())[0]
         assert not bool((a.get_tensor(k) == b.get_tensor(k)).all())  # trained further
+    assert "- Self-training: the LM's own TTS of 8 training texts" in (bundle / "MODEL_CARD.md").read_text()
     _aromni("asr", str(tmp_path / "s.wav"), *m, cwd=tmp_path)
 
 

@@ -274,11 +274,11 @@ def _times(build: str) -> dict[str, tuple[int, int | None]]:
     return out
 
 
-def _lm_metrics(build: str) -> tuple[dict, dict]:
-    """(last training record, last record with a validation loss) of lm/metrics.jsonl."""
+def _lm_metrics(build: str, stage: str = "lm") -> tuple[dict, dict]:
+    """(last training record, last record with a validation loss) of STAGE/metrics.jsonl."""
     last, val = {}, {}
     try:
-        with open(os.path.join(build, "lm", "metrics.jsonl"), encoding="utf-8") as f:
+        with open(os.path.join(build, stage, "metrics.jsonl"), encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     r = json.loads(line)
@@ -288,6 +288,22 @@ def _lm_metrics(build: str) -> tuple[dict, dict]:
     except OSError:
         pass
     return last, val
+
+
+def _selftrain_line(build: str) -> str:
+    """The card's self-training bullet (SELFTRAIN=1), or nothing when the build had no such stage."""
+    last, val = _lm_metrics(build, "selftrain")
+    if not last:
+        return ""
+    try:
+        with open(os.path.join(build, "corpus", "self_asr.jsonl"), encoding="utf-8") as f:
+            n = sum(1 for x in f if x.strip())
+    except OSError:
+        n = "-"
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    return (f"- Self-training: the LM's own TTS of {n} training texts as ASR lines, then {last.get('step', '-')} "
+            f"more steps; final training loss {fmt(last.get('loss'))} (NTP {fmt(last.get('ntp'))}), held-out NTP "
+            f"{fmt(val.get('val_ntp'))}.\n")
 
 
 def _fmt_s(s: int | None) -> str:
@@ -473,7 +489,7 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
 - Tokenizer ceilings (held-out, before the LM; `ceilings.json`): {_ceilings(build)}.
 - LM: {last.get('step', '-')} steps, final training loss {f(last.get('loss'))} (NTP {f(last.get('ntp'))}),
   held-out NTP {f(val.get('val_ntp'))}.
-- Rebuild check (`rerun.json`): {_rerun(build)}.
+{_selftrain_line(build)}- Rebuild check (`rerun.json`): {_rerun(build)}.
 
 ## Quality (held-out split)
 
