@@ -49,14 +49,19 @@ def write_prompts(out: str, repeat: int = 50) -> None:
 EXTRA_KINDS = (("drill", "tts_drill"), ("chunk", "tts_chunk"), ("joined", "asr_joined"))  # line flag -> mix key
 
 
+def _beside(train: str, out: str, step: str) -> None:
+    """Exit unless manifest ``out`` sits in ``train``'s folder (manifest paths are relative to the manifest)."""
+    if os.path.dirname(os.path.abspath(train)) != os.path.dirname(os.path.abspath(out)):
+        sys.exit(f"{step}: OUT must sit next to TRAIN (manifest paths are relative to the manifest)")
+
+
 def write_mix(mix_yaml: str, train: str, out: str) -> dict:
     """``train`` with each line written ``mix[task]`` times (default 1; drill lines, corpus ``n_tts_drills``, under
     ``tts_drill``; chunk lines, ``n_tts_chunks``, under ``tts_chunk``; joined-piece ASR lines, ``n_asr_joined``, under
     ``asr_joined``); returns lines per task."""
     with open(mix_yaml, encoding="utf-8") as f:
         mix = yaml.safe_load(f) or {}
-    if os.path.dirname(os.path.abspath(train)) != os.path.dirname(os.path.abspath(out)):
-        sys.exit("mix: OUT must sit next to TRAIN (manifest paths are relative to the manifest)")
+    _beside(train, out, "mix")
     counts: dict[str, int] = {}
     with open(train, encoding="utf-8") as src, open(out + ".tmp", "w", encoding="utf-8") as dst:
         for line in src:
@@ -290,20 +295,13 @@ def _lm_metrics(build: str, stage: str = "lm") -> tuple[dict, dict]:
     return last, val
 
 
-def _selftrain_line(build: str) -> str:
-    """The card's self-training bullet (SELFTRAIN=1), or nothing when the build had no such stage."""
-    last, val = _lm_metrics(build, "selftrain")
-    if not last:
-        return ""
+def _count_lines(path: str) -> int | str:
+    """Non-blank lines of a text file, or "-" when it cannot be read."""
     try:
-        with open(os.path.join(build, "corpus", "self_asr.jsonl"), encoding="utf-8") as f:
-            n = sum(1 for x in f if x.strip())
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for x in f if x.strip())
     except OSError:
-        n = "-"
-    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-    return (f"- Self-training: the LM's own TTS of {n} training texts as ASR lines, then {last.get('step', '-')} "
-            f"more steps; final training loss {fmt(last.get('loss'))} (NTP {fmt(last.get('ntp'))}), held-out NTP "
-            f"{fmt(val.get('val_ntp'))}.\n")
+        return "-"
 
 
 def _fmt_s(s: int | None) -> str:
@@ -429,6 +427,11 @@ def write_card(bundle: str, build: str, recipe: str) -> str:
     def f(x, spec=".4f"):
         return "-" if x is None else format(x, spec)
 
+    s_last, s_val = _lm_metrics(build, "selftrain")  # SELFTRAIN=1
+    selftrain = (f"- Self-training: the LM's own TTS of {_count_lines(os.path.join(build, 'corpus', 'self_asr.jsonl'))}"
+                 f" training texts as ASR lines, then {s_last.get('step', '-')} more steps; final training loss "
+                 f"{f(s_last.get('loss'))} (NTP {f(s_last.get('ntp'))}), held-out NTP {f(s_val.get('val_ntp'))}.\n"
+                 if s_last else "")
     stage_rows = "\n".join(f"| {k} | {_fmt_s(w)} | {_fmt_s(c)} |" for k, (w, c) in times.items())
     check_rows = "".join(f"\n| {k} (check, not in the total) | {_fmt_s(w)} | {_fmt_s(c)} |"
                          for k, (w, c) in checks.items())
@@ -489,7 +492,7 @@ cores; wall time grows when other jobs share the cores, CPU time (all threads, u
 - Tokenizer ceilings (held-out, before the LM; `ceilings.json`): {_ceilings(build)}.
 - LM: {last.get('step', '-')} steps, final training loss {f(last.get('loss'))} (NTP {f(last.get('ntp'))}),
   held-out NTP {f(val.get('val_ntp'))}.
-{_selftrain_line(build)}- Rebuild check (`rerun.json`): {_rerun(build)}.
+{selftrain}- Rebuild check (`rerun.json`): {_rerun(build)}.
 
 ## Quality (held-out split)
 
@@ -583,8 +586,7 @@ def write_self_asr(bundle: str, train: str, out: str, decode_yaml: str, limit: i
     from aromni.core.audio_io import write_wav
     from aromni.core.decoding import options_for
 
-    if os.path.dirname(os.path.abspath(train)) != os.path.dirname(os.path.abspath(out)):
-        sys.exit("self-asr: OUT must sit next to TRAIN (manifest paths are relative to the manifest)")
+    _beside(train, out, "self-asr")
     with open(train, encoding="utf-8") as f:
         rows = [json.loads(x) for x in f if x.strip()]
     texts = sorted({r["text"] for r in rows if r.get("task") == "asr" and not r.get("joined")})
