@@ -71,6 +71,7 @@ T2I_PROMPTS = ["a large green triangle in the centre", "a small purple star at t
                "a small blue square on the left"]
 
 
+@pytest.mark.slow  # best of 16 per prompt: minutes on two cores
 def test_t2i_draws_what_the_prompt_says(tmp_path):
     from PIL import Image
 
