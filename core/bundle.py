@@ -65,6 +65,7 @@ class Omni:
     prompts: dict = field(default_factory=dict)
     decode: dict = field(default_factory=dict)  # task -> {option: value}: this model's decoding defaults
     source: str = ""
+    engine: Any = None  # decodes for the tasks instead of generate.generate (same signature): a server's batcher
 
     @property
     def device(self) -> torch.device:

@@ -51,6 +51,12 @@ def model_options(omni: Omni, opts: DecodeOptions | None, task: str) -> DecodeOp
     return with_model_defaults(opts or options_for(task), omni.decode)
 
 
+def engine(omni: Omni) -> Callable[..., Generation]:
+    """The decoding call of every task: ``omni.engine`` when set (a server's batcher, with ``generate``'s
+    signature), else ``generate``."""
+    return omni.engine or generate
+
+
 def base_seed(seed: int | None) -> int:
     return int(seed) if seed is not None else random.SystemRandom().randrange(2**62)
 
@@ -68,7 +74,7 @@ def decode_rows(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed:
     for i in range(0, len(prompts), bs):
         chunk = prompts[i: i + bs]
         cb = None if on_token is None else (lambda b, t, i=i: on_token(i + b, t))
-        g = generate(omni.model, omni.vocab, chunk, opts, seeds=seeds[i: i + bs], on_token=cb)
+        g = engine(omni)(omni.model, omni.vocab, chunk, opts, seeds=seeds[i: i + bs], on_token=cb)
         out += g.tokens
         gens.append(g)
     return out, gens
@@ -312,7 +318,7 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
             for t in rows[0]:
                 on_token(0, t)
         else:
-            gens = [generate(omni.model, v, [prompt], opts, seeds=[s0 + i], on_token=on_token)]
+            gens = [engine(omni)(omni.model, v, [prompt], opts, seeds=[s0 + i], on_token=on_token)]
         emit(dec.flush())
         n_tok += sum(g.new_tokens for g in gens)
         gen_s += sum(g.prefill_s + g.decode_s for g in gens)
@@ -584,8 +590,8 @@ def chat_step(sessions: list[ChatSession], turns: list[dict], on_token: Callable
     for i in range(0, len(sessions), bs):
         chunk = slice(i, i + bs)
         cb = None if on_token is None else (lambda b, t, i=i: on_token(i + b, t))
-        g = generate(omni.model, omni.vocab, prompts[chunk], opts, seeds=[s.turn_seed() for s in sessions[chunk]],
-                     on_token=cb)
+        g = engine(omni)(omni.model, omni.vocab, prompts[chunk], opts,
+                         seeds=[s.turn_seed() for s in sessions[chunk]], on_token=cb)
         for k, toks in enumerate(g.tokens):
             replies[i + k] = reply_from_tokens(omni, toks, opts)
     for s, ids, r, tr in zip(sessions, turn_ids, replies, trims):
