@@ -93,7 +93,9 @@ class WNConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cout))
 
     def weight(self) -> torch.Tensor:
-        return self.weight_g * self.weight_v / self.weight_v.norm(dim=(1, 2), keepdim=True)
+        # torch's own kernel, as torch.nn.utils.weight_norm computes it: any other operation order differs by an
+        # ulp now and then, which flips nearest-code choices against the released encoder
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x, self.weight(), self.bias, stride=self.stride, dilation=self.dilation)
