@@ -185,7 +185,7 @@ def test_card_quality_rows(tmp_path):
            "metrics": {"wer": 0.2, "judges": {"whisper": {"wer": 0.2}, "self": {"wer": 0.12}},
                        "caption_attrs": {"n": 150, "whisper": heard, "self": heard}}}
     (tmp_path / "eval" / "tts.json").write_text(json.dumps(rep))
-    rows = steps._quality(str(tmp_path))
+    rows = steps._quality(steps.collect_record(str(tmp_path), RECIPE)["eval"]["reports"])
     assert "| tts | wer | 20.0% (n=177, judge whisper) | <= 15% | no |" in rows
     assert "| tts | wer | 12.0% (n=177, judge self) | <= 15% | yes |" in rows
     assert ("| tts, spoken captions | attribute heard right, judge whisper | shape 99%, colour 92%, size 97%, "
@@ -196,7 +196,46 @@ def test_card_quality_rows(tmp_path):
            "metrics": {"attr_accuracy": 0.45, "by_group": {"train voices": {"attr_accuracy": 0.85, "n": 150},
                                                            "held-out voice": {"attr_accuracy": 0.06, "n": 150}}}}
     (tmp_path / "eval" / "s2i.json").write_text(json.dumps(s2i))
-    rows = steps._quality(str(tmp_path))
+    rows = steps._quality(steps.collect_record(str(tmp_path), RECIPE)["eval"]["reports"])
     assert "| s2i, all voices | attr_accuracy | 45.0% (n=300, best of 16) |  |  |" in rows
     assert "| s2i, train voices | attr_accuracy | 85.0% (n=150) | >= 70% | yes |" in rows
     assert "| s2i, held-out voice | attr_accuracy | 6.0% (n=150) |  |  |" in rows
+
+
+def test_committed_card_is_what_the_generator_writes():
+    """core/assets/default/MODEL_CARD.md is generated: the template filled from the bundle's aromni.json, weights
+    and build record (build.json) gives it byte for byte."""
+    steps = _steps()
+    bundle = os.path.join(ROOT, "core", "assets", "default")
+    with open(os.path.join(bundle, "MODEL_CARD.md"), encoding="utf-8") as f:
+        committed = f.read()
+    assert steps.render_card(bundle) == committed
+    assert "{" not in committed.replace("{ci_", "")  # every template field was filled
+
+
+def test_card_from_a_build_record(tmp_path):
+    """write_card with a build folder records its numbers in the bundle's build.json; without one it renders from
+    that record alone (the build folder may be gone)."""
+    import shutil
+
+    steps = _steps()
+    bundle = tmp_path / "bundle"
+    shutil.copytree(os.path.join(ROOT, "core", "assets", "default"), bundle)
+    build = tmp_path / "build"
+    (build / "lm").mkdir(parents=True)
+    (build / "lm" / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 1.6, "ntp": 1.3}) + "\n"
+                                                + json.dumps({"step": 7, "loss": 1.5, "ntp": 1.25, "val_loss": 2.0,
+                                                              "val_ntp": 1.75}) + "\n")
+    (build / "times.tsv").write_text("lm\t65\t130\nlm\t5\t10\nrerun\t9\t9\n")
+    steps.write_card(str(bundle), str(build), RECIPE + "/ci")
+    rec = json.loads((bundle / "build.json").read_text())
+    assert rec["ci"] and rec["lm"] == {"step": 7, "loss": 1.5, "ntp": 1.25, "val_ntp": 1.75}
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "(CI variant" in card and "- LM: 7 steps, final training loss 1.5000 (NTP 1.2500), held-out NTP 1.7500" \
+        in card
+    assert "| lm | 1 min 10 s | 2 min 20 s |" in card and "| rerun (check, not in the total) | 0 min 09 s |" in card
+    assert "The held-out evaluation has not been run" in card
+    shutil.rmtree(build)
+    (bundle / "MODEL_CARD.md").unlink()
+    steps.write_card(str(bundle))
+    assert (bundle / "MODEL_CARD.md").read_text() == card
