@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .decoding import IMAGE, Chooser, DecodeOptions, Policy, Row, initial_mode, options_for
 from .errors import InputError
-from .model import InferenceState, KVCache, Transformer, apply_rope
+from .model import InferenceState, KVCache, Transformer
 from .vocab import VocabLayout
 
 
@@ -72,25 +71,8 @@ def cfg_streams(prompt: list[int], vocab: VocabLayout, compat: bool = False) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# Decode step: one token per row over the preallocated cache (the prefill uses Transformer.forward)
+# Decode step: one token per row over the preallocated cache, through the model's own forward
 # ----------------------------------------------------------------------------------------------
-def _attention(a, x, cs, mask, idx, S: int):
-    c = a.cfg
-    B = x.shape[0]
-    q = a.wq(x).view(B, 1, c.n_heads, c.head_dim)
-    k = a.wk(x).view(B, 1, c.n_kv_heads, c.head_dim)
-    v = a.wv(x).view(B, 1, c.n_kv_heads, c.head_dim)
-    if c.qk_norm:
-        q, k = a.q_norm(q), a.k_norm(k)
-    q, k = apply_rope(q, cs).transpose(1, 2), apply_rope(k, cs).transpose(1, 2)
-    kc, vc = a.cache.k[:B, :, :S], a.cache.v[:B, :, :S]
-    kc.index_copy_(2, idx, k)
-    vc.index_copy_(2, idx, v.transpose(1, 2))
-    # GQA without copying the cache per head group
-    y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=c.n_heads != c.n_kv_heads)
-    return a.wo(y.transpose(1, 2).reshape(B, 1, c.dim))
-
-
 def decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor,
                 key_valid: torch.Tensor | None = None, length: int | None = None,
                 span: tuple[int, int] | None = None) -> torch.Tensor:
@@ -99,30 +81,15 @@ def decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx
     With ``key_valid`` [N, S] (bool) only valid slots (and the one written now) are attended; without it,
     ``length`` gives S and every slot below it is visible (no padding, no holes: no mask at all).
     With a full-cache ``key_valid`` the shapes never change, so the step can be captured by
-    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs). ``span`` = (lo, hi): only those vocabulary rows
-    of the LM head are computed, the rest of the logits are -inf (the caller's masks would remove them anyway).
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs). ``span``: see ``Transformer.head``.
     """
     if key_valid is not None:
         S = key_valid.shape[1]
         mask = (key_valid | (torch.arange(S, device=tokens.device) == idx)).view(tokens.shape[0], 1, 1, S)
     else:
         S, mask = int(length), None
-    x = model.tok_embeddings(tokens)
-    cs = model.rope[pos]
-    for layer in model.layers:
-        if layer.swin:
-            h = x + layer.attention_norm(_attention(layer.attention, x, cs, mask, idx, S))
-            x = h + layer.ffn_norm(layer.feed_forward(h))
-        else:
-            h = x + _attention(layer.attention, layer.attention_norm(x), cs, mask, idx, S)
-            x = h + layer.feed_forward(layer.ffn_norm(h))
-    h = model.norm(x)[:, -1]
-    if span is None:
-        return model.output(h).float()
-    lo, hi = span
-    out = torch.full((h.shape[0], model.cfg.vocab_size), float("-inf"), device=h.device)
-    out[:, lo:hi] = F.linear(h, model.output.weight[lo:hi]).float()
-    return out
+    h = model.hidden(tokens, pos, mask, slots=idx, length=S)
+    return model.head(h[:, -1], span)
 
 
 _COMPILED: dict = {}

@@ -66,7 +66,7 @@ class ModelConfig:
 
 
 CONFIGS: dict[str, ModelConfig] = {
-    # Chameleon-7B / Anole-7B / AR-Omni-v0.1 (reference §1.2)
+    # Chameleon-7B / Anole-7B / AR-Omni-v0.1 (the released checkpoints' params.json)
     "7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=65536, intermediate_size=11008),
     # Chameleon-30B ("34B" in the paper): swin-norm, 64 heads, GQA 8 [unverified; converter reads params.json]
     "30b": ModelConfig(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, vocab_size=65536, intermediate_size=22016,
@@ -140,11 +140,31 @@ def apply_rope(x: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache(nn.Module):
+    """Preallocated keys and values ``[batch, n_kv_heads, max_len, head_dim]`` of one attention layer."""
+
     def __init__(self, batch: int, max_len: int, n_kv: int, head_dim: int, dtype, device):
         super().__init__()
         shape = (batch, n_kv, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, slots: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``, ``v`` [B, n_kv, T, hd] at slots ``slots .. slots+T`` (an int) or at the slot indices
+        ``slots`` [T] (a tensor: no host value, so a compiled step keeps one graph); return the cached keys and
+        values of the first B rows over slots ``[0, length)`` (default: up to the last slot written by an int,
+        the whole cache for a tensor)."""
+        B, T = k.shape[0], k.shape[2]
+        if length is None:
+            length = slots + T if isinstance(slots, int) else self.k.shape[2]
+        kc, vc = self.k[:B, :, :length], self.v[:B, :, :length]
+        if isinstance(slots, int):
+            kc[:, :, slots: slots + T] = k
+            vc[:, :, slots: slots + T] = v
+        else:
+            kc.index_copy_(2, slots, k)
+            vc.index_copy_(2, slots, v)
+        return kc, vc
 
 
 class Attention(nn.Module):
@@ -161,7 +181,13 @@ class Attention(nn.Module):
             self.k_norm = QKNorm(cfg.n_kv_heads, hd, cfg.qk_norm_per_head, cfg.qk_norm_eps)
         self.cache: KVCache | None = None
 
-    def forward(self, x, cs, mask, cache_pos: int | None, is_causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cs: torch.Tensor, mask: torch.Tensor | None = None,
+                slots: int | torch.Tensor | None = None, length: int | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        """x [B, T, dim]; cs [B, T, hd/2, 2] RoPE of each row's positions; ``mask`` (bool, True = attend)
+        broadcastable to [B, 1, T, keys]. Without ``slots`` the keys are this call's own; with ``slots`` they
+        are written to the KV cache there (see ``KVCache.update``) and attention runs over cache slots
+        ``[0, length)``. Prefill (T tokens) and one-token decode steps both come through here."""
         B, T, _ = x.shape
         c = self.cfg
         q = self.wq(x).view(B, T, c.n_heads, c.head_dim)
@@ -171,19 +197,13 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cs), apply_rope(k, cs)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
-        if self.cache is not None and cache_pos is not None:
-            self.cache.k[:B, :, cache_pos: cache_pos + T] = k
-            self.cache.v[:B, :, cache_pos: cache_pos + T] = v
-            k = self.cache.k[:B, :, : cache_pos + T]
-            v = self.cache.v[:B, :, : cache_pos + T]
-        rep = c.n_heads // c.n_kv_heads
-        if rep > 1:
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
+        if self.cache is not None and slots is not None:
+            k, v = self.cache.update(slots, k, v, length)
+        gqa = c.n_heads != c.n_kv_heads  # SDPA broadcasts the kv heads: no per-group copy of the cache
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal and T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal and T > 1, enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, c.dim))
 
 
@@ -207,11 +227,12 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.swin = cfg.swin_norm
 
-    def forward(self, x, cs, mask, cache_pos, is_causal):
+    def forward(self, x, cs, mask=None, slots=None, length=None, is_causal=False):
+        """One pre-norm (or, with ``swin_norm``, residual post-norm) block; arguments as ``Attention.forward``."""
         if self.swin:  # residual post-norm (Chameleon-34B style): same weights on the branch outputs
-            h = x + self.attention_norm(self.attention(x, cs, mask, cache_pos, is_causal))
+            h = x + self.attention_norm(self.attention(x, cs, mask, slots, length, is_causal))
             return h + self.ffn_norm(self.feed_forward(h))
-        h = x + self.attention(self.attention_norm(x), cs, mask, cache_pos, is_causal)
+        h = x + self.attention(self.attention_norm(x), cs, mask, slots, length, is_causal)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -230,8 +251,6 @@ class InferenceState:
         self.length = 0
         self.pad = torch.zeros(batch, dtype=torch.long, device=device)
         self.padded = False  # any row left-padded (decided once per request, at reset)
-        # optional [batch, max_len] bool: False marks cached positions no query may attend to (holes)
-        self.key_mask: torch.Tensor | None = None
 
     def reset(self, pad: torch.Tensor | None = None) -> None:
         self.length = 0
@@ -290,14 +309,12 @@ class Transformer(nn.Module):
         return p
 
     @staticmethod
-    def _cache_mask(L: int, T: int, pad: torch.Tensor, state: "InferenceState", device) -> torch.Tensor:
-        """[B, 1, T, L+T] bool: causal, no left padding, no masked holes."""
+    def _cache_mask(L: int, T: int, pad: torch.Tensor, device) -> torch.Tensor:
+        """[B, 1, T, L+T] bool: causal, no left padding."""
         kidx = torch.arange(L + T, device=device)
         qidx = torch.arange(L, L + T, device=device)
         mask = (kidx.view(1, 1, -1) <= qidx.view(1, -1, 1)) & (kidx.view(1, 1, -1) >= pad.view(-1, 1, 1))
         mask = mask.unsqueeze(1)
-        if state.key_mask is not None:
-            mask = mask & state.key_mask[:pad.shape[0], None, None, : L + T]
         # a fully padded query row would give NaN: let it see itself
         return mask | (kidx.view(1, 1, 1, -1) == qidx.view(1, 1, -1, 1))
 
@@ -311,36 +328,54 @@ class Transformer(nn.Module):
         cache at ``state.length``; left padding is honoured.
         """
         B, T = tokens.shape
-        if self.rope.device != tokens.device:
-            self.rope = self.rope.to(tokens.device)
-        x = self.tok_embeddings(tokens)
         if state is None:
             pos = self._positions(B, T, 0, None, positions)
-            mask, cache_pos, causal = attn_mask, None, attn_mask is None
+            h = self.hidden(tokens, pos, attn_mask, is_causal=attn_mask is None)
         else:
             L = state.length
             if L + T > state.max_len:
                 raise ValueError(f"sequence of {L + T} tokens exceeds the cache ({state.max_len})")
             pad = state.pad[:B]
             pos = self._positions(B, T, L, pad, positions)
-            if state.key_mask is None and not state.padded and (L == 0 or T == 1):
+            if not state.padded and (L == 0 or T == 1):
                 # plain causal prefill, or one new token that may see every cached slot: SDPA's fast path
-                mask, cache_pos, causal = None, L, L == 0
+                mask = None
             else:
-                mask, cache_pos, causal = self._cache_mask(L, T, pad, state, tokens.device), L, False
-        cs = self.rope[pos]  # [B, T, hd/2, 2]
-        for layer in self.layers:
-            if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cs, mask, cache_pos, causal, use_reentrant=False)
-            else:
-                x = layer(x, cs, mask, cache_pos, causal)
-        if state is not None:
+                mask = self._cache_mask(L, T, pad, tokens.device)
+            h = self.hidden(tokens, pos, mask, slots=L, length=L + T, is_causal=L == 0)
             state.length += T
-        h = self.norm(x)
         if last_only:
             h = h[:, -1:]
-        logits = self.output(h).float()
+        logits = self.head(h)
         return (logits, h) if return_hidden else logits
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
+               slots: int | torch.Tensor | None = None, length: int | None = None,
+               is_causal: bool = False) -> torch.Tensor:
+        """Embeddings -> blocks -> final norm: [B, T, D]. ``positions`` [B, T] index the RoPE table; ``mask``,
+        ``slots``, ``length``, ``is_causal`` as ``Attention.forward`` (``slots``: write the KV cache there)."""
+        if self.rope.device != tokens.device:
+            self.rope = self.rope.to(tokens.device)
+        x = self.tok_embeddings(tokens)
+        cs = self.rope[positions]  # [B, T, hd/2, 2]
+        for layer in self.layers:
+            if self.activation_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cs, mask, slots, length, is_causal,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, cs, mask, slots, length, is_causal)
+        return self.norm(x)
+
+    def head(self, h: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
+        """fp32 logits of hidden states ``h`` [..., D]. ``span`` = (lo, hi): only those vocabulary rows of the
+        LM head are computed, the other logits are -inf (for a caller whose token masks remove them anyway)."""
+        if span is None:
+            return self.output(h).float()
+        lo, hi = span
+        out = torch.full((*h.shape[:-1], self.cfg.vocab_size), float("-inf"), device=h.device)
+        rows = getattr(self.output, "forward_rows", None)  # a quantised head computes its own rows
+        out[..., lo:hi] = (rows(h, lo, hi) if rows else F.linear(h, self.output.weight[lo:hi])).float()
+        return out
 
 
 def build_model(cfg: ModelConfig, device="cpu", dtype=torch.float32, seed: int | None = 0) -> Transformer:

@@ -137,6 +137,49 @@ def test_prefill_plus_steps_equals_full_forward(kw):
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
 
+def test_kv_cache_update_writes_slots_and_returns_the_attended_views():
+    from aromni.core.model import KVCache
+
+    c = KVCache(3, 8, 2, 4, torch.float32, "cpu")
+    k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 3, 4)
+    kc, vc = c.update(1, k, v)  # int: slots 1..3, views over [0, 4) of the first 2 rows
+    assert kc.shape == (2, 2, 4, 4) and torch.equal(kc[:, :, 1:], k) and torch.equal(vc[:, :, 1:], v)
+    assert torch.equal(c.k[:2, :, 1:4], k) and not c.k[2].any() and not c.k[:, :, 4:].any()
+    k1, v1 = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    kc, vc = c.update(torch.tensor([6]), k1, v1)  # tensor slot: the whole cache unless a length is given
+    assert kc.shape == (2, 2, 8, 4) and torch.equal(kc[:, :, 6:7], k1) and torch.equal(c.v[:2, :, 6:7], v1)
+    kc, _ = c.update(torch.tensor([5]), k1, v1, length=6)
+    assert kc.shape == (2, 2, 6, 4) and torch.equal(c.k[:2, :, 5:6], k1)
+    assert kc.data_ptr() == c.k.data_ptr()  # views, not copies
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+def test_one_token_steps_at_tensor_slots_equal_full_forward(kw):
+    """The decode step's route (``hidden`` with a slot tensor, with and without a key mask, then ``head``)
+    gives the full forward's logits: one implementation of the block serves training, prefill and decoding."""
+    m = tiny(**kw)
+    ids = torch.randint(0, 256, (2, 12))
+    full = m(ids)
+    m.setup_cache(2, 16)
+    m.hidden(ids[:, :8], torch.arange(8).expand(2, 8), slots=0, length=8, is_causal=True)
+    for t in range(8, 12):
+        pos = torch.full((2, 1), t)
+        if t % 2:
+            h = m.hidden(ids[:, t:t + 1], pos, slots=torch.tensor([t]), length=t + 1)
+        else:  # the whole cache with a mask of the valid slots (the static-shape step)
+            mask = (torch.arange(16) <= t).view(1, 1, 1, 16).expand(2, 1, 1, 16)
+            h = m.hidden(ids[:, t:t + 1], pos, mask, slots=torch.tensor([t]))
+        torch.testing.assert_close(m.head(h[:, -1]), full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_head_span_computes_only_those_rows():
+    m = tiny()
+    h = m.hidden(torch.randint(0, 256, (2, 3)), torch.arange(3).expand(2, 3))
+    full, part = m.head(h), m.head(h, (10, 50))
+    torch.testing.assert_close(part[..., 10:50], full[..., 10:50])
+    assert torch.isneginf(part[..., :10]).all() and torch.isneginf(part[..., 50:]).all()
+
+
 def test_left_padded_rows_equal_unpadded_single_rows():
     m = tiny()
     rows = [torch.randint(3, 256, (n,)) for n in (9, 4, 6)]
