@@ -27,6 +27,9 @@ def run(
     repetition_penalty: RepPenalty = None,
     compat: Compat = False,
     batch_size: BatchSize = 8,
+    exif_transpose: Annotated[bool, typer.Option(
+        "--exif-transpose", help="Turn photos upright by their EXIF orientation first (Meta's Chameleon does not).")
+    ] = False,
     model: Model = None,
     seed: Seed = None,
     device: Device = "auto",
@@ -56,7 +59,7 @@ def run(
     opts = decode_options("caption", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
     data = [input_bytes(p, "image") for p in paths]
-    pil = [open_image(b, name) for b, name in data]
+    pil = [open_image(b, name, exif_transpose=exif_transpose) for b, name in data]
     omni = load_model(model, device, dtype, quiet, seed)
     if instruction is not None:
         omni.prompts = dict(omni.prompts or {})

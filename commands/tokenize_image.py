@@ -19,12 +19,16 @@ def run(
     model: Model = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Images per encoder forward pass.")] = 8,
+    exif_transpose: Annotated[bool, typer.Option(
+        "--exif-transpose", help="Turn photos upright by their EXIF orientation first (Meta's Chameleon does not, "
+        "so codes then differ from the reference's for such photos).")] = False,
     quiet: Quiet = False,
     device: Device = "auto",
 ) -> None:
     """Images -> joint-vocabulary token stream: one sequence ``<boi> image ids <eoi>`` per image (1024 codes for
-    the Chameleon VQGAN, 32x32 in raster order), preprocessed exactly as Meta's Chameleon: EXIF orientation,
-    transparency onto white, short side resized to the tokenizer's resolution (LANCZOS), centre crop.
+    the Chameleon VQGAN, 32x32 in raster order), preprocessed exactly as Meta's Chameleon: pixels as stored
+    (EXIF orientation ignored unless --exif-transpose), transparency onto white, short side resized to the
+    tokenizer's resolution (LANCZOS), centre crop.
     Output: the line format on stdout (a layout header, then one line per image, written as each batch is
     done), or .npy/.json by the -o suffix."""
     from aromni.core.api import load
@@ -57,7 +61,8 @@ def run(
     with tqdm(total=len(images), unit="img", file=sys.stderr, desc="tokenize-image",
               disable=quiet or len(images) < 2) as bar:
         for i in range(0, len(images), batch_size):
-            batch = [open_image(*stdin) if p == "-" else open_image(p) for p in images[i:i + batch_size]]
+            batch = [open_image(*stdin, exif_transpose=exif_transpose) if p == "-"
+                     else open_image(p, exif_transpose=exif_transpose) for p in images[i:i + batch_size]]
             for row in tok.encode(batch).tolist():
                 seq = row if codes else image_block(row, omni.vocab)
                 if streaming:

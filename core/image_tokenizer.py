@@ -1,6 +1,7 @@
 """Images <-> VQ codes with the Chameleon VQGAN: Meta's exact pre/post-processing, checkpoint loaders, bundles.
 
-- ``open_image``: a file or bytes -> PIL image (EXIF orientation applied), with one clear error per bad input.
+- ``open_image``: a file or bytes -> PIL image as stored (EXIF orientation ignored, as Meta's code does, unless
+  ``exif_transpose``), with one clear error per bad input.
 - ``preprocess``: Meta's recipe (§B.5): alpha on white, LANCZOS short side -> R with ``round``, centre crop
   ``(W-R)//2``, ``x/255*2-1``, CHW float32.
 - ``to_pil``: Meta's post-processing (§B.6): clamp, [0, 1], x255, truncate to uint8.
@@ -86,11 +87,14 @@ def probe_image(src, source: str | None = None) -> tuple[int, int]:
     return size
 
 
-def open_image(src, source: str | None = None):
-    """A path (or the bytes of a file) -> loaded PIL image with its EXIF orientation applied.
+def open_image(src, source: str | None = None, exif_transpose: bool = False):
+    """A path (or the bytes of a file) -> loaded PIL image.
 
-    The mode is kept (alpha is composited by ``preprocess``). Raises InputError for a missing, empty,
-    non-image, truncated, too small (< MIN_SIDE) or too large (> MAX_PIXELS) image.
+    Pixels are taken as stored, as Meta's Chameleon tokenizer reads them (a photo whose EXIF says "rotate" is
+    tokenized sideways, exactly as the reference models saw such photos in training); ``exif_transpose`` turns
+    the image upright first (PIL's ``ImageOps.exif_transpose``). The mode is kept (alpha is composited by
+    ``preprocess``). Raises InputError for a missing, empty, non-image, truncated, too small (< MIN_SIDE) or
+    too large (> MAX_PIXELS) image.
     """
     from PIL import ImageOps
 
@@ -100,10 +104,11 @@ def open_image(src, source: str | None = None):
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"truncated or corrupt image data ({e})", name) from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a malformed EXIF block must not block tokenization: keep the stored orientation
-        pass
+    if exif_transpose:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # a malformed EXIF block must not block tokenization: keep the stored orientation
+            pass
     return img
 
 
@@ -364,9 +369,11 @@ def torch_load_weights(path: str) -> dict:
 def _read_yaml(path: str) -> dict:
     import yaml
 
+    from . import yamlio
+
     try:
         with open(path) as f:
-            doc = yaml.safe_load(f)
+            doc = yamlio.loads(f.read(), f.name)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     except yaml.YAMLError as e:

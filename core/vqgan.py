@@ -319,7 +319,8 @@ class VQModel(nn.Module):
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, g*g] -> quantized latents [B, D, g, g]."""
         g = self.cfg.grid
-        return self.quantize.lookup(codes).view(codes.shape[0], g, g, -1).permute(0, 3, 1, 2)
+        # contiguous, as Meta's code makes it: convolutions over a permuted view may sum in another order
+        return self.quantize.lookup(codes).view(codes.shape[0], g, g, -1).permute(0, 3, 1, 2).contiguous()
 
     def decode_latents(self, zq: torch.Tensor) -> torch.Tensor:
         """quantized latents [B, D, g, g] -> pixels [B, 3, R, R] (unclamped)."""

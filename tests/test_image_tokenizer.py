@@ -237,13 +237,35 @@ def test_open_image_accepts_paths_and_bytes(tmp_path):
     assert probe_image(str(p)) == (20, 12)
 
 
-def test_open_image_applies_exif_orientation():
-    img = Image.new("RGB", (40, 20), (200, 10, 10))
+def rotated_jpeg(w: int = 48, h: int = 24) -> bytes:
+    """A JPEG whose EXIF orientation says "rotate 90 degrees clockwise on display" (a phone held sideways)."""
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[:, : w // 3] = (200, 10, 10)
+    arr[: h // 2, w // 3:] = (10, 200, 10)
+    arr[h // 2:, w // 3:] = (10, 10, 200)
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 CW on display
-    data = png_bytes(img, "JPEG", exif=exif.tobytes())
-    assert Image.open(io.BytesIO(data)).size == (40, 20)
-    assert open_image(data).size == (20, 40)
+    exif[0x0112] = 6
+    return png_bytes(Image.fromarray(arr), "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def test_open_image_keeps_stored_pixels_unless_exif_transpose():
+    data = rotated_jpeg()
+    stored = Image.open(io.BytesIO(data))
+    assert stored.size == (48, 24)
+    as_meta = open_image(data)  # Meta's Chameleon reads the pixels as stored
+    assert as_meta.size == (48, 24) and np.array_equal(np.asarray(as_meta), np.asarray(stored.convert("RGB")))
+    upright = open_image(data, exif_transpose=True)
+    assert upright.size == (24, 48)
+    assert np.array_equal(np.asarray(upright), np.asarray(stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)))
+
+
+def test_rotated_jpeg_codes_follow_the_stored_pixels():
+    tok = build_image_tokenizer("tiny", seed=0)
+    data = rotated_jpeg(64, 40)
+    plain = Image.open(io.BytesIO(data)).convert("RGB")  # decoded pixels, EXIF not applied
+    ref = tok.encode([plain])
+    assert torch.equal(tok.encode([open_image(data)]), ref)
+    assert not torch.equal(tok.encode([open_image(data, exif_transpose=True)]), ref)
 
 
 @pytest.mark.parametrize("case,match", [
@@ -564,3 +586,43 @@ def test_background_code_entropy_tells_local_codes_from_global_ones():
     assert local["cells"] > 40 * 30 and local["bits_per_cell"] == 0 and local["modal_share"] == 1
     glob = background_code_entropy(Global(), attrs)
     assert glob["cells"] == local["cells"] and glob["bits_per_cell"] > 2 and glob["modal_share"] < 0.5
+
+
+def test_cli_tokenize_image_exif_transpose_flag(tmp_path):
+    import os
+    import subprocess
+
+    data = rotated_jpeg(64, 40)
+    jpg = tmp_path / "rot.jpg"
+    jpg.write_bytes(data)
+    stored = Image.open(io.BytesIO(data)).convert("RGB")
+    stored.save(tmp_path / "stored.png")
+    stored.transpose(Image.Transpose.ROTATE_270).save(tmp_path / "upright.png")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("AROMNI_MODEL", None)
+
+    def codes(*args):
+        r = subprocess.run([sys.executable, "-m", "aromni", "tokenize-image", "--codes", *args],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return [line for line in r.stdout.splitlines() if line and not line.startswith("#")]
+
+    plain, turned = codes(str(jpg), str(tmp_path / "stored.png")), \
+        codes("--exif-transpose", str(jpg), str(tmp_path / "upright.png"))
+    assert plain[0] == plain[1] and turned[0] == turned[1] and plain[0] != turned[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding: the latent grid is contiguous, as in Meta's code
+# ----------------------------------------------------------------------------------------------
+def test_embed_codes_is_contiguous_and_decode_uses_it():
+    tok = build_image_tokenizer("tiny", seed=3)
+    codes = torch.randint(0, tok.codebook_size, (2, tok.n_tokens), generator=torch.Generator().manual_seed(0))
+    zq = tok.model.embed_codes(codes)
+    g = tok.grid
+    assert zq.is_contiguous() and zq.shape == (2, tok.embed_dim, g, g)
+    # Meta's order: embedding rows -> [B, g, g, D] -> channels first, made contiguous
+    ref = tok.model.quantize.embedding.weight[codes].view(2, g, g, -1).permute(0, 3, 1, 2).contiguous()
+    assert torch.equal(zq, ref)
+    with torch.inference_mode():
+        assert torch.equal(tok.model.decode(codes), tok.model.decoder(tok.model.post_quant_conv(ref)))
