@@ -51,7 +51,7 @@ UNKNOWN_SIZE = 0xFFFFFFFF
 
 def wav_header(n_samples: int | None, sample_rate: int, channels: int = 1) -> bytes:
     """44-byte PCM16 WAV header. ``n_samples=None`` writes the 0xFFFFFFFF "until EOF" sizes used for pipes
-    (ffmpeg, sox and opus-tools read it; see README)."""
+    (ffmpeg, sox and opus-tools read it; docs/decoding.md)."""
     block = 2 * channels
     if n_samples is None:
         riff, data = UNKNOWN_SIZE, UNKNOWN_SIZE

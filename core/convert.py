@@ -4,11 +4,11 @@ Layouts (names used throughout):
 
 - ``aromni``: native bundle keys (Meta names, ``attention.{q,k}_norm``), q/k rows in interleaved-pair order.
 - ``meta``:   Meta Chameleon ``consolidated.pth`` (``attention.{q,k}_normalization`` [head_dim], ``rope.freqs``),
-  interleaved order; model-parallel shards ``consolidated.NN.pth`` (reference ar-omni §1.3).
+  interleaved order; model-parallel shards ``consolidated.NN.pth``.
 - ``hf-dev``: the transformers fork AR-Omni trains with: ``model.*``/``lm_head`` keys, q/k NOT permuted,
-  qk-norm [head_dim] (ar-omni §1.4).
+  qk-norm [head_dim].
 - ``hf``:     mainline transformers ``ChameleonForConditionalGeneration``: q/k rows and qk-norm entries permuted to
-  half-split (rotate-half) order, qk-norm per head [heads, head_dim] (tokenizers-and-backbone §C.3).
+  half-split (rotate-half) order, qk-norm per head [heads, head_dim] (docs/formats.md, "Checkpoint layouts").
 
 Everything converts through the ``aromni`` layout; conversions are pure functions on state dicts.
 """

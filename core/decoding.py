@@ -1,6 +1,6 @@
 """Decoding policy: per-task options, allowed-token masks, logit processors and the text/image/speech state machine.
 
-One row of a batch is always in one of three states (reference §4):
+One row of a batch is always in one of three states (docs/decoding.md):
 
 - TEXT: text and control tokens. ``<boi>`` only when images are allowed and a whole image still fits, ``<boa>``
   only when speech output is allowed. Strategy: greedy or sampling (temperature, top-k, top-p, repetition penalty).
@@ -11,7 +11,7 @@ One row of a batch is always in one of three states (reference §4):
 Greedy vs sampling follows AR-Omni's switching rule: the previous token ``<-Ins->`` or ``<boa>`` turns greedy on,
 ``<-Res->`` or ``<eoa>`` turns it off; a new text segment after an image starts again at the default.
 
-``compat=True`` reproduces the reference text step exactly (§4.3): mask = everything but image codes, ``<boi>``
+``compat=True`` reproduces the reference text step exactly: mask = everything but image codes, ``<boi>``
 cut-off, repetition penalty over the whole context, temperature, top-p, selector; no speech mask or cap.
 """
 from __future__ import annotations
@@ -111,7 +111,7 @@ class DecodeOptions:
         return self
 
 
-# Per-task defaults (the reference scripts' values where they exist, §4.1 and §4.7).
+# Per-task defaults (the reference scripts' values where they exist; docs/decoding.md).
 TASK_DEFAULTS: dict[str, dict] = {
     # open chat: sampling by default, greedy inside <-Ins->…<-Res-> and <boa>…<eoa>
     "chat": dict(),
@@ -131,7 +131,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     "s2i": dict(images=True, speech=False, end_after="image", force_after=(("res", "boi"),), max_text_tokens=128,
                 text_cap_then="res", cfg_image=1.0),
 }
-# --compat: the reference scripts' settings (§4.7)
+# --compat: the reference scripts' settings
 COMPAT_DEFAULTS: dict[str, dict] = {
     "chat": dict(max_new_tokens=4096),
     "text": dict(max_new_tokens=4096),
@@ -273,7 +273,7 @@ def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 def cfg_mix(full: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor, g_text: float,
             g_image: float) -> torch.Tensor:
-    """Instruct-CFG on raw logits: ``U + g_img (I - U) + g_txt (F - I)`` (reference §4.5)."""
+    """Instruct-CFG on raw logits: ``U + g_img (I - U) + g_txt (F - I)`` (docs/decoding.md)."""
     return uncond + g_image * (image - uncond) + g_text * (full - image)
 
 
@@ -327,7 +327,7 @@ def initial_mode(prompt: list[int], vocab: VocabLayout) -> tuple[int, int]:
 
 
 class Policy:
-    """The state machine of §4.2 with this engine's fixes; one instance per ``generate`` call."""
+    """The state machine of docs/decoding.md with this engine's fixes; one instance per ``generate`` call."""
 
     def __init__(self, vocab: VocabLayout, opts: DecodeOptions):
         self.v, self.o = vocab, opts
@@ -392,7 +392,7 @@ class Policy:
                 return self._end(r, "stop")
             if tok == v.boi:
                 if not o.images and o.compat:
-                    return self._end(r, "stop")  # the reference crashes here (§13.3)
+                    return self._end(r, "stop")  # the reference switches to images and fails
                 r.mode, r.count = IMAGE, 0
             elif tok == v.boa:
                 r.mode, r.count = SPEECH, 0

@@ -2,9 +2,9 @@
 
 - ``open_image``: a file or bytes -> PIL image as stored (EXIF orientation ignored, as Meta's code does, unless
   ``exif_transpose``), with one clear error per bad input.
-- ``preprocess``: Meta's recipe (§B.5): alpha on white, LANCZOS short side -> R with ``round``, centre crop
+- ``preprocess``: Meta's recipe (docs/formats.md): alpha on white, LANCZOS short side -> R with ``round``, centre crop
   ``(W-R)//2``, ``x/255*2-1``, CHW float32.
-- ``to_pil``: Meta's post-processing (§B.6): clamp, [0, 1], x255, truncate to uint8.
+- ``to_pil``: Meta's post-processing: clamp, [0, 1], x255, truncate to uint8.
 - ``VQGANTokenizer``: the ImageTokenizer protocol over a ``VQModel``, batched.
 - ``load_vqgan`` (original ``vqgan.yaml`` + ``vqgan.ckpt``), ``from_hf_vqmodel`` (encoder-only transformers keys).
 """

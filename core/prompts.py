@@ -1,4 +1,4 @@
-"""Prompt templates (reference §3) and training examples built from them.
+"""Prompt templates (docs/formats.md) and training examples built from them.
 
 Every string segment is encoded on its own and the pieces are concatenated, exactly as the reference
 does (``encode(s, add_special_tokens=False)`` per segment; leading spaces belong to the segment).
@@ -70,7 +70,7 @@ def caption_prompt(ctx: PromptContext, image_codes, instruction: str | None = No
 
 
 def t2i_prompt(ctx: PromptContext, text: str, instruction: str | None = None, bos: bool = True) -> list[int]:
-    """Note the leading spaces in " This is input: " and " GPT:", which differ from TTS (reference §3.1).
+    """Note the leading spaces in " This is input: " and " GPT:", which differ from TTS.
     The image decoder appends ``<boi>`` itself."""
     v = ctx.vocab
     return _seg(ctx, [v.bos] if bos else [], "USER:", ctx.instruction("t2i", instruction), " This is input: ", text,
@@ -79,7 +79,7 @@ def t2i_prompt(ctx: PromptContext, text: str, instruction: str | None = None, bo
 
 def chat_turn(ctx: PromptContext, text: str | None = None, image_codes: list | None = None, audio_codes=None,
               append: str | None = None) -> list[int]:
-    """One user turn: "USER:" + images + [<boa> audio <eoa>] + text/append-text + <eoh> + "GPT:" (reference §3.2)."""
+    """One user turn: "USER:" + images + [<boa> audio <eoa>] + text/append-text + <eoh> + "GPT:"."""
     v = ctx.vocab
     parts: list = ["USER:"]
     for codes in image_codes or []:

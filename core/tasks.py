@@ -270,7 +270,7 @@ def piece_options(opts: DecodeOptions, codes_per_s: float) -> DecodeOptions:
 
 def lead_in(speech, opts: DecodeOptions) -> np.ndarray:
     """``opts.lead_in`` seconds of silence, put before a TTS clip's first speech: Whisper drops a first "a" of
-    speech that starts at the clip's first sample (README, "TTS and its judges")."""
+    speech that starts at the clip's first sample (docs/default-model.md, "Ablations")."""
     return np.zeros(int(round(opts.lead_in * speech.sample_rate)), dtype=np.float32)
 
 
@@ -491,7 +491,7 @@ class ChatReply:
 
 @dataclass
 class ChatSession:
-    """One conversation: history of finished turns (reference §3.2) and per-turn seeds."""
+    """One conversation: history of finished turns and per-turn seeds."""
 
     omni: Omni
     opts: DecodeOptions = field(default_factory=lambda: options_for("chat"))
@@ -561,7 +561,7 @@ def reply_from_tokens(omni: Omni, ids: list[int], opts: DecodeOptions) -> ChatRe
     if omni.speech is not None:
         for seg in parsed["speech"]:
             wav = omni.speech.decode(seg)
-            if opts.compat and len(wav):  # the reference chat peak-normalises its speech (§13.8)
+            if opts.compat and len(wav):  # the reference chat peak-normalises its speech
                 peak = float(np.abs(wav).max())
                 wav = wav / peak if peak > 0 else wav
             audio.append(wav.astype(np.float32))

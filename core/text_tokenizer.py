@@ -4,7 +4,7 @@
 - ``SentencePieceTokenizer``: a SentencePiece ``.model`` whose piece ids are shifted by ``offset``
   (the layout's ``text_start``); the tokenizer aromni trains for its own models (core/train/bpe.py).
 - ``ChameleonTextTokenizer``: Chameleon/AR-Omni ``text_tokenizer.json`` (HF ``tokenizers``); its ids are
-  already joint ids (image names at 4..8195, text BPE from 16384; reference §2, B.8).
+  already joint ids (image names at 4..8195, text BPE from 16384; docs/formats.md, "Vocabulary").
 
 ``encode`` never adds BOS/EOS: prompts are built segment by segment (core/prompts.py) and control ids
 are placed explicitly. ``decode`` skips every id outside the tokenizer's text range.
@@ -130,7 +130,7 @@ def _load_sentencepiece(spec: dict, root: str, device=None) -> SentencePieceToke
 # Chameleon / AR-Omni text_tokenizer.json
 # ----------------------------------------------------------------------------------------------
 IMAGE_NAME_RE = re.compile(r"IMGIMG([A-J]+)Z")
-# Control names of the Chameleon vocabulary below the text BPE (reference §2): they are never text.
+# Control names of the Chameleon vocabulary below the text BPE (docs/formats.md): they are never text.
 CONTROL_NAME_RE = re.compile(r"<s>|</s>|<pad>|<unk>|<eoss>|<racm3:break>|<image>|<reserved\d+>|<sentinel:\d+>")
 CHAMELEON_IMAGE_OFFSET = 4
 
@@ -201,7 +201,7 @@ class ChameleonTextTokenizer:
         return range(min(self.image_codes), max(self.image_codes) + 1)
 
     def encode(self, text: str) -> list[int]:
-        # add_special_tokens=False: no BOS/EOS from the post-processor (reference §3, per-segment encoding)
+        # add_special_tokens=False: no BOS/EOS from the post-processor (prompts are encoded per segment)
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:

@@ -119,7 +119,7 @@ class VocabLayout:
 
 
 def arom_layout() -> VocabLayout:
-    """The AR-Omni / Chameleon-7B 65536-id layout (reference §2)."""
+    """The AR-Omni / Chameleon-7B 65536-id layout (docs/formats.md, "Vocabulary")."""
     return VocabLayout(
         name="ar-omni",
         vocab_size=65536,

@@ -2,7 +2,7 @@
 
 Module and parameter names equal the original ``vqgan.ckpt`` (``encoder.down.N.block.M.conv1`` ...,
 ``quantize.embedding.weight``, ``quant_conv``, ``post_quant_conv``, ``decoder.up.N...``), so checkpoints load
-without renaming. Spec: tokenizers-and-backbone.md §B.
+without renaming. Design: docs/formats.md, "Image tokenizer".
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class VQGANConfig:
 
 
 CONFIGS: dict[str, VQGANConfig] = {
-    # Chameleon / Anole / AR-Omni: 512 px -> 32x32 = 1024 codes of 8192 x 256 (§B.1)
+    # Chameleon / Anole / AR-Omni: 512 px -> 32x32 = 1024 codes of 8192 x 256
     "chameleon": VQGANConfig(),
     # the bundled default model: 32 px -> 8x8 = 64 codes of 512 (0.77 M parameters). The corpus's 64-px scenes
     # survive the 32-px round trip (the scene analyser reads 100% of them back), and two downsamplings train

@@ -1,6 +1,6 @@
 """WavTokenizer network (EnCodec SEANet encoder, one EMA codebook, Vocos backbone, ISTFT head).
 
-Written from the description in docs/reference (tokenizers-and-backbone.md §A); module and parameter names
+Written from a description of the design (docs/formats.md, "Speech tokenizer"); module and parameter names
 mirror the released checkpoint so that loading is a prefix rename (see ``UPSTREAM_PREFIXES``).
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@
 # recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1:
 # after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr) and 600 more LM steps with them
 # (pretokenize_self.yaml, selftrain.yaml); the bundle is then that LM; default 1; 0: the LM's bundle as it is;
-# README "Self-training").
+# docs/default-model.md, "Recipe").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

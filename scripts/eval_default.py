@@ -1,4 +1,4 @@
-"""Evaluate a model on every task of a corpus manifest's held-out split; print the README table.
+"""Evaluate a model on every task of a corpus manifest's held-out split; print the results table.
 
     python scripts/eval_default.py --data corpus/manifest.jsonl [--model DIR] [--out eval/] [--judge whisper]
                                    [--resume]

@@ -42,7 +42,7 @@ def make_tiny_bundle(path: str, seed: int = 0) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# A synthetic tokenizer JSON in the exact Chameleon layout (reference §2, B.8)
+# A synthetic tokenizer JSON in the exact Chameleon layout (docs/formats.md)
 # ----------------------------------------------------------------------------------------------
 def _byte_alphabet() -> list[str]:
     """GPT-2 byte-level symbols, printable ones first (so ``!`` is the first text id, as in Chameleon)."""

@@ -268,7 +268,7 @@ def test_scene_scoring_accepts_a_perfect_answer():
     assert _attr_check(parse_caption(caption(sc)), sc, [caption(sc)])
     assert _attr_check(analyse(draw(sc)), sc, [caption(sc)])
     assert not _attr_check(parse_caption("a small yellow star on the right"), sc, [caption(sc)])
-    # issue 7's T2I criterion leaves the size out; the shape still counts
+    # the T2I target's criterion leaves the size out; the shape still counts
     from aromni.core.eval.runner import SCP_KEYS, _attr_metrics, _scene_verdicts
     small = analyse(draw({**sc, "objects": [{**sc["objects"][0], "size": "small"}]}))
     assert _scene_verdicts(small, sc, caption(sc)) == {"attrs_ok": False, "scp_ok": True}
@@ -312,7 +312,7 @@ def test_t2i_analysis_sweep(tiny_bundle, corpus):
 
 @pytest.mark.slow
 def test_eval_default_script(tiny_bundle, corpus, tmp_path):
-    # the README numbers come from this script on the default model; here it runs on the tiny bundle
+    # the model card's numbers come from this script on the default model; here it runs on the tiny bundle
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "eval_default.py"), "--data",
                         str(corpus / "manifest.jsonl"), "--model", tiny_bundle, "--out", str(tmp_path / "ev"),

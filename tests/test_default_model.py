@@ -64,7 +64,7 @@ def test_captions_name_held_out_scenes(tmp_path):
     assert sum(right) >= 2, list(zip(texts, right))
 
 
-# held-out prompts; T2I draws 80% of unseen combinations right with the bundle's default best of 16 (README):
+# held-out prompts; T2I draws 80% of unseen combinations right with the bundle's default best of 16 (model card):
 # on the build machine these three were drawn right at 9 of 9, 15 of 16 and 11 of 11 of their positions in the
 # held-out evaluation (each position decodes with other seeds)
 T2I_PROMPTS = ["a large green triangle in the centre", "a small purple star at the bottom",

@@ -183,7 +183,7 @@ def test_budget_and_errors(model):
         generate(model, V, [[V.vocab_size + 5]], options_for("chat"))
     with pytest.raises(InputError):  # an image that cannot fit
         generate(model, V, [P(1, tail=[V.boi])], options_for("t2i", max_new_tokens=3))
-    # compat ASR: the cap counts the prompt (reference §4.7): a long prompt leaves no room at all
+    # compat ASR: the cap counts the prompt: a long prompt leaves no room at all
     g = generate(model, V, [P(*range(30))], options_for("asr", compat=True, max_total_tokens=20))
     assert g.tokens == [[]]
 

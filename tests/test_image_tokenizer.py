@@ -56,7 +56,7 @@ def shapes(n: int, size: int, seed: int) -> list[Image.Image]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Architecture and key layout (§B.1, §B.7)
+# Architecture and key layout
 # ----------------------------------------------------------------------------------------------
 def test_chameleon_preset_matches_the_reference_layout():
     cfg = CONFIGS["chameleon"]
@@ -150,7 +150,7 @@ def test_build_is_seeded_and_leaves_global_rng_alone():
 
 
 # ----------------------------------------------------------------------------------------------
-# Preprocessing (§B.5) and post-processing (§B.6)
+# Preprocessing and post-processing
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("w,h,r,expect", [
     (33, 32, 16, (16, 16, 0, 0)),  # 16.5 -> 16: Python's round (half to even), as the reference
@@ -442,7 +442,7 @@ def test_from_hf_vqmodel_encoder_only(prefix):
 def test_hf_mainline_key_count_for_chameleon():
     with torch.device("meta"):
         sd = VQModel(CONFIGS["chameleon"], decoder=False).state_dict()
-    assert len(sd) == 129  # the model.vqmodel.* keys of a transformers Chameleon checkpoint (§B.7)
+    assert len(sd) == 129  # the model.vqmodel.* keys of a transformers Chameleon checkpoint
     tok = from_hf_vqmodel({"model.vqmodel." + k: torch.empty(v.shape) for k, v in sd.items()}, device="cpu")
     assert tok.cfg == CONFIGS["chameleon"] and tok.n_tokens == 1024
 

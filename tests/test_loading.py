@@ -85,7 +85,7 @@ def test_layout_files(layouts):
 
 
 def test_meta_7b_keys_follow_reference():
-    """ar-omni reference §1.3: Meta names, qk-norms [128] shared by heads, rope.freqs."""
+    """Meta layout (docs/formats.md): Meta names, qk-norms [128] shared by heads, rope.freqs."""
     per_layer = {"attention.wq.weight": (4096, 4096), "attention.wk.weight": (4096, 4096),
                  "attention.wv.weight": (4096, 4096), "attention.wo.weight": (4096, 4096),
                  "attention.q_normalization.weight": (128,), "attention.q_normalization.bias": (128,),
@@ -100,7 +100,7 @@ def test_meta_7b_keys_follow_reference():
 
 
 def test_hf_dev_7b_keys_follow_reference():
-    """ar-omni reference §1.4: model.* names, q/k unpermuted, qk-norm [128]."""
+    """AR-Omni training layout (docs/formats.md): model.* names, q/k unpermuted, qk-norm [128]."""
     per_layer = {"self_attn.q_proj.weight": (4096, 4096), "self_attn.k_proj.weight": (4096, 4096),
                  "self_attn.v_proj.weight": (4096, 4096), "self_attn.o_proj.weight": (4096, 4096),
                  "self_attn.q_norm.weight": (128,), "self_attn.q_norm.bias": (128,),

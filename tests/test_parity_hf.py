@@ -126,7 +126,7 @@ def test_image_columns_masked_only_by_transformers(tmp_path, ids):
 
 
 def test_mainline_7b_keys_and_shapes():
-    """Mainline 7B: 419 backbone keys (548 with the 129 VQ keys, reference §C.1/C.3), per-head norms [32, 128]."""
+    """Mainline 7B: 419 backbone keys (548 with the 129 VQ keys), per-head norms [32, 128]."""
     from aromni.core.model import CONFIGS
 
     shapes = convert.expected_shapes("hf", CONFIGS["7b"])

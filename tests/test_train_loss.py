@@ -1,4 +1,4 @@
-"""Weighted NTP (reference §5) and perceptual loss (§6) against hand computations."""
+"""Weighted NTP and the perceptual loss against hand computations."""
 from __future__ import annotations
 
 import math

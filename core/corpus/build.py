@@ -15,12 +15,12 @@ held-out lines with speech input. Per task:
 - text: plain ``text``.
 - chat: ``turns``: ``{"role": "user"|"assistant", "text"?, "image"?, "attrs"?, "audio"?, "transcript"?,
   "voice"?, "speed"?}``. A turn's ``audio`` says its ``transcript``; after a spoken user turn the assistant's
-  response is meant to follow ``<-Ins->`` transcript ``<-Res->`` (reference §3.2).
+  response is meant to follow ``<-Ins->`` transcript ``<-Res->`` (docs/formats.md, "Prompt templates").
 
 ``attrs`` (scenes.py) states what an image shows or a caption says. Every image keeps the scene's pixel jitter
 unless ``canonical_targets`` is set: then the images the model is taught to draw (t2i, s2i, chat drawings) are
 drawn without it (one right drawing per prompt and background) while the images it reads keep it. For the default
-model that was worse (the LM memorised the fixed drawings; README), so it is off by default.
+model that was worse (the LM memorised the fixed drawings; docs/default-model.md), so it is off by default.
 Held-out: scenes using any held-out (shape, colour, position) triple, held-out sentences, and the held-out
 voice (``voice_heldout: true``); nothing held out ever appears in train.jsonl.
 """
@@ -51,11 +51,11 @@ class CorpusConfig:
     n_s2i: int = 1500             # train spoken captions with their image (each also an asr line)
     asr_per_sentence: int = 3     # input voices per training sentence
     n_tts_captions: int = 600     # captions spoken in the output voice
-    n_tts_drills: int = 0         # output-voice readings of random training words (drill_texts; measured: README)
-    n_tts_chunks: int = 0         # output-voice readings of short pieces of training texts (chunk_texts; README)
+    n_tts_drills: int = 0         # output-voice readings of random training words (drill_texts; docs/default-model.md)
+    n_tts_chunks: int = 0         # output-voice readings of short pieces of training texts (chunk_texts)
     n_asr_joined: int = 0         # asr of training texts said piece by piece in the output voice (joined_texts)
     joined_words: int = 3         # words per piece of those lines (the decode option chunk_words they mirror)
-    joined_mixed: float = 0.0     # share of those lines that join pieces of different texts (measured worse: README)
+    joined_mixed: float = 0.0     # share of them joining pieces of different texts (worse: docs/default-model.md)
     n_chat: int = 600
     heldout_scenes: int = 300
     heldout_s2i: int = 150        # each spoken by a seen voice and by the held-out voice
@@ -67,11 +67,11 @@ class CorpusConfig:
     paraphrase_prob: float = 0.3  # t2i / s2i inputs that use a caption paraphrase
     written_prob: float = 0.3     # tts inputs in written form
     image_size: int = 64
-    canonical_targets: bool = False  # images to be generated are drawn without jitter (measured worse: see README)
+    canonical_targets: bool = False  # images to be generated are drawn without jitter (worse: docs/default-model.md)
 
 
 PRESETS = {
-    # the bundle speaks three words at a time (decode chunk_words 3): pieces to say, joined pieces to hear (README)
+    # the bundle speaks three words at a time (decode chunk_words 3): pieces to say, joined pieces to hear
     "default": CorpusConfig(n_tts_chunks=3000, n_asr_joined=1500),
     "ci": CorpusConfig(n_scenes=24, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6,
                        heldout_scenes=8, heldout_s2i=3, n_chat_heldout=2, max_sentences=12, n_tts_chunks=8,
@@ -242,8 +242,8 @@ def drill_texts(rng, n: int, sents: list[str], held_combos: set, held_sents: lis
     TTS of a template caption can be learnt without reading its last words: in training, a shape and colour
     held out at one position are always followed by the other positions ("green star on the" -> "left").
     Lines whose word order predicts nothing were meant to make the model say each word it reads (measured on
-    the default recipe: they did not; README). A line never holds the shape, colour and position word of a
-    held-out combination together, nor a held-out sentence.
+    the default recipe: they did not; docs/default-model.md). A line never holds the shape, colour and position
+    word of a held-out combination together, nor a held-out sentence.
     """
     cap = caption_words()
     every = sorted(set(cap) | {w for s in sents for w in s.split()})
@@ -304,7 +304,7 @@ def joined_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], wo
 
     With ``chunk_words`` the TTS says a text a few words at a time and the clips are joined; a recogniser that
     only heard whole utterances maps such speech to the training sentence it sounds most like, and one that
-    only heard whole training texts joined maps an unseen text to a training one (README)."""
+    only heard whole training texts joined maps an unseen text to a training one (docs/default-model.md)."""
     held_out = _holds_held_out(held_combos, held_sents)
 
     def text() -> str:

@@ -80,7 +80,7 @@ def _by_group(rows: list[dict], score) -> dict:
     return {"by_group": {g: score([r for r in rows if r.get("group") == g]) for g in groups}}
 
 
-SCP_KEYS = ("shape", "colour", "position")  # issue 7's T2I criterion: no size
+SCP_KEYS = ("shape", "colour", "position")  # the T2I target's criterion (docs/evaluation.md): no size
 
 
 def _attr_metrics(rows: list[dict]) -> dict:

@@ -3,7 +3,7 @@
     kind: lm | pretokenize | image_vq | codec | bpe
     out_dir, seed, model.*, data.*, loss.*, optim.*, train.*, checkpoint.*, tokenizer.*
 
-Defaults follow the AR-Omni pretraining recipe (reference §5, §11) where one exists.
+Defaults follow AR-Omni's released pretraining recipe where one exists.
 """
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ class DataSection:
 
 @dataclass
 class LossSection:
-    response_weight: float = 2.0  # tail up-weighting of the last response_len non-eos targets (reference §5.1)
+    response_weight: float = 2.0  # tail up-weighting of the last response_len non-eos targets
     response_weighted_tasks: list = field(default_factory=lambda: ["image_caption", "speech_to_text", "caption", "asr"])
-    segment_weight: float = 1.0  # weight of targets strictly between <-Ins-> and <-Res-> (reference §5.2)
+    segment_weight: float = 1.0  # weight of targets strictly between <-Ins-> and <-Res->
     mask_prompt: bool = False  # weight 0 on every target before the response
     perceptual_weight: float = 0.0  # lambda of the perceptual loss (reference: 1.0, needs a codebook)
     perceptual_tasks: list | None = None  # null: every image span; reference pretraining: [text_to_image]

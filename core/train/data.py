@@ -4,9 +4,9 @@ Sources (``data.train`` / ``data.heldout`` entries, ``{type: ..., path: ...}``):
 - ``shards``: aromni's pre-tokenised shards (``kind: pretokenize``): ``index.json`` + per shard
   ``NAME.npy`` (int32 tokens, concatenated) and ``NAME.idx.npy`` (offset, length, task id, response_len);
   memory-mapped, so nothing is loaded up front.
-- ``pretrain_jsonl``: AR-Omni pretraining shards (reference §10.1): ``*.jsonl`` in sorted filename order,
+- ``pretrain_jsonl``: AR-Omni pretraining shards: ``*.jsonl`` in sorted filename order,
   lines ``{"discrete_code": [...], "task": str, "response": [...]}``; keeps ``0 < len < 1300``.
-- ``parquet``: AR-Omni-Instruct (§10.2): ``input_ids`` and ``labels`` (-100 = masked) list columns.
+- ``parquet``: AR-Omni-Instruct: ``input_ids`` and ``labels`` (-100 = masked) list columns.
 - ``manifest``: a corpus manifest (brief schema), tokenised on the fly with the model's tokenizers.
 
 Order and ranks: all sources are read in order as one global stream, shuffled through a seeded buffer

@@ -5,7 +5,7 @@ Loss normalisation (``loss.normalize``):
 - ``step`` (default): ``Σ ce·w / Σ w`` and ``Σ (proj(h) - e)² / n`` over the whole optimiser step, i.e.
   over all micro-batches and all ranks. The same global batch gives the same loss and gradients whatever
   the split into ranks and micro-batches.
-- ``micro``: the reference (§5.1): each micro-batch's weighted mean, averaged over micro-batches and ranks.
+- ``micro``: the reference trainer's: each micro-batch's weighted mean, averaged over micro-batches and ranks.
 """
 from __future__ import annotations
 

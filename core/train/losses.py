@@ -1,4 +1,4 @@
-"""Training losses: weighted next-token prediction (reference §5) and the perceptual loss (reference §6).
+"""Training losses: weighted next-token prediction and the perceptual loss (AR-Omni's objective).
 
 Per-sample arrays are aligned with the sample's tokens: ``w[t]`` is the weight of token t *as a target*
 (predicted from position t-1), so position 0 is never a target. The batch shifts them by one
@@ -38,8 +38,8 @@ def target_weights(ids: np.ndarray, labels: np.ndarray | None, task: str, respon
     """Weights [L] of each token as a target.
 
     ``valid`` = label is not -100 (and t > 0); tail: for tasks in ``cfg.response_weighted_tasks`` the last
-    ``min(response_len, n)`` valid non-eos targets get ``cfg.response_weight`` (§5.1); segment: valid targets
-    strictly inside <-Ins-> ... <-Res-> get ``cfg.segment_weight`` (§5.2); the factors multiply.
+    ``min(response_len, n)`` valid non-eos targets get ``cfg.response_weight``; segment: valid targets
+    strictly inside <-Ins-> ... <-Res-> get ``cfg.segment_weight``; the factors multiply.
     ``cfg.mask_prompt`` zeroes every target before the last ``response_len`` tokens.
     """
     ids = np.asarray(ids)
@@ -62,7 +62,7 @@ def target_weights(ids: np.ndarray, labels: np.ndarray | None, task: str, respon
 
 def image_positions(ids: np.ndarray, labels: np.ndarray | None, task: str, cfg, *, boi: int, image_offset: int,
                     image_codes: int, n_tokens: int) -> np.ndarray:
-    """Positions [L] whose hidden state enters the perceptual loss (§6).
+    """Positions [L] whose hidden state enters the perceptual loss.
 
     For each <boi> at s whose label is not -100 and with a full image after it (s + n_tokens < L), the
     ``n_tokens`` positions s+1 .. s+n_tokens: the image tokens themselves. Unlike the reference, spans that
@@ -105,5 +105,5 @@ def perceptual_sum(hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tenso
 
 
 def normalizer(total: float) -> float:
-    """The reference's ``max(1, Σ w)`` (§5.1); also used for the perceptual element count."""
+    """The reference's ``max(1, Σ w)``; also used for the perceptual element count."""
     return max(1.0, float(total))
