@@ -78,7 +78,7 @@ def write_safetensors_streaming(path: str, shapes: dict[str, tuple], dtype: torc
 
 
 def make_checkpoints(root: str, layers: int, file_dtype: torch.dtype, formats: list[str]) -> dict[str, str]:
-    from aromni.core import convert
+    from aromni.core import convert, export
     from aromni.core.bundle import BUNDLE_FILE, FORMAT
     from aromni.core.loading import read_safetensors
     from aromni.core.model import get_config
@@ -110,9 +110,9 @@ def make_checkpoints(root: str, layers: int, file_dtype: torch.dtype, formats: l
         t = time.time()
         d = os.path.join(root, "hf")
         os.makedirs(d, exist_ok=True)
-        convert._write_safetensors(convert.from_aromni(state, "hf", cfg), d, 5 * 2**30)
+        export.write_safetensors(convert.from_aromni(state, "hf", cfg), d, 5 * 2**30)
         with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(convert.hf_config(cfg, "hf", arom_layout(), vocabulary_map={}, dtype=file_dtype), f)
+            json.dump(export.hf_config(cfg, "hf", arom_layout(), vocabulary_map={}, dtype=file_dtype), f)
         print(f"wrote hf in {time.time() - t:.1f}s", file=sys.stderr)
         paths["hf"] = d
     del state

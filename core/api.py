@@ -17,7 +17,7 @@ import torch
 
 from . import hub
 from .bundle import Omni, load_bundle, load_tokenizer, read_meta
-from .convert import export
+from .export import export
 from .device import resolve_device, resolve_dtype
 from .errors import AromniError, CheckpointError, InputError
 from .loading import Checkpoint, Loaded, detect, load_checkpoint
@@ -61,7 +61,7 @@ def load(path: str | None = None, device="auto", dtype="auto", model: bool = Tru
     vocab, family = _external_vocab(loaded)
     omni = Omni(model=loaded.model, vocab=vocab, family=family, prompts=dict(loaded.aromni.get("prompts") or {}),
                 source=local)
-    if tokenizers and any(k.endswith("_tokenizer") for k in loaded.aromni):  # written by convert.export
+    if tokenizers and any(k.endswith("_tokenizer") for k in loaded.aromni):  # written by export.export
         for kind in ("text", "image", "speech"):
             setattr(omni, kind, load_tokenizer(kind, loaded.aromni.get(f"{kind}_tokenizer"), ck.model_dir, dev))
         if speech_tokenizer:

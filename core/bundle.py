@@ -22,12 +22,14 @@ from typing import Any, Callable
 
 import torch
 
+from .decoding import check_model_defaults
 from .errors import AromniError, CheckpointError
+from .loading import BUNDLE_FILE, FORMAT, load_state_into, read_meta
 from .model import ModelConfig, Transformer
 from .vocab import VocabLayout
 
-BUNDLE_FILE = "aromni.json"
-FORMAT = "aromni-bundle"
+__all__ = ["BUNDLE_FILE", "FORMAT", "Omni", "load_bundle", "load_tokenizer", "read_meta", "register_tokenizer",
+           "save_bundle"]
 
 # kind ("text" | "image" | "speech") -> type name -> loader(spec, root, device)
 TOKENIZER_LOADERS: dict[str, dict[str, Callable[..., Any]]] = {"text": {}, "image": {}, "speech": {}}
@@ -72,8 +74,12 @@ class Omni:
         return self.model.tok_embeddings.weight.device
 
 
-def save_bundle(omni: Omni, root: str) -> None:
-    """Write ``omni`` as a native bundle (safetensors + aromni.json)."""
+def save_bundle(omni: Omni, root: str, write_weights=None) -> None:
+    """Write ``omni`` as a native bundle (safetensors + aromni.json).
+
+    ``write_weights(path)``: writes ``model.safetensors`` itself (a sharded model streamed tensor by tensor);
+    ``omni.model`` then only provides the config.
+    """
     from safetensors.torch import save_file
 
     os.makedirs(root, exist_ok=True)
@@ -84,27 +90,15 @@ def save_bundle(omni: Omni, root: str) -> None:
     for kind, tok in (("text", omni.text), ("image", omni.image), ("speech", omni.speech)):
         if tok is not None:
             meta[f"{kind}_tokenizer"] = tok.save(root)
-    state = {k: v.detach().contiguous().cpu() for k, v in omni.model.state_dict().items()}
-    tmp = os.path.join(root, "model.safetensors.tmp")
-    save_file(state, tmp, metadata={"format": FORMAT})
-    os.replace(tmp, os.path.join(root, "model.safetensors"))
+    if write_weights is not None:
+        write_weights(os.path.join(root, "model.safetensors"))
+    else:
+        state = {k: v.detach().contiguous().cpu() for k, v in omni.model.state_dict().items()}
+        tmp = os.path.join(root, "model.safetensors.tmp")
+        save_file(state, tmp, metadata={"format": FORMAT})
+        os.replace(tmp, os.path.join(root, "model.safetensors"))
     with open(os.path.join(root, BUNDLE_FILE), "w") as f:
         json.dump(meta, f, indent=1)
-
-
-def is_bundle(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, BUNDLE_FILE))
-
-
-def read_meta(root: str) -> dict:
-    try:
-        with open(os.path.join(root, BUNDLE_FILE)) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{root}: unreadable {BUNDLE_FILE} ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{root}: {BUNDLE_FILE} is not an aromni bundle")
-    return meta
 
 
 def load_tokenizer(kind: str, spec: dict | None, root: str, device="cpu"):
@@ -119,8 +113,6 @@ def load_tokenizer(kind: str, spec: dict | None, root: str, device="cpu"):
 
 def load_bundle(root: str, device="cpu", dtype: torch.dtype = torch.float32, tokenizers: bool = True) -> Omni:
     """Load a native bundle onto ``device`` in ``dtype`` (weights memory-mapped, cast once)."""
-    from .loading import load_state_into
-
     meta = read_meta(root)
     cfg = ModelConfig.from_dict(meta["model"])
     vocab = VocabLayout.from_dict(meta["vocab"])
@@ -133,8 +125,6 @@ def load_bundle(root: str, device="cpu", dtype: torch.dtype = torch.float32, tok
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
     model = load_state_into(cfg, state, device=device, dtype=dtype, source=path)
-    from .decoding import check_model_defaults
-
     try:
         decode = check_model_defaults(meta.get("decode") or {}, f"{root}/{BUNDLE_FILE}")
     except AromniError as e:

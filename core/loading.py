@@ -7,6 +7,7 @@ file pages the kernel keeps cached.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -17,11 +18,12 @@ from dataclasses import dataclass, field
 import torch
 
 from . import convert
-from .bundle import BUNDLE_FILE, read_meta
 from .errors import CheckpointError
 from .model import ModelConfig, Transformer
 
 PICKLE_EXTS = (".pth", ".pt", ".bin", ".ckpt")
+BUNDLE_FILE = "aromni.json"  # a native bundle's metadata (bundle.py)
+FORMAT = "aromni-bundle"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,6 +99,14 @@ def _read_json(path: str) -> dict:
     return d
 
 
+def read_meta(root: str) -> dict:
+    """A native bundle's ``aromni.json``."""
+    meta = _read_json(os.path.join(root, BUNDLE_FILE))
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{root}: {BUNDLE_FILE} is not an aromni bundle")
+    return meta
+
+
 # ----------------------------------------------------------------------------------------------
 # Page release: a tensor read through a memory map and then copied (cast, permuted, moved to a GPU) leaves
 # its file pages resident until the whole map is dropped; released one tensor at a time, peak memory stays
@@ -122,7 +132,9 @@ def _file_maps() -> list[tuple[int, int]]:
     return out
 
 
+@functools.cache
 def _madvise():
+    """libc's ``madvise``, looked up once per process (``find_library`` runs a compiler/ldconfig query)."""
     import ctypes
     import ctypes.util
     try:
@@ -311,7 +323,7 @@ def _read_meta(ck: Checkpoint) -> tuple[dict, ModelConfig, str, dict]:
 def _shard_shapes(cfg: ModelConfig, n: int) -> dict[str, tuple]:
     exp = {}
     for k, shape in convert.expected_shapes("meta", cfg).items():
-        d = convert._shard_dim(k)
+        d = convert.shard_dim(k)
         if d is not None:
             shape = tuple(s // n if i == d else s for i, s in enumerate(shape))
         exp[k] = shape
@@ -334,20 +346,7 @@ def load_state_into(cfg: ModelConfig, state: dict, device="cpu", dtype=torch.flo
                     source: str = "checkpoint") -> Transformer:
     """Build a model on the meta device and assign ``state`` (aromni key names), cast once to ``dtype``."""
     model = convert.meta_model(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-           for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''} ({len(missing)})")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} ({len(unexpected)})")
-        if bad:
-            parts.append(f"shape mismatches {bad[:3]}{' …' if len(bad) > 3 else ''} ({len(bad)})")
-        raise CheckpointError(f"{source}: does not fit the model config: " + "; ".join(parts))
+    convert.check_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, source)
     maps = _file_maps()
     cast = {}
     for k, v in state.items():  # one tensor at a time: a mapped source's pages go as soon as it is copied

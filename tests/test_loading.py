@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import aromni
-from aromni.core import api, convert
+from aromni.core import api, convert, export
 from aromni.core.bundle import Omni, save_bundle
 from aromni.core.errors import AromniError, CheckpointError, InputError
 from aromni.core.loading import detect, load_checkpoint
@@ -49,10 +49,10 @@ def model():
 def layouts(model, tmp_path_factory):
     """The same weights in every layout."""
     d = tmp_path_factory.mktemp("layouts")
-    convert.export_meta(model, str(d / "meta"))
-    convert.export_meta(model, str(d / "root" / "models" / "7b"), shards=2)
-    convert.export_hf(model, str(d / "hf-dev"), fmt="hf-dev")
-    convert.export_hf(model, str(d / "hf"), fmt="hf", max_shard_bytes=60_000)  # several shards + index
+    export.export_meta(model, str(d / "meta"))
+    export.export_meta(model, str(d / "root" / "models" / "7b"), shards=2)
+    export.export_hf(model, str(d / "hf-dev"), fmt="hf-dev")
+    export.export_hf(model, str(d / "hf"), fmt="hf", max_shard_bytes=60_000)  # several shards + index
     save_bundle(Omni(model=model, vocab=tiny_layout()), str(d / "bundle"))
     return d
 
@@ -129,7 +129,7 @@ def test_hf_dev_weights_equal_meta_weights(layouts):
 
 # --- Meta variants -----------------------------------------------------------------------------------------
 def _meta_dir(model, d, state_fn=None, params_fn=None):
-    convert.export_meta(model, str(d))
+    export.export_meta(model, str(d))
     if state_fn:
         st = torch.load(d / "consolidated.pth", weights_only=True)
         torch.save(state_fn(st), d / "consolidated.pth")
@@ -172,7 +172,7 @@ def test_meta_shards_with_per_rank_qk_norms(tmp_path):
     for k, p in m.named_parameters():  # heads of one rank share a norm, ranks differ
         if "_norm." in k and p.dim() == 2:
             p.copy_(p[::2].repeat_interleave(2, 0) if ".q_norm." in k else p)
-    convert.export_meta(m, str(tmp_path / "sh"), shards=2)
+    export.export_meta(m, str(tmp_path / "sh"), shards=2)
     loaded = load_checkpoint(str(tmp_path / "sh"))
     assert loaded.cfg.qk_norm_per_head
     assert torch.equal(loaded.model(IDS), m(IDS))
@@ -194,7 +194,7 @@ def test_split_dims_follow_fairscale(model):
 
 # --- errors ------------------------------------------------------------------------------------------------
 def _hf_copy(model, d, edit=None, conf=None):
-    convert.export_hf(model, str(d), fmt="hf")
+    export.export_hf(model, str(d), fmt="hf")
     if edit:
         st = load_file(d / "model.safetensors")
         save_file(edit(st), d / "model.safetensors")
@@ -286,7 +286,7 @@ def test_malicious_pickle_refused(model, tmp_path):
         api.load(str(d), device="cpu")
     # a legacy (non-zip) pickle as pytorch_model.bin of an HF checkpoint
     h = tmp_path / "hf"
-    convert.export_hf(model, str(h))
+    export.export_hf(model, str(h))
     os.remove(h / "model.safetensors")
     with open(h / "pytorch_model.bin", "wb") as f:
         pickle.dump({"lm_head.weight": torch.zeros(1), "x": Payload(marker)}, f, protocol=2)
@@ -296,7 +296,7 @@ def test_malicious_pickle_refused(model, tmp_path):
 
 
 def test_pytorch_bin_hf_checkpoint(model, tmp_path):
-    convert.export_hf(model, str(tmp_path))
+    export.export_hf(model, str(tmp_path))
     st = load_file(tmp_path / "model.safetensors")
     os.remove(tmp_path / "model.safetensors")
     torch.save(st, tmp_path / "pytorch_model.bin")
@@ -312,7 +312,7 @@ def test_cast_once_to_dtype(layouts, model, dtype):
 
 
 def test_stored_dtype_kept(tmp_path, model):
-    convert.export_hf(model, str(tmp_path), dtype=torch.bfloat16)
+    export.export_hf(model, str(tmp_path), dtype=torch.bfloat16)
     m = load_checkpoint(str(tmp_path), dtype=None).model
     assert m.tok_embeddings.weight.dtype == torch.bfloat16
 
@@ -342,7 +342,7 @@ def arom_model():
 
 def test_hub_id_from_local_cache(tmp_path, monkeypatch, arom_model):
     src = tmp_path / "src"
-    convert.export_hf(arom_model, str(src), dtype=torch.bfloat16)
+    export.export_hf(arom_model, str(src), dtype=torch.bfloat16)
     cache = tmp_path / "cache"
     snap = _fake_hub(cache, "ModalityDance/AR-Omni-Chat-v0.1", src)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -385,7 +385,7 @@ def test_model_false_loads_no_model(layouts):
 
 
 def test_exported_layout_round_trips(tmp_path, model):
-    convert.export_hf(model, str(tmp_path), layout=tiny_layout(), family="aromni")
+    export.export_hf(model, str(tmp_path), layout=tiny_layout(), family="aromni")
     omni = api.load(str(tmp_path), device="cpu", dtype="fp32")
     assert omni.vocab == tiny_layout() and omni.family == "aromni"
     assert torch.equal(api.logits(omni, IDS), model(IDS))
@@ -416,7 +416,7 @@ def test_tokenizer_files_found_for_external_checkpoints(tmp_path, monkeypatch, a
     monkeypatch.setattr(api, "_optional", fake_optional)
     monkeypatch.delenv(api.WAVTOKENIZER_ENV, raising=False)
     root = tmp_path / "ckpt"
-    convert.export_meta(arom_model, str(root / "models" / "7b"))
+    export.export_meta(arom_model, str(root / "models" / "7b"))
     (root / "tokenizer").mkdir()
     for f in ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt"):
         (root / "tokenizer" / f).write_text("x")
@@ -442,7 +442,7 @@ def test_tokenizer_files_found_for_external_checkpoints(tmp_path, monkeypatch, a
     seen.clear()
     monkeypatch.delenv(api.WAVTOKENIZER_ENV)
     h = tmp_path / "hf"
-    convert.export_hf(arom_model, str(h), vqmodel={"quantize.embedding.weight": torch.zeros(8, 4)})
+    export.export_hf(arom_model, str(h), vqmodel={"quantize.embedding.weight": torch.zeros(8, 4)})
     omni = api.load(str(h), device="cpu")
     assert set(seen["from_hf_vqmodel"][0]) == {"quantize.embedding.weight"}
     assert omni.text is None and "load_wavtokenizer" not in seen
@@ -453,7 +453,7 @@ def test_tokenizer_files_found_for_external_checkpoints(tmp_path, monkeypatch, a
 def test_export_omni_round_trip(tiny_bundle, tmp_path, fmt):
     omni = api.load(tiny_bundle, device="cpu", dtype="fp32")
     omni.decode = {"t2i": {"image_greedy": True}}
-    convert.export(omni, str(tmp_path / fmt), fmt=fmt)
+    export.export(omni, str(tmp_path / fmt), fmt=fmt)
     back = api.load(str(tmp_path / fmt), device="cpu", dtype="fp32")
     assert back.vocab == omni.vocab and back.family == omni.family
     if fmt == "aromni":
@@ -465,7 +465,7 @@ def test_export_omni_round_trip(tiny_bundle, tmp_path, fmt):
         assert type(back.image) is type(omni.image) and type(back.speech) is type(omni.speech)
         assert torch.equal(back.image.codebook(), omni.image.codebook())
     with pytest.raises(CheckpointError, match="unknown export format"):
-        convert.export(omni, str(tmp_path / "x"), fmt="gguf")
+        export.export(omni, str(tmp_path / "x"), fmt="gguf")
 
 
 # --- memory ------------------------------------------------------------------------------------------------
@@ -491,3 +491,18 @@ def test_same_dtype_load_maps_without_copy(layouts):
     m = load_checkpoint(str(layouts / "bundle"), dtype=torch.float32).model
     a = m.layers[0].feed_forward.w2.weight.data_ptr()
     assert any(lo <= a < hi for lo, hi in _file_maps())
+
+
+def test_libc_is_looked_up_once_not_per_tensor(layouts, monkeypatch):
+    """Page release needs libc's madvise: one ``find_library`` per process, however many tensors are cast."""
+    import ctypes.util
+
+    from aromni.core import loading
+
+    calls = []
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: calls.append(name) or real(name))
+    loading._madvise.cache_clear()
+    for _ in range(2):
+        load_checkpoint(str(layouts / "bundle"), dtype=torch.bfloat16)  # a cast copy of every mapped tensor
+    assert len(calls) == 1

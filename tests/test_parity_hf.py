@@ -7,9 +7,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration  # noqa: E402
 
-from aromni.core import convert  # noqa: E402
+from aromni.core import convert, export  # noqa: E402
 from aromni.core.loading import load_checkpoint  # noqa: E402
 from aromni.core.model import ModelConfig, build_model  # noqa: E402
+from aromni.core.text_tokenizer import image_code_name  # noqa: E402
 
 V = 512
 N_IMG = 64  # ids 4..67 named IMGIMG* when image names are on
@@ -22,7 +23,7 @@ def vocab_map(image_names: bool) -> dict:
     if image_names:
         for c in range(N_IMG):
             del vm[f"<tok{c + 4:05d}>"]
-            vm[convert.image_token_name(c)] = c + 4
+            vm[image_code_name(c)] = c + 4
     return vm
 
 
@@ -99,7 +100,7 @@ def test_export_loads_in_transformers(tmp_path, ids, swin):
                       rope_theta=10000.0, swin_norm=swin, max_seq_len=128)
     model = build_model(cfg, seed=3)
     randomise(model, 3)  # shared [head_dim] qk-norms, interleaved RoPE order
-    convert.export_hf(model, str(tmp_path), vocabulary_map=vocab_map(False), vq_config=TINY_VQ)
+    export.export_hf(model, str(tmp_path), vocabulary_map=vocab_map(False), vq_config=TINY_VQ)
     m = ChameleonForConditionalGeneration.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
     assert m.model.layers[0].self_attn.q_norm.weight.shape == (4, 16)
     with torch.no_grad():
@@ -154,7 +155,7 @@ def test_exported_vq_encoder_matches_transformers(tmp_path):
     layout = compact_layout(text=300, image=64, audio=100, image_tokens=vq.n_tokens)
     model = build_model(ModelConfig(dim=64, n_layers=1, n_heads=4, vocab_size=layout.vocab_size,
                                     intermediate_size=96, max_seq_len=64), seed=0)
-    convert.export(Omni(model=model, vocab=layout, image=vq), str(tmp_path))
+    export.export(Omni(model=model, vocab=layout, image=vq), str(tmp_path))
     m = ChameleonForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     ours = vq.model.state_dict()
     theirs = m.model.vqmodel.state_dict()

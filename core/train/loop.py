@@ -403,7 +403,7 @@ class Trainer:
                              prompts=o.prompts), out)
         if c.export_hf:
             try:
-                from ..convert import export_hf
+                from ..export import export_hf
             except ImportError:
                 self.log("checkpoint.export_hf: this build has no transformers exporter (core/convert.py); skipped")
             else:
