@@ -2,9 +2,9 @@
 
 Rows are left-padded into one cache and advance in lockstep; a row that finishes early is fed ``<pad>`` and
 ignored. Switching between text, image and speech only changes masks and strategy (decoding.Policy): the cache
-is never rebuilt, unlike the reference, which re-prefills the whole context at every switch (§4.2).
+is never rebuilt, unlike the reference, which re-prefills the whole context at every switch.
 
-Image CFG (§4.5) runs as extra rows of the same cache: for every sequence b there are three streams,
+Image CFG (docs/decoding.md) runs as extra rows of the same cache: for every sequence b there are three streams,
 F (the full context), I (only the tokens in {<bos>, <boi>, <eoi>, image codes}) and U (unconditional), and one
 forward per step serves all of them. Every stream receives every token; a token that a stream must not see is
 written as a *hole* (masked out of attention, no position consumed), so I is exactly the filtered context and
