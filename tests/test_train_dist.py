@@ -13,7 +13,8 @@ from _train_data import lm_config, write_codebook, write_upstream_shards
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 COMMON = ["optim.schedule=constant", "optim.warmup_steps=1", "optim.grad_accum=2", "loss.perceptual_weight=0.5",
-          "loss.perceptual_tasks=null", "data.shuffle_buffer=6", "checkpoint.every=5"]
+          "loss.perceptual_tasks=null", "data.shuffle_buffer=6", "checkpoint.every=5",
+          "train.precision=fp32"]  # exact comparisons: precision auto picks bf16 on CPUs with avx512_bf16
 
 
 def _run(cfg: str, out: str, ranks: int, *extra: str) -> list[dict]:

@@ -1,5 +1,9 @@
 """Atomic training checkpoints under ``OUT/checkpoints``: ``step-NNNNNNNN/`` directories plus a ``latest`` pointer.
 
+Two kinds: one process's files (``model.safetensors``, ``trainer.pt``), or a sharded checkpoint written by
+every rank through torch.distributed.checkpoint (``.metadata`` + one ``.distcp`` file per rank, plus each
+rank's ``rank-NNNNN.pt`` with its RNG state and data position); both are published the same way.
+
 A checkpoint is written into a hidden temporary directory (each file fsync'ed), renamed into place in one
 step, and only then named in ``latest``. A crash at any point leaves the previous checkpoint intact;
 leftovers are ignored and removed by the next save. Only the newest ``keep`` checkpoints are kept.
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from typing import Callable
 
 import torch
 
@@ -51,6 +56,11 @@ def _write(path: str, obj) -> None:
         os.fsync(f.fileno())
 
 
+def write_file(path: str, obj) -> None:
+    """One checkpoint file (by extension, as in a checkpoint), fsync'ed."""
+    _write(path, obj)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -70,15 +80,51 @@ def save_checkpoint(root: str, step: int, files: dict, keep: int = 3) -> str:
     os.makedirs(tmp)
     for name, obj in files.items():
         _write(os.path.join(tmp, name), obj)
+    publish(root, tmp, final, keep)
+    return final
+
+
+def save_sharded(root: str, step: int, write: Callable[[str], None], *, main: bool, barrier: Callable[[], None],
+                 keep: int = 3) -> str:
+    """A checkpoint written by every rank at once (collective: every rank calls it).
+
+    ``write(tmp)`` writes this rank's files into the shared temporary directory. Only when every rank is done
+    does the main rank rename it into place and point ``latest`` at it, so a kill at any moment leaves the
+    previous checkpoint the latest complete one.
+    """
+    final = os.path.join(root, step_name(step))
+    tmp = os.path.join(root, f"{TMP_PREFIX}{step_name(step)}")
+    if main:
+        os.makedirs(root, exist_ok=True)
+        clean_partial(root)
+        os.makedirs(tmp)
+    barrier()
+    write(tmp)
+    barrier()
+    if main:
+        publish(root, tmp, final, keep)
+    barrier()
+    return final
+
+
+def publish(root: str, tmp: str, final: str, keep: int) -> None:
+    """Rename a completely written temporary checkpoint into place, name it in ``latest``, keep the newest."""
+    for name in os.listdir(tmp):
+        if os.path.isdir(os.path.join(tmp, name)):
+            _fsync_dir(os.path.join(tmp, name))
     _fsync_dir(tmp)
     if os.path.isdir(final):  # the same step saved again (e.g. interrupted right after a periodic save)
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
-    write_text_atomic(os.path.join(root, LATEST), step_name(step) + "\n")
+    write_text_atomic(os.path.join(root, LATEST), os.path.basename(final) + "\n")
     for _, old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def is_sharded(ckpt: str) -> bool:
+    """A checkpoint written by torch.distributed.checkpoint (one file per rank plus ``.metadata``)."""
+    return os.path.isfile(os.path.join(ckpt, ".metadata"))
 
 
 def clean_partial(root: str) -> None:

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..errors import AromniError, InputError
+from ..errors import AromniError, CheckpointError, InputError
 from .losses import IGNORE
 
 SHARD_INDEX = "index.json"
@@ -78,7 +78,8 @@ class ShardSource:
             with open(os.path.join(path, SHARD_INDEX)) as f:
                 self.index = json.load(f)
         except OSError:
-            raise InputError(f"not a shard directory (no {SHARD_INDEX}; write one with kind: pretokenize)", path) from None
+            raise InputError(f"not a shard directory (no {SHARD_INDEX}; write one with kind: pretokenize)",
+                             path) from None
         except json.JSONDecodeError as e:
             raise InputError(f"{SHARD_INDEX} is not valid JSON ({e})", path) from None
         if self.index.get("format") != SHARD_FORMAT:
@@ -312,6 +313,28 @@ class SampleStream:
                 raise AromniError(f"no {self.name} samples for rank {self.rank} of {self.world} (all sources empty or "
                                   f"every sample outside the length limits {self.min_len}..{self.max_len})")
             epoch, start = epoch + 1, 0
+
+
+def reshard_positions(positions: list, world: int) -> list[tuple[int, int]]:
+    """Stream positions for ``world`` ranks that continue exactly where ranks at ``positions`` stopped.
+
+    Global sample i goes to rank ``i % world``: when every old rank stopped at the same ``(epoch, k)``, the
+    first ``k * old_world`` samples of the epoch are consumed, and each new rank resumes at
+    ``k * old_world / world`` (which must be whole).
+    """
+    positions = [tuple(p) for p in positions]
+    if len(positions) == world:
+        return positions
+    if len(set(positions)) != 1:
+        raise CheckpointError(f"the checkpoint's {len(positions)} ranks stopped at different data positions "
+                              f"{sorted(set(positions))[:4]} (packing or an epoch boundary): resume it on "
+                              f"{len(positions)} ranks")
+    epoch, k = positions[0]
+    consumed = k * len(positions)
+    if consumed % world:
+        raise CheckpointError(f"{consumed} samples of epoch {epoch} were consumed, which {world} ranks cannot "
+                              f"split evenly: resume on a world size that divides {consumed}")
+    return [(epoch, consumed // world)] * world
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ..errors import AromniError, CheckpointError
 from . import checkpoint as ckpt
 from . import dist as D
 from .config import TrainConfig
-from .data import Batcher, Item, Sample, SampleStream, make_source
+from .data import Batcher, Item, Sample, SampleStream, make_source, reshard_positions
 from .losses import image_positions, normalizer, ntp_sum, perceptual_sum, target_weights
 
 CKPT_DIR = "checkpoints"
@@ -148,8 +148,11 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, omni: Omni, *, quiet: bool = False,
-                 on_step: Callable[[dict], None] | None = None):
+                 on_step: Callable[[dict], None] | None = None, source=None):
+        """``source``: a :class:`~.shard_load.LazyState` when ``omni.model`` is None (the sharded path: the
+        model is built on the meta device, sharded, then each rank reads its own rows from ``source``)."""
         self.cfg, self.omni, self.quiet, self.on_step = cfg, omni, quiet, on_step
+        self.source = source
         dev = D.local_device(resolve_device(cfg.train.device))
         self.info = D.init(cfg.train.strategy, dev)
         self.device = dev
@@ -176,27 +179,37 @@ class Trainer:
         self.log(f"precision {'bf16 autocast' if bf16 else 'fp32'} (train.precision {p})")
         self.bf16 = bf16
         use_autocast = bf16 and self.info.strategy != "fsdp"  # FSDP2 casts through its MixedPrecisionPolicy
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_autocast else nullcontext
+        self.autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_autocast
+                         else nullcontext)
 
     def _setup_model(self) -> None:
         cfg, omni = self.cfg, self.omni
-        model = omni.model.to(self.device, torch.float32).train()
+        sharded = omni.model is None
+        if sharded and self.info.strategy != "fsdp":
+            raise AromniError("a model read shard by shard needs train.strategy fsdp on several ranks")
+        if sharded:
+            from ..convert import meta_model
+
+            model = meta_model(self.source.cfg).train()
+        else:
+            model = omni.model.to(self.device, torch.float32).train()
         model.activation_checkpointing = cfg.model.activation_checkpointing
         self.lam = cfg.loss.perceptual_weight
         proj = codebook = None
         if self.lam > 0:
             codebook = load_codebook(cfg.loss.codebook, omni.image)
             if codebook.shape[0] < self.vocab.image_codes:
-                raise AromniError(f"loss.codebook has {codebook.shape[0]} rows but the vocabulary has {self.vocab.image_codes} "
-                                  f"image codes")
-            g = torch.Generator().manual_seed(cfg.seed + 1)
-            proj = nn.Linear(model.cfg.dim, codebook.shape[1], bias=True)
-            with torch.no_grad():  # nn.Linear's default init, from our own generator (same on every rank)
-                bound = 1 / math.sqrt(model.cfg.dim)
-                proj.weight.uniform_(-bound, bound, generator=g)
-                proj.bias.uniform_(-bound, bound, generator=g)
+                raise AromniError(f"loss.codebook has {codebook.shape[0]} rows but the vocabulary has "
+                                  f"{self.vocab.image_codes} image codes")
+            proj_init = self._proj_init(model.cfg.dim, codebook.shape[1])
+            if sharded:
+                with torch.device("meta"):
+                    proj = nn.Linear(model.cfg.dim, codebook.shape[1], bias=True)
+            else:
+                proj = nn.Linear(model.cfg.dim, codebook.shape[1], bias=True)
+                proj.load_state_dict(proj_init)
+                proj.to(self.device)
             proj.requires_grad_(cfg.loss.train_projection)
-            proj.to(self.device)
             codebook = codebook.to(self.device)
         self.code_dim = 0 if codebook is None else codebook.shape[1]
         if cfg.train.compile:
@@ -206,6 +219,29 @@ class Trainer:
         param_dtype = torch.bfloat16 if self.bf16 else None
         self.wrapped = D.wrap(self.module, list(model.layers), self.info, self.device, param_dtype)
         self.model = model
+        if sharded:
+            self._fill_shards(codebook, proj_init if proj is not None else None)
+
+    def _proj_init(self, dim: int, code_dim: int) -> dict:
+        """nn.Linear's default init of the perceptual projection, from our own generator (same on every rank)."""
+        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+        bound = 1 / math.sqrt(dim)
+        w = torch.empty(code_dim, dim).uniform_(-bound, bound, generator=g)
+        return {"weight": w, "bias": torch.empty(code_dim).uniform_(-bound, bound, generator=g)}
+
+    def _fill_shards(self, codebook: torch.Tensor | None, proj_init: dict | None) -> None:
+        """Materialise the sharded meta model on the device and read each rank's rows of the base weights."""
+        from .shard_load import LazyState, fill_shards
+
+        self.module.to_empty(device=self.device)
+        fill_shards(self.module, self.source, prefix="model.", source=self.cfg.model.base or "model.config")
+        if proj_init is not None:
+            lazy = LazyState(self.source.cfg)
+            for k, v in proj_init.items():
+                lazy.add_full(k, v)
+            fill_shards(self.module, lazy, prefix="proj.", source="loss projection")
+            self.module.codebook = codebook  # to_empty replaced the buffer's storage
+        self.model.reset_rope()
 
     def _prepare(self, s: Sample) -> Item:
         v, lc = self.vocab, self.cfg.loss
@@ -344,8 +380,53 @@ class Trainer:
         return get_model_state_dict(self.wrapped, options=opts), get_optimizer_state_dict(self.wrapped, self.opt,
                                                                                            options=opts)
 
+    def _save_sharded(self) -> str:
+        """Every rank writes its own shards (torch.distributed.checkpoint) plus its RNG state and data position."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.wrapped, self.opt)
+        mine = {"rng": rng_state(self.device), "data": list(self.batcher.pos)}
+        info = self.info
+
+        def write(tmp: str) -> None:
+            dcp.save({"model": msd, "optim": osd}, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+            ckpt.write_file(os.path.join(tmp, f"rank-{info.rank:05d}.pt"), mine)
+            if info.main:
+                ckpt.write_file(os.path.join(tmp, "trainer.pt"), {
+                    "step": self.step, "scheduler": self.sched.state_dict(), "world": info.world})
+                ckpt.write_file(os.path.join(tmp, "config.yaml"), self.cfg.to_yaml())
+
+        return ckpt.save_sharded(self.ckpt_root, self.step, write, main=info.main,
+                                 barrier=lambda: D.barrier(info), keep=self.cfg.checkpoint.keep)
+
+    def _resume_sharded(self, path: str) -> dict:
+        """Model and optimizer state from a sharded checkpoint, resharded onto this run's ranks."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        tr = ckpt.read_file(path, "trainer.pt")
+        msd, osd = get_state_dict(self.wrapped, self.opt)
+        state = {"model": msd, "optim": osd}
+        try:
+            dcp.load(state, storage_reader=dcp.FileSystemReader(path), no_dist=not self.info.enabled)
+            set_state_dict(self.wrapped, self.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        except Exception as e:  # DCP wraps per-rank failures in CheckpointException
+            raise CheckpointError(f"{path}: does not fit this model/loss configuration "
+                                  f"({str(e).strip().splitlines()[0][:300]})") from None
+        old = int(tr["world"])
+        ranks = [ckpt.read_file(path, f"rank-{r:05d}.pt") for r in range(old)]
+        tr["data"] = reshard_positions([r["data"] for r in ranks], self.info.world)
+        # a new rank takes an old rank's RNG stream (only dropout draws from it during training)
+        tr["rng"] = [ranks[r % old]["rng"] for r in range(self.info.world)]
+        if old != self.info.world:
+            self.log(f"resharded a {old}-rank checkpoint onto {self.info.world} rank(s)")
+        return tr
+
     def save(self) -> str | None:
         """A checkpoint of the current step (collective: every rank calls it)."""
+        if self.info.strategy == "fsdp":
+            return self._save_sharded()
         msd, osd = self._full_state()
         rngs = D.gather_objects(rng_state(self.device), self.info)
         data = D.gather_objects(list(self.batcher.pos), self.info)
@@ -362,6 +443,17 @@ class Trainer:
         return path
 
     def resume(self, path: str) -> None:
+        """Continue from checkpoint ``path``: model, optimizer, schedule, RNG and data position."""
+        if ckpt.is_sharded(path):
+            tr = self._resume_sharded(path)
+        else:
+            tr = self._resume_full(path)
+        self.sched.load_state_dict(tr["scheduler"])
+        self.batcher.reset(tuple(tr["data"][self.info.rank]))
+        set_rng_state(tr["rng"][self.info.rank], self.device)
+        self.step = int(tr["step"])
+
+    def _resume_full(self, path: str) -> dict:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
@@ -379,35 +471,79 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: does not fit this model/loss configuration "
                                   f"({str(e).splitlines()[0]})") from None
-        self.sched.load_state_dict(tr["scheduler"])
-        self.batcher.reset(tuple(tr["data"][self.info.rank]))
-        set_rng_state(tr["rng"][self.info.rank], self.device)
-        self.step = int(tr["step"])
+        return tr
+
+    def _stream_weights(self, path: str | None) -> None:
+        """The sharded model's weights, gathered one tensor at a time (collective) and written by the main rank
+        into ``path`` (other ranks pass None): no rank holds more than one full tensor above its shards."""
+        from .stream_export import SafetensorsStream
+
+        state = self.model.state_dict()  # DTensors: this rank's shards
+        w = None
+        if path is not None:
+            from ..bundle import FORMAT
+
+            w = SafetensorsStream(path, [(k, v.dtype, tuple(v.shape)) for k, v in state.items()], {"format": FORMAT})
+        try:
+            for k, v in state.items():
+                full = v.full_tensor() if hasattr(v, "full_tensor") else v
+                if w is not None:
+                    w.write(k, full)
+                del full
+        except BaseException:
+            if w is not None:
+                w.abort()
+            raise
+        if w is not None:
+            w.close()
+
+    def _bundle_omni(self, model: nn.Module) -> Omni:
+        o = self.omni
+        family = o.family if self.cfg.model.base else self.cfg.model.family
+        return Omni(model=model, vocab=o.vocab, family=family, text=o.text, image=o.image, speech=o.speech,
+                    prompts=o.prompts)
 
     def export(self, path: str) -> str | None:
-        """``out_dir/bundle`` (and ``out_dir/hf``) from checkpoint ``path``: the model, vocabulary and tokenizers."""
+        """``out_dir/bundle`` (and ``out_dir/hf``) from checkpoint ``path``: the model, vocabulary and tokenizers.
+
+        Collective under FSDP: the bundle's weights are streamed from the shards, tensor by tensor.
+        """
         c = self.cfg.checkpoint
-        if not self.info.main or not (c.export_bundle or c.export_hf):
+        if not (c.export_bundle or c.export_hf):
             return None
         from ..bundle import save_bundle
-        from ..loading import load_state_into
+        from ..loading import load_checkpoint, load_state_into
 
-        sd = ckpt.read_file(path, "model.safetensors")
-        model = load_state_into(self.model.cfg, sd, device="cpu", dtype=torch.float32, source=path)
+        out = os.path.join(self.cfg.out_dir, "bundle" if c.export_bundle else ".bundle-for-hf")
+        if self.info.strategy == "fsdp":
+            if self.info.main:
+                save_bundle(self._bundle_omni(self.model), out, write_weights=self._stream_weights)
+            else:
+                self._stream_weights(None)
+            if not (self.info.main and c.export_hf):
+                return out if self.info.main else None
+            # the transformers writer takes a whole model: read (memory-mapped) from the streamed bundle
+            model = load_checkpoint(out).model
+            if not c.export_bundle:
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+        elif not self.info.main:
+            return None
+        else:
+            sd = ckpt.read_file(path, "model.safetensors")
+            model = load_state_into(self.model.cfg, sd, device="cpu", dtype=torch.float32, source=path)
+            if c.export_bundle:
+                save_bundle(self._bundle_omni(model), out)
         o = self.omni
-        out = None
-        if c.export_bundle:
-            out = os.path.join(self.cfg.out_dir, "bundle")
-            family = o.family if self.cfg.model.base else self.cfg.model.family
-            save_bundle(Omni(model=model, vocab=o.vocab, family=family, text=o.text, image=o.image, speech=o.speech,
-                             prompts=o.prompts), out)
+        if not c.export_bundle:
+            out = None
         if c.export_hf:
             try:
                 from ..export import export_hf
             except ImportError:
-                self.log("checkpoint.export_hf: this build has no transformers exporter (core/convert.py); skipped")
-            else:
-                export_hf(model, os.path.join(self.cfg.out_dir, "hf"), fmt="hf", layout=o.vocab, family=o.family)
+                from ..export import export_hf
+            export_hf(model, os.path.join(self.cfg.out_dir, "hf"), fmt="hf", layout=o.vocab, family=o.family)
         return out
 
     # -- signals ----------------------------------------------------------------------------------

@@ -92,14 +92,18 @@ def resolve_vocab(spec, toks: dict) -> VocabLayout | None:
         raise AromniError(f"config: model.vocab: {e}") from None
 
 
-def build_omni(cfg, device="cpu") -> Omni:
-    """The model (fp32, on CPU), vocabulary and tokenizers for ``kind: lm`` / ``kind: pretokenize``."""
+def build_omni(cfg, device="cpu", model: bool = True) -> Omni:
+    """The model (fp32, on CPU), vocabulary and tokenizers for ``kind: lm`` / ``kind: pretokenize``.
+
+    ``model=False``: vocabulary and tokenizers only (the sharded trainer reads the weights itself).
+    """
     m = cfg.model
     toks = load_tokenizers(m.tokenizers)
+    want = model and cfg.kind == "lm"
     if m.base:
         from ..api import load
 
-        omni = load(m.base, device="cpu", dtype=torch.float32, model=cfg.kind == "lm")
+        omni = load(m.base, device="cpu", dtype=torch.float32, model=want)
         if m.vocab is not None:
             v = resolve_vocab(m.vocab, toks)
             if v.fingerprint != omni.vocab.fingerprint:
@@ -108,21 +112,9 @@ def build_omni(cfg, device="cpu") -> Omni:
         if m.overrides and omni.model is not None:
             raise AromniError("config: model.overrides only apply to a fresh model (model.config), not model.base")
     else:
-        try:
-            mc = get_config(m.config, **(m.overrides or {}))
-        except KeyError as e:
-            raise AromniError(f"config: model.config: {e.args[0]}") from None
-        except TypeError as e:
-            raise AromniError(f"config: model.overrides: {e}") from None
-        vocab = resolve_vocab(m.vocab, toks)
-        if vocab is None:
-            if mc.vocab_size != arom_layout().vocab_size:
-                raise AromniError("config: set model.vocab (e.g. ar-omni or {compact: {...}}) or model.tokenizers")
-            vocab = arom_layout()
-        if mc.vocab_size != vocab.vocab_size:
-            mc = replace(mc, vocab_size=vocab.vocab_size)
-        model = build_model(mc, device="cpu", seed=cfg.seed) if cfg.kind == "lm" else None
-        omni = Omni(model=model, vocab=vocab, family=m.family)
+        mc, vocab = fresh_config(m, toks)
+        net = build_model(mc, device="cpu", seed=cfg.seed) if want else None
+        omni = Omni(model=net, vocab=vocab, family=m.family)
     for kind, tok in toks.items():
         setattr(omni, kind, tok)
     if omni.text is not None:
@@ -130,3 +122,21 @@ def build_omni(cfg, device="cpu") -> Omni:
 
         check_text_tokenizer(omni.text, omni.vocab)
     return omni
+
+
+def fresh_config(m, toks: dict):
+    """(ModelConfig, vocabulary) of a randomly initialised model: ``model.config`` + overrides, vocab-sized."""
+    try:
+        mc = get_config(m.config, **(m.overrides or {}))
+    except KeyError as e:
+        raise AromniError(f"config: model.config: {e.args[0]}") from None
+    except TypeError as e:
+        raise AromniError(f"config: model.overrides: {e}") from None
+    vocab = resolve_vocab(m.vocab, toks)
+    if vocab is None:
+        if mc.vocab_size != arom_layout().vocab_size:
+            raise AromniError("config: set model.vocab (e.g. ar-omni or {compact: {...}}) or model.tokenizers")
+        vocab = arom_layout()
+    if mc.vocab_size != vocab.vocab_size:
+        mc = replace(mc, vocab_size=vocab.vocab_size)
+    return mc, vocab

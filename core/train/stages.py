@@ -53,9 +53,19 @@ def train_lm(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, on_
     if not path and ckpt.list_checkpoints(root):
         raise AromniError(f"{root} holds checkpoints of an earlier run: continue it with --resume, or choose "
                           f"another out_dir")
-    omni = build_omni(cfg)
+    source = None
+    if cfg.train.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # no rank holds the whole model: built on the meta device, sharded, then each rank reads its rows
+        from .resolve import fresh_config
+        from .shard_load import open_lazy, random_state
+
+        omni = build_omni(cfg, model=False)
+        source = open_lazy(cfg.model.base) if cfg.model.base else random_state(
+            fresh_config(cfg.model, load_tokenizers(cfg.model.tokenizers))[0], cfg.seed)
+    else:
+        omni = build_omni(cfg)
     try:
-        res = Trainer(cfg, omni, quiet=quiet, on_step=on_step).fit(resume=path)
+        res = Trainer(cfg, omni, quiet=quiet, on_step=on_step, source=source).fit(resume=path)
     finally:
         D.shutdown()
     return {"kind": "lm", "step": res.step, "out_dir": res.out_dir, "checkpoint": res.checkpoint,
