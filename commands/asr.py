@@ -67,7 +67,8 @@ def run(
     omni = load_model(model, device, dtype, quiet, seed)
     if omni.speech is None:
         raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")
-    wavs = [load_audio(b, omni.speech.sample_rate, source=name) for b, name in data]
+    wavs = [load_audio(b, omni.speech.sample_rate, source=name, resampler=omni.speech.resampler)
+            for b, name in data]
     texts = tasks.asr(omni, wavs, opts, seed=seed, window_s=window)
     for (_, name), t in zip(data, texts):
         print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))

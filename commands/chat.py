@@ -101,7 +101,7 @@ def run_batch(omni, opts, dialogs: list, out_dir: str, seed: Optional[int], quie
         if t["audio"]:
             if omni.speech is None:
                 raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer for audio turns")
-            audio = load_audio(t["audio"], omni.speech.sample_rate)
+            audio = load_audio(t["audio"], omni.speech.sample_rate, resampler=omni.speech.resampler)
         return {"text": t["text"], "images": [open_image(p) for p in t["images"]] or None, "audio": audio}
 
     for r in range(max(len(a) for _, a in dialogs)):
@@ -185,7 +185,8 @@ def repl(omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: b
                         raise AromniError("/audio needs a path")
                     if omni.speech is None:
                         raise AromniError("this model has no speech tokenizer")
-                    turn = {"audio": load_audio(path, omni.speech.sample_rate), "text": text.strip() or None}
+                    turn = {"audio": load_audio(path, omni.speech.sample_rate, resampler=omni.speech.resampler),
+                            "text": text.strip() or None}
                     rec_turn = {"wav_path": os.path.abspath(path), **({"text": text.strip()} if text.strip() else {})}
                 elif cmd == "/save":
                     if not arg:

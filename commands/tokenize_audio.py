@@ -68,7 +68,7 @@ def run(
         why = wav_truncation(data)
         if why:
             raise InputError(why, name)
-        wav = load_audio(data, tok.sample_rate, source=name)
+        wav = load_audio(data, tok.sample_rate, source=name, resampler=tok.resampler)
         c = tok.encode(wav).tolist()
         seq = c if codes else audio_block(c, omni.vocab)
         if streaming:

@@ -12,13 +12,13 @@ from .errors import InputError
 MAX_CHANNELS = 8
 
 
-def load_audio(src: str | bytes, sample_rate: int, source: str | None = None) -> np.ndarray:
+def load_audio(src: str | bytes, sample_rate: int, source: str | None = None, resampler: str = "soxr") -> np.ndarray:
     """Any soundfile-readable file (path, or bytes for stdin) -> mono float32 at ``sample_rate``.
 
-    Channels are averaged (as the reference's convert_audio), then resampled with soxr (high quality).
+    Channels are averaged (as the reference's convert_audio), then resampled by ``resampler``: "soxr" (high
+    quality) or "sinc" (torchaudio's Resample, as the reference WavTokenizer; see core/resample.py).
     """
     import soundfile as sf
-    import soxr
 
     name = source or (src if isinstance(src, str) else "<stdin>")
     try:
@@ -37,7 +37,9 @@ def load_audio(src: str | bytes, sample_rate: int, source: str | None = None) ->
         raise InputError("audio contains NaN or infinite samples", name)
     mono = data.mean(axis=1)
     if sr != sample_rate:
-        mono = soxr.resample(mono, sr, sample_rate, quality="HQ").astype(np.float32)
+        from .resample import resample
+
+        mono = resample(mono, sr, sample_rate, resampler)
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 

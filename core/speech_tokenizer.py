@@ -8,6 +8,7 @@ import torch
 
 from .bundle import register_tokenizer
 from .errors import CheckpointError, InputError
+from .resample import RESAMPLERS
 from .speech_stream import StreamConfig, StreamDecoder
 from .wavtokenizer import CONFIGS, WavTokenizerConfig, WavTokenizerNet, from_upstream
 
@@ -17,9 +18,16 @@ FILE = "speech_tokenizer.safetensors"
 
 class WavTokenizer:
     """mono float32 wav at ``sample_rate`` <-> codes (int64, one per ``hop`` samples). Always fp32 (the
-    exp() of the log-magnitude and the window-envelope division are precision-sensitive)."""
+    exp() of the log-magnitude and the window-envelope division are precision-sensitive).
 
-    def __init__(self, net: WavTokenizerNet, preset: str | None = None):
+    ``resampler`` names how audio at other rates is brought to ``sample_rate`` before encoding ("soxr", or "sinc":
+    torchaudio's Resample, as the reference front end): codes follow the resampler the codec's users were
+    trained with, so original WavTokenizer checkpoints use "sinc" and the project's own codecs "soxr"."""
+
+    def __init__(self, net: WavTokenizerNet, preset: str | None = None, resampler: str = "soxr"):
+        if resampler not in RESAMPLERS:
+            raise CheckpointError(f"unknown speech resampler {resampler!r} ({', '.join(RESAMPLERS)})")
+        self.resampler = resampler
         self.net = net.eval()
         self.cfg: WavTokenizerConfig = net.cfg
         self.preset = preset
@@ -120,7 +128,8 @@ class WavTokenizer:
         tmp = os.path.join(root, FILE + ".tmp")
         save_file(state, tmp, metadata={"format": "aromni-wavtokenizer"})
         os.replace(tmp, os.path.join(root, FILE))
-        return {"type": TYPE, "file": FILE, "preset": self.preset, "config": self.cfg.to_dict()}
+        return {"type": TYPE, "file": FILE, "preset": self.preset, "config": self.cfg.to_dict(),
+                "resampler": self.resampler}
 
 
 def build_speech_tokenizer(preset: str = "tiny", seed: int = 0, device="cpu") -> WavTokenizer:
@@ -149,9 +158,12 @@ def _load_state(net: WavTokenizerNet, state: dict, source: str) -> None:
 
 @register_tokenizer("speech", TYPE)
 def load_from_spec(spec: dict, root: str, device="cpu") -> WavTokenizer:
-    """Bundle loader: a native safetensors file (``file`` + ``config``), or an original ``yaml`` + ``ckpt`` pair."""
+    """Bundle loader: a native safetensors file (``file`` + ``config``), or an original ``yaml`` + ``ckpt`` pair.
+    ``resampler`` (optional): "soxr" (default for native files, as the project's codecs were trained) or "sinc"
+    (default for an original pair)."""
     if "ckpt" in spec:
-        return load_wavtokenizer(os.path.join(root, spec["yaml"]), os.path.join(root, spec["ckpt"]), device)
+        tok = load_wavtokenizer(os.path.join(root, spec["yaml"]), os.path.join(root, spec["ckpt"]), device)
+        return WavTokenizer(tok.net, tok.preset, spec["resampler"]) if "resampler" in spec else tok
     from safetensors.torch import load_file
 
     path = os.path.join(root, spec.get("file", FILE))
@@ -166,7 +178,7 @@ def load_from_spec(spec: dict, root: str, device="cpu") -> WavTokenizer:
         net = WavTokenizerNet(cfg)
     net = net.to_empty(device="cpu")
     _load_state(net, state, path)
-    return WavTokenizer(net.to(device), spec.get("preset"))
+    return WavTokenizer(net.to(device), spec.get("preset"), spec.get("resampler", "soxr"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +222,8 @@ def load_wavtokenizer(yaml_path: str, ckpt_path: str, device="cpu") -> WavTokeni
     """An original WavTokenizer: Lightning ``.ckpt`` (loaded weights-only) + its training yaml.
 
     Keeps the encoder, quantizer, backbone and head; skips the unused SEANet decoder, discriminators,
-    loss buffers and optimizer state.
+    loss buffers and optimizer state. Audio at other rates is resampled as the reference front end does
+    (torchaudio's windowed sinc, ``resampler="sinc"``).
     """
     cfg = config_from_yaml(yaml_path)
     try:
@@ -239,4 +252,4 @@ def load_wavtokenizer(yaml_path: str, ckpt_path: str, device="cpu") -> WavTokeni
         net = WavTokenizerNet(cfg)
     net = net.to_empty(device="cpu")
     _load_state(net, state, ckpt_path)
-    return WavTokenizer(net.to(device), None)
+    return WavTokenizer(net.to(device), None, "sinc")

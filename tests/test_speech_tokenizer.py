@@ -342,6 +342,25 @@ def test_bundle_spec_with_original_files(tmp_path):
     assert tok.codebook_size == SCALED.codebook_size
 
 
+def test_resampler_follows_the_codec(tmp_path, tiny):
+    # the project's codecs were trained on soxr-resampled audio, the released WavTokenizer on torchaudio's sinc
+    assert tiny.resampler == "soxr"
+    spec = tiny.save(str(tmp_path / "native"))
+    assert spec["resampler"] == "soxr"
+    del spec["resampler"]  # bundles written before the field existed keep soxr
+    assert load_tokenizer("speech", spec, str(tmp_path / "native")).resampler == "soxr"
+    assert load_tokenizer("speech", {**spec, "resampler": "sinc"}, str(tmp_path / "native")).resampler == "sinc"
+    with pytest.raises(CheckpointError, match="unknown speech resampler 'linear'"):
+        load_tokenizer("speech", {**spec, "resampler": "linear"}, str(tmp_path / "native"))
+    ym, ck, _ = write_original(tmp_path)
+    orig = load_wavtokenizer(ym, ck)
+    assert orig.resampler == "sinc"
+    assert orig.save(str(tmp_path / "converted"))["resampler"] == "sinc"  # a converted AR-Omni keeps it
+    spec = {"type": "wavtokenizer", "yaml": os.path.basename(ym), "ckpt": os.path.basename(ck)}
+    assert load_tokenizer("speech", spec, str(tmp_path)).resampler == "sinc"
+    assert load_tokenizer("speech", {**spec, "resampler": "soxr"}, str(tmp_path)).resampler == "soxr"
+
+
 # --- training -------------------------------------------------------------------------------------
 def synthetic_speechlike(sr: int, n: int, seed: int) -> list[np.ndarray]:
     """Vowel-ish clips: harmonic tones with gliding pitch and formant-like amplitude, silences between."""

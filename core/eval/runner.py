@@ -164,7 +164,7 @@ def eval_asr(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     rows = []
     with _progress(len(ds.items), "eval asr", cfg.quiet) as bar:
         for batch in _batches(ds.items, cfg.batch_size):
-            wavs = [load_audio(it.audio, sr) for it in batch]
+            wavs = [load_audio(it.audio, sr, resampler=omni.speech.resampler) for it in batch]
             hyps = tasks.asr(omni, wavs, opts=opts, seed=cfg.seed)
             for it, wav, hyp in zip(batch, wavs, hyps):
                 rows.append({"id": it.id, "ref": it.text, "hyp": hyp, "audio_s": len(wav) / sr, "group": it.group,
@@ -295,7 +295,8 @@ def eval_s2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     rows = []
     with _progress(len(ds.items), "eval s2i", cfg.quiet) as bar:
         for batch in _batches(ds.items, cfg.batch_size):
-            outs = tasks.s2i(omni, [load_audio(it.audio, sr) for it in batch], opts=opts, seed=cfg.seed)
+            outs = tasks.s2i(omni, [load_audio(it.audio, sr, resampler=omni.speech.resampler) for it in batch],
+                             opts=opts, seed=cfg.seed)
             for it, (text, img) in zip(batch, outs):
                 ref, seen = _scene_ref(it), analyse(img)
                 row = {"id": it.id, "ref": it.text, "hyp": text, "group": it.group,
