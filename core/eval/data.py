@@ -8,6 +8,8 @@ Manifest lines (paths relative to the manifest's directory)::
     {"task": "t2i", "text": "a prompt", "attrs": {...}}                       # attrs: synthetic corpus scenes
     {"task": "s2i", "audio": "wav/2.wav", "text": "what is said", "attrs": {...}}
 
+An optional ``group`` names the item's group for per-group metrics (corpus lines give ``voice_heldout``).
+
 A line is used when its ``task`` equals the evaluated task (or it has none) and its ``split`` equals the
 requested one (or it has none; split ``all`` takes every line). Caption lines sharing an image are merged
 into one item with several references. LibriSpeech directories (``*.trans.txt`` beside ``ID.flac``) are
@@ -92,8 +94,9 @@ def _manifest(path: str, task: str, split: str) -> tuple[list[Item], str]:
                 missing.append("text")
             if missing:
                 raise InputError(f"line {no}: a {task} item needs {', '.join(missing)}", path)
-            group = None if d.get("voice_heldout") is None else ("held-out voice" if d["voice_heldout"]
-                                                                 else "train voices")
+            group = d.get("group")
+            if group is None and d.get("voice_heldout") is not None:
+                group = "held-out voice" if d["voice_heldout"] else "train voices"
             item = Item(id=str(d.get("id", no)), text=d.get("text"), attrs=d.get("attrs"), group=group,
                         audio=_resolve(root, d.get("audio"), path, no), image=_resolve(root, d.get("image"), path, no))
             refs = list(d.get("texts") or []) + ([d["text"]] if d.get("text") else [])
@@ -110,7 +113,7 @@ def _manifest(path: str, task: str, split: str) -> tuple[list[Item], str]:
     if not items:
         raise InputError(f"no {task} items with split {split!r} (tasks present: "
                          f"{sorted(str(t) for t in seen_tasks)}, splits present: {sorted(str(s) for s in seen_splits)}"
-                         f"; --split all takes every split)", path)
+                         f"; split 'all' takes every split)", path)
     return items, h.hexdigest()
 
 

@@ -1,0 +1,67 @@
+"""Measure a model on real human speech (Debian's Asterisk prompts and LibriVox clips; evaluation only).
+
+    python scripts/real_speech_eval.py [--model DIR] [--out real/] [--groups "asterisk words,librivox"]
+                                       [--limit N] [--no-asr] [--no-ceiling]
+
+Writes OUT/real_speech.jsonl (an `aromni eval --task asr --split real` manifest), OUT/asr.json (the ASR report,
+WER per group) and OUT/ceiling.json (Whisper tiny.en WER on the original clips and on the model's codec
+reconstructions, per group), and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from aromni.core.eval import real_speech
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    ap.add_argument("--out", default="real")
+    ap.add_argument("--groups", default=",".join(real_speech.GROUPS))
+    ap.add_argument("--limit", type=int, default=None, help="at most N clips per group")
+    ap.add_argument("--no-asr", action="store_true")
+    ap.add_argument("--no-ceiling", action="store_true")
+    a = ap.parse_args()
+    why = real_speech.available()
+    if why:
+        print(f"real_speech_eval: {why}", file=sys.stderr)
+        return 2
+    groups = tuple(g.strip() for g in a.groups.split(",") if g.strip())
+    os.makedirs(a.out, exist_ok=True)
+    items = real_speech.clips(groups)
+    if a.limit is not None:
+        items = [c for g in groups for c in [c for c in items if c.group == g][: a.limit]]
+    manifest = os.path.join(a.out, "real_speech.jsonl")
+    real_speech.write_manifest(manifest, items)
+    from aromni.core.api import load
+
+    omni = load(a.model)
+    rows = []
+    if not a.no_asr:
+        from aromni.core.eval.report import write_report
+        from aromni.core.eval.runner import EvalConfig, evaluate
+
+        rep = evaluate(EvalConfig(task="asr", data=manifest, model=a.model, split="real", quiet=True), omni=omni)
+        write_report(rep, os.path.join(a.out, "asr.json"))
+        by = rep["metrics"].get("by_group") or {groups[0]: rep["metrics"]}
+        for g, m in by.items():
+            rows.append(f"| ASR, {g} | WER | {100 * m['wer']:.1f}% ({m.get('n', '?')} clips) |")
+    if not a.no_ceiling:
+        from aromni.core.eval.judge import make_judge
+
+        ceil = real_speech.codec_ceiling(omni.speech, make_judge("whisper"), items)
+        with open(os.path.join(a.out, "ceiling.json"), "w", encoding="utf-8") as f:
+            json.dump(ceil, f, indent=2)
+        for g, m in ceil.items():
+            rows.append(f"| codec, {g} | Whisper WER original / reconstructed | {100 * m['wer_original']:.1f}% / "
+                        f"{100 * m['wer_reconstructed']:.1f}% (+{m['points_lost']:.1f} points, {m['n']} clips) |")
+    print("| measure | metric | value |\n|---|---|---|\n" + "\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
