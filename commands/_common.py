@@ -22,6 +22,33 @@ Model = Annotated[Optional[str], typer.Option(
     help="Model directory, checkpoint or hub id (local cache). Default: $AROMNI_MODEL, else the bundled model.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output file; - for stdout.")]
 
+def _use_threads(value: Optional[int]) -> Optional[int]:
+    # runs while the command line is parsed, before the command imports torch (OpenMP reads its settings once)
+    from aromni.core.threads import apply_threads
+
+    apply_threads(value)
+    return value
+
+
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", callback=_use_threads, show_default=False,
+    help="CPU threads for tensor work (0: one per core). Default: $AROMNI_THREADS, else $OMP_NUM_THREADS, else 1.")]
+
+QUANT_CHOICES = ("none", "int8", "int4")  # core.quant.QUANTS (not imported here: it imports torch)
+
+
+def _check_quant(value: str) -> str:
+    if value not in QUANT_CHOICES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, QUANT_CHOICES))}")
+    return value
+
+
+Quant = Annotated[str, typer.Option(
+    "--quant", callback=_check_quant,
+    help="Quantise the model's linear layers when loading: none, int8 (per-channel int8 weights; CPU and CUDA) "
+         "or int4 (grouped 4-bit weights; CUDA only).")]
+
+
 
 def log(msg: str, quiet: bool = False) -> None:
     """Informational message on stderr."""

@@ -64,16 +64,20 @@ def decode_options(task: str, compat: bool = False, **kw):
     return options_for(task, compat=compat, **kw)
 
 
-def load_model(model: Optional[str], device: str, dtype: str, quiet: bool, seed: Optional[int] = None):
-    """api.load with a timing line on stderr; seeds python/numpy/torch."""
-    from aromni.core.api import load
-    from aromni.core.device import default_threads, seed_everything
+def load_model(model: Optional[str], device: str, dtype: str, quiet: bool, seed: Optional[int] = None,
+               quant: str = "none"):
+    """api.load with a timing line on stderr (device, threads, quantisation); seeds python/numpy/torch."""
+    import torch
 
-    default_threads()
+    from aromni.core.api import load
+    from aromni.core.device import seed_everything
+
     seed_everything(seed)
     t0 = time.perf_counter()
-    omni = load(model, device=device, dtype=dtype)
-    log(f"aromni: loaded {omni.source or 'model'} on {omni.device} in {time.perf_counter() - t0:.1f}s", quiet)
+    omni = load(model, device=device, dtype=dtype, quant=quant)
+    n = torch.get_num_threads()
+    how = f"{omni.device}, {n} thread{'s' if n > 1 else ''}" + (f", {quant}" if quant not in ("", "none") else "")
+    log(f"aromni: loaded {omni.source or 'model'} ({how}) in {time.perf_counter() - t0:.1f}s", quiet)
     return omni
 
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
@@ -33,6 +34,8 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Speech -> text: one line per input (JSON lines with --json). All inputs, and the windows of long
     inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
@@ -64,7 +67,7 @@ def run(
     opts = decode_options("asr", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
     data = [input_bytes(p, "audio") for p in paths]  # read (and fail on missing files) before loading the model
-    omni = load_model(model, device, dtype, quiet, seed)
+    omni = load_model(model, device, dtype, quiet, seed, quant)
     if omni.speech is None:
         raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")
     wavs = [load_audio(b, omni.speech.sample_rate, source=name, resampler=omni.speech.resampler)

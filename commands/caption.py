@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
@@ -36,6 +37,8 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Image -> text: one caption per line (JSON lines with --json), all inputs decoded together in batches.
     --batch FILE.jsonl takes {"image": path} per line."""
@@ -60,7 +63,7 @@ def run(
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
     data = [input_bytes(p, "image") for p in paths]
     pil = [open_image(b, name, exif_transpose=exif_transpose) for b, name in data]
-    omni = load_model(model, device, dtype, quiet, seed)
+    omni = load_model(model, device, dtype, quiet, seed, quant)
     if instruction is not None:
         omni.prompts = dict(omni.prompts or {})
         omni.prompts["instructions"] = {**(omni.prompts.get("instructions") or {}), "caption": instruction}

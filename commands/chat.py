@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, log
 from aromni.commands._decode import (Batch, BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, OutDir, RepPenalty, Temperature, TopK, TopP, decode_options,
@@ -256,6 +257,8 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Multi-turn chat. Interactive: type text, /image PATH, /audio PATH, /save, /reset (/help); replies are
     printed, images and speech saved to --out-dir (default: the current directory). Lines piped on stdin are
@@ -273,11 +276,11 @@ def run(
     if batch is not None:
         dialogs = [parse_dialog(o, n, batch) for n, o in enumerate(read_jsonl(batch, "dialogs"), 1)]
         d = make_dir(out_dir or "chat_out")
-        omni = load_model(model, device, dtype, quiet, seed)
+        omni = load_model(model, device, dtype, quiet, seed, quant)
         run_batch(omni, opts, dialogs, d, seed, quiet)
         return
     if sys.stdin is None:
         raise AromniError("chat needs a terminal or lines on stdin")
     d = make_dir(out_dir or ".")
-    omni = load_model(model, device, dtype, quiet, seed)
+    omni = load_model(model, device, dtype, quiet, seed, quant)
     repl(omni, opts, d, seed, json_out, quiet)

@@ -7,6 +7,7 @@ import os
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Threads
 from aromni.commands._common import Json, Quiet, Seed, log
 from aromni.core.errors import AromniError
 
@@ -23,6 +24,7 @@ def run(
     workers: Annotated[int, typer.Option("--workers", help="espeak-ng processes at a time.")] = 2,
     quiet: Quiet = False,
     json_out: Json = False,
+    threads: Threads = None,
 ) -> None:
     """Generate the synthetic tri-modal corpus (scenes, captions, espeak-ng speech) reproducibly from a seed.
 

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Threads
 from aromni.commands._common import Device, Model, Quiet, binary_output, log
 from aromni.core.errors import AromniError, InputError
 
@@ -137,6 +138,7 @@ def run(
     model: Model = None,
     device: Device = "auto",
     quiet: Quiet = False,
+    threads: Threads = None,
 ) -> None:
     """Token stream -> text on stdout (one line per sequence), images as PNG, speech as WAV.
 

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, log
 from aromni.core.errors import AromniError
 
@@ -71,6 +72,8 @@ def run(
         show_default=False)] = None,
     json_out: Json = False,
     quiet: Quiet = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Evaluate a model: WER (asr; tts through a judge), CIDEr-D (caption), CLIPScore and scene-attribute
     accuracy (t2i, s2i), first-audio latency and RTF (tts).
@@ -105,7 +108,7 @@ def run(
               "image_greedy": image_greedy, "cfg": cfg, "candidates": candidates,
               "chunk_words": chunk_words, "speech_pad": speech_pad, "lead_in": lead_in}
     cfg = EvalConfig(task=task, data=data, model=model, split=split, limit=limit, batch_size=batch_size, seed=seed,
-                     device=device, dtype=dtype, decode={k: v for k, v in decode.items() if v is not None},
+                     device=device, dtype=dtype, quant=quant, decode={k: v for k, v in decode.items() if v is not None},
                      compat=compat, judge=judge, clip_checkpoint=clip_checkpoint, clip_arch=clip_arch,
                      save_dir=save, quiet=quiet)
     report = evaluate(cfg)

@@ -7,6 +7,7 @@ from typing import IO, Iterator, Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Model, Output, Quiet, Seed, log
 from aromni.commands._decode import (BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
@@ -85,6 +86,8 @@ def run(
     device: Device = "auto",
     dtype: Dtype = "auto",
     quiet: Quiet = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Continue token streams with the model: one output line per input sequence (generated ids only, or the
     prompt too with --echo), written token by token as they are decoded.
@@ -112,7 +115,7 @@ def run(
                           image_greedy=image_greedy, batch_size=batch_size,
                           compile=compile)
     stream_file = None if tokens == "-" else read_tokens(tokens)  # parse errors before the model loads
-    omni = load_model(model, device, dtype, quiet, seed)
+    omni = load_model(model, device, dtype, quiet, seed, quant)
     opts = with_model_defaults(opts, omni.decode)
     v = omni.vocab
     s0 = base_seed(seed)

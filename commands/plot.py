@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Threads
 from aromni.commands._common import Output, Quiet, binary_output, log
 
 
@@ -24,6 +25,7 @@ def run(
     log_y: Annotated[bool, typer.Option("--log-y", help="Logarithmic y axis.")] = False,
     title: Annotated[Optional[str], typer.Option("--title", help="Figure title.")] = None,
     quiet: Quiet = False,
+    threads: Threads = None,
 ) -> None:
     """Plot training curves or an evaluation report to PNG.
 

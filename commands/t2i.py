@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Quant, Threads
 from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, refuse_tty,
                                      text_arg)
 from aromni.commands._decode import (Batch, BatchSize, Candidates, Cfg, CfgImage, CfgText, Compat, Compile,
@@ -58,6 +59,8 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Text -> PNG image(s). One image goes to stdout or -o FILE; several (--n, --batch) to -o with a {i}
     pattern or to --out-dir. Image i samples with seed --seed + i; CFG runs its three streams in one batch.
@@ -92,7 +95,7 @@ def run(
                           image_temperature=image_temperature, image_greedy=image_greedy,
                           image_top_p=image_top_p, image_top_k=image_top_k, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, compile=compile)
-    omni = load_model(model, device, dtype, quiet, seed)
+    omni = load_model(model, device, dtype, quiet, seed, quant)
     images = tasks.t2i(omni, texts, n=n, opts=opts, seed=seed)
     for i, (img, path) in enumerate(zip(images, paths)):
         buf = io.BytesIO()

@@ -8,6 +8,7 @@ from typing import List
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Threads
 from aromni.commands._common import Device, Model, Output, Quiet, input_bytes, log
 from aromni.core.errors import AromniError, InputError
 
@@ -37,6 +38,7 @@ def run(
     model: Model = None,
     quiet: Quiet = False,
     device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Audio -> joint-vocabulary token stream: one sequence ``<boa> audio ids <eoa>`` per input (40 codes/s for
     WavTokenizer). Channels are averaged to mono (up to 8) and audio is resampled to the codec's rate.

@@ -7,6 +7,7 @@ from typing import List
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Threads
 from aromni.commands._common import Device, Model, Output, Quiet, input_bytes, log
 from aromni.core.errors import AromniError, CheckpointError
 
@@ -24,6 +25,7 @@ def run(
         "so codes then differ from the reference's for such photos).")] = False,
     quiet: Quiet = False,
     device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Images -> joint-vocabulary token stream: one sequence ``<boi> image ids <eoi>`` per image (1024 codes for
     the Chameleon VQGAN, 32x32 in raster order), preprocessed exactly as Meta's Chameleon: pixels as stored

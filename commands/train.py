@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Threads
 from aromni.commands._common import Json, Quiet
 
 
@@ -24,6 +25,7 @@ def run(
         "--print-config", help="Print the resolved config (YAML) on stdout and exit.")] = False,
     json_out: Json = False,
     quiet: Quiet = False,
+    threads: Threads = None,
 ) -> None:
     """Train a model or a tokenizer from a YAML config (kind: lm | pretokenize | image_vq | codec | bpe).
 

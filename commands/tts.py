@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, log, text_arg
 from aromni.commands._decode import (Batch, BatchSize, Candidates, ChunkWords, Compat, Compile, Greedy, LeadIn, MaxNew,
                                      OutDir, RepPenalty, SpeechPad, Stats, Temperature, TopK, TopP, decode_options,
@@ -51,6 +52,8 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Text -> speech as WAV (or raw PCM with --raw) on stdout or -o FILE.
 
@@ -84,7 +87,7 @@ def run(
                 raise InputError(f"item {n}: needs a non-empty \"text\"", batch)
             texts.append(it["text"])
         d = make_dir(out_dir or ".")
-        omni = load_model(model, device, dtype, quiet, seed)
+        omni = load_model(model, device, dtype, quiet, seed, quant)
         results = tasks.tts_batch(omni, texts, opts, seed=seed)
         for n, (it, r) in enumerate(zip(items, results)):
             name = it.get("output") or f"tts_{n:04d}.{'pcm' if raw else 'wav'}"
@@ -107,7 +110,7 @@ def run(
     if json_out and output == "-":
         raise AromniError("--json prints the result on stdout; write the audio with -o FILE")
     text = text_arg(text, "text")
-    omni = load_model(model, device, dtype, quiet, seed)
+    omni = load_model(model, device, dtype, quiet, seed, quant)
     sr = omni.speech.sample_rate if omni.speech is not None else 0
     if raw:
         log(f"aromni: raw PCM s16le mono {sr} Hz", quiet)

@@ -21,6 +21,7 @@ from .export import export
 from .device import resolve_device, resolve_dtype
 from .errors import AromniError, CheckpointError, InputError
 from .loading import Checkpoint, Loaded, detect, load_checkpoint
+from .quant import check_quant, quantize
 from .vocab import VocabLayout, arom_layout
 
 __all__ = ["load", "logits", "export", "default_model_path"]
@@ -38,7 +39,7 @@ def default_model_path() -> str:
 
 
 def load(path: str | None = None, device="auto", dtype="auto", model: bool = True, tokenizers: bool = True,
-         speech_tokenizer: str | None = None) -> Omni:
+         speech_tokenizer: str | None = None, quant: str | None = None) -> Omni:
     """Load a model and its tokenizers.
 
     ``path``: a native bundle, a Meta Chameleon/AR-Omni checkpoint (``params.json`` + ``consolidated*.pth``, or a
@@ -46,16 +47,20 @@ def load(path: str | None = None, device="auto", dtype="auto", model: bool = Tru
     mainline), or a hub id ``org/name`` found in the local HF cache; None: the bundled default.
     ``model=False`` loads only the tokenizers. ``speech_tokenizer``: a WavTokenizer directory (.yaml + .ckpt);
     for external checkpoints also ``$AROMNI_WAVTOKENIZER`` or codec files in the checkpoint directory.
-    Tokenizers that cannot be found are None.
+    Tokenizers that cannot be found are None. ``quant``: ``"int8"`` or ``"int4"`` (CUDA) replaces the model's
+    linear layers by quantised ones after loading (:mod:`aromni.core.quant`); None or ``"none"``: as stored.
     """
     local = hub.resolve(default_model_path() if path is None else path)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    quant = check_quant(quant, dev)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
     ck = detect(local)
     if ck.format == "aromni":
         omni = _load_bundle(ck, dev, dt, model, tokenizers)
         if speech_tokenizer and tokenizers:
             omni.speech = _load_speech(_speech_files(speech_tokenizer, "speech_tokenizer"), dev)
+        if quant and omni.model is not None:
+            quantize(omni.model, quant)
         return omni
     loaded = load_checkpoint(ck, device=dev, dtype=dt, model=model)
     vocab, family = _external_vocab(loaded)
@@ -74,6 +79,8 @@ def load(path: str | None = None, device="auto", dtype="auto", model: bool = Tru
                  _speech_files(os.environ[WAVTOKENIZER_ENV], WAVTOKENIZER_ENV) if os.environ.get(WAVTOKENIZER_ENV)
                  else _find_speech(bases))
         omni.speech = _load_speech(files, dev)
+    if quant and omni.model is not None:
+        quantize(omni.model, quant)
     return omni
 
 

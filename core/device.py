@@ -1,7 +1,6 @@
 """Device, dtype and seeding helpers."""
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -84,7 +83,7 @@ def seed_everything(seed: int | None) -> torch.Generator | None:
 
 
 def default_threads() -> None:
-    """Respect OMP_NUM_THREADS; otherwise let torch use all cores."""
-    n = os.environ.get("OMP_NUM_THREADS")
-    if n and n.isdigit():
-        torch.set_num_threads(int(n))
+    """Apply aromni's thread policy (core.threads: $AROMNI_THREADS, $OMP_NUM_THREADS, else its default)."""
+    from .threads import apply_threads
+
+    apply_threads()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import AromniError, InputError, NotAvailableError
+from ..quant import param_count
 from .data import Dataset, Item, load_dataset
 from .normalize import NORMALIZER
 from .report import Report
@@ -39,6 +40,7 @@ class EvalConfig:
     seed: int | None = 0
     device: str = "auto"
     dtype: str = "auto"
+    quant: str = "none"  # none | int8 | int4 (core.quant)
     decode: dict = field(default_factory=dict)  # DecodeOptions overrides (None values ignored)
     compat: bool = False
     judge: str = "whisper"  # tts: "self", "whisper" or "whisper:PATH"
@@ -344,7 +346,7 @@ def evaluate(cfg: EvalConfig, omni=None) -> dict:
     t0 = time.perf_counter()
     if omni is None:
         from ..api import load
-        omni = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        omni = load(cfg.model, device=cfg.device, dtype=cfg.dtype, quant=cfg.quant)
     load_s = time.perf_counter() - t0
     opts = with_model_defaults(opts, omni.decode)
     missing = [k for k in NEEDS[cfg.task] if getattr(omni, k) is None]
@@ -360,7 +362,7 @@ def evaluate(cfg: EvalConfig, omni=None) -> dict:
         task=cfg.task, metrics=metrics,
         model={"path": omni.source or cfg.model or "default", "family": omni.family, "vocab": omni.vocab.name,
                "dim": model_cfg.dim, "n_layers": model_cfg.n_layers,
-               "params": sum(p.numel() for p in omni.model.parameters())},
+               "params": param_count(omni.model), "quant": cfg.quant},
         data=ds.info, seed=cfg.seed, device=str(omni.device),
         decoding=_jsonable({k: v for k, v in dataclasses.asdict(opts).items() if k != "explicit"}),
         dtype=str(next(omni.model.parameters()).dtype).replace("torch.", ""), batch_size=cfg.batch_size,
