@@ -16,6 +16,7 @@ import importlib
 COMMANDS = [
     ("tokenize-image", "tokenize_image", "Images -> joint-vocabulary token stream."),
     ("tokenize-audio", "tokenize_audio", "Audio -> joint-vocabulary token stream."),
+    ("tokenize-text", "tokenize_text", "Text -> joint-vocabulary token stream (the model's text ids)."),
     ("detok", "detok", "Token stream -> text on stdout, images as PNG, speech as WAV."),
     ("generate", "generate", "Token stream in, token stream out (streams as it decodes)."),
     ("train", "train", "Train a model or tokenizer from a YAML config."),

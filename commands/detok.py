@@ -135,6 +135,9 @@ def run(
         help="Input holds raw codec codes, not model ids: 'image' or 'audio' (one per sequence).")] = None,
     show_special: Annotated[bool, typer.Option(
         "--show-special", help="Print control tokens by name and mark where images and speech were.")] = False,
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="For a stream of exactly one image (.png) or one clip (.wav) and no text: the file "
+                               "to write it to (- for stdout).")] = "-",
     model: Model = None,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -143,7 +146,7 @@ def run(
     """Token stream -> text on stdout (one line per sequence), images as PNG, speech as WAV.
 
     Images and speech go to --out-dir; without it, a stream holding exactly one image or one clip and no
-    text writes that PNG/WAV to stdout. The stream's layout fingerprint must match the model's.
+    text writes that PNG/WAV to stdout, or to -o FILE. The stream's layout fingerprint must match the model's.
     """
     from aromni.core.api import load
     from aromni.core.audio_io import AudioWriter, write_wav
@@ -163,16 +166,23 @@ def run(
         if getattr(omni, kind) is None and any(m.kind == ("image" if kind == "image" else "audio") for m in plan.media):
             raise AromniError(f"model {omni.source or '?'} has no {kind} tokenizer; cannot decode {kind}")
 
+    if output != "-" and (out_dir is not None or len(plan.media) != 1 or plan.has_text):
+        raise AromniError(f"-o {output}: takes a stream of exactly one image or one clip and no text (this one holds "
+                          f"{len(plan.media)} image(s)/clip(s){' and text' if plan.has_text else ''}); use --out-dir")
     if out_dir is None and plan.media:
         if len(plan.media) == 1 and not plan.has_text:  # the single PNG/WAV is the output
             m = plan.media[0]
+            want = ".png" if m.kind == "image" else ".wav"
+            if output != "-" and not output.lower().endswith(want):
+                raise AromniError(f"-o {output}: the stream holds {'an image' if m.kind == 'image' else 'speech'}, "
+                                  f"written as {want[1:].upper()}: name the file *{want}")
             if m.kind == "image":
                 data = render_image(omni, m, source, quiet)
-                with binary_output("-", "a PNG image") as f:
+                with binary_output(output, "a PNG image") as f:
                     f.write(data)
             else:
                 wav = render_audio(omni, m, source)
-                with binary_output("-", "WAV audio") as f:
+                with binary_output(output, "WAV audio") as f:
                     w = AudioWriter(f, omni.speech.sample_rate)
                     w.write(wav)
                     w.close()

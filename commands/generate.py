@@ -63,7 +63,11 @@ def run(
     tokens: Annotated[str, typer.Argument(help="Prompt token stream (NPY, JSON or lines of ids); - for stdin.")] = "-",
     output: Output = "-",
     task: Annotated[str, typer.Option(
-        "--task", help="Masks and defaults: chat, text, asr, caption, tts, t2i, s2i.")] = "chat",
+        "--task", help="chat, text, asr, caption, tts, t2i or s2i: the prompt template a bare input is wrapped in, "
+                       "and the task's masks and decoding defaults.")] = "chat",
+    raw_prompt: Annotated[bool, typer.Option(
+        "--raw-prompt", help="Send each input as it is (no prompt template); --task still sets masks and "
+                             "defaults.")] = False,
     max_new_tokens: MaxNew = None,
     greedy: Greedy = None,
     temperature: Temperature = None,
@@ -89,17 +93,34 @@ def run(
     quant: Quant = "none",
     threads: Threads = None,
 ) -> None:
-    """Continue token streams with the model: one output line per input sequence (generated ids only, or the
-    prompt too with --echo), written token by token as they are decoded.
+    """Answer token streams with the model: one output line per input sequence (the answer, or the prompt and
+    the answer with --echo), written token by token as they are decoded.
 
-    A prompt ending inside an open <boi> or <boa> span continues that image or speech. Input from a file is
-    decoded in batches of --batch-size; lines piped on stdin are decoded one by one as they arrive. Row i
-    samples with seed --seed + i, so batching never changes a row's output.
+    A bare input (one that does not start with <s>) is wrapped in the model's prompt template for --task:
+    asr takes one speech span (<boa> ids <eoa>, as tokenize-audio writes it), caption one image span (as
+    tokenize-image writes it), s2i one speech span, tts and t2i text ids (as tokenize-text writes them), chat
+    text, images and at most one speech span, text any text. The tts, t2i and s2i templates end by opening
+    the answer's span (<boa>, <boi>, <-Ins->); that marker starts the output line, so each line is a whole
+    answer that detok reads.
+
+    An input that starts with <s> is already a prompt and is sent as it is, as is every input with
+    --raw-prompt; a prompt ending inside an open <boi> or <boa> span continues that image or speech. An
+    answer that is empty (the model stopped at once) is reported on stderr.
+
+    Input from a file is decoded in batches of --batch-size; lines piped on stdin are decoded one by one as
+    they arrive. Row i samples with seed --seed + i, so batching never changes a row's output.
+
+    \b
+    Examples:
+      aromni tokenize-audio speech.wav | aromni generate --task asr | aromni detok
+      echo "a red circle" | aromni tokenize-text | aromni generate --task t2i | aromni detok -o x.png
+      aromni tokenize-image cat.png | aromni generate --task caption | aromni detok
     """
     from aromni.core.generate import generate
     from aromni.core.decoding import with_model_defaults
+    from aromni.core.prompts import PromptContext, task_prompt
     from aromni.core.tasks import base_seed
-    from aromni.core.tokens import LineWriter, TokenStream, read_tokens, write_tokens
+    from aromni.core.tokens import LineWriter, TokenStream, cut_at_stop, read_tokens, write_tokens
 
     fmt = fmt or ("npy" if output.endswith(".npy") else "json" if output.endswith(".json") else "lines")
     if fmt not in ("lines", "json", "npy"):
@@ -118,6 +139,7 @@ def run(
     omni = load_model(model, device, dtype, quiet, seed, quant)
     opts = with_model_defaults(opts, omni.decode)
     v = omni.vocab
+    ctx = None if raw_prompt or omni.text is None else PromptContext.of(omni)
     s0 = base_seed(seed)
     collected: list[list[int]] = []
     out = None
@@ -125,12 +147,29 @@ def run(
         out = sys.stdout.buffer if output == "-" else open(output, "wb")
     writer = LineWriter(out, v.fingerprint) if out is not None else None
 
-    def decode_batch(prompts: list[list[int]], first: int) -> None:
-        lines = OrderedLines(writer, len(prompts), prompts if echo else None) if writer else None
+    def wrap(seq: list[int], source: str) -> tuple[list[int], list[int]]:
+        if raw_prompt or (seq and seq[0] == v.bos):
+            return seq, []
+        if ctx is None:
+            raise AromniError(f"{omni.source or 'model'}: has no text tokenizer to build a {task} prompt; "
+                              "pass --raw-prompt to send the ids as they are")
+        return task_prompt(ctx, task, seq, compat, source)
+
+    def decode_batch(inputs: list[list[int]], first: int, source: str) -> None:
+        wrapped = [wrap(s, source) for s in inputs]
+        prompts = [p for p, _ in wrapped]
+        heads = [p if echo else opened for p, opened in wrapped]
+        lines = OrderedLines(writer, len(prompts), heads) if writer else None
         g = generate(omni.model, v, prompts, opts, seeds=[s0 + first + k for k in range(len(prompts))],
                      on_token=lines.token if lines else None, on_finish=lines.finish if lines else None)
         if writer is None:
-            collected.extend([(p if echo else []) + t for p, t in zip(prompts, g.tokens)])
+            collected.extend([h + t for h, t in zip(heads, g.tokens)])
+        for k, (seq, toks) in enumerate(zip(inputs, g.tokens)):
+            if seq and not cut_at_stop(toks, v):
+                hint = "" if wrapped[k][0] is not seq else (
+                    " (the input was sent as it is: a bare span needs --task's template, without --raw-prompt)")
+                print(f"aromni: warning: {source}: sequence {first + k + 1}: the model's answer is empty{hint}",
+                      file=sys.stderr, flush=True)
         log(f"aromni: {g.new_tokens} tokens in {g.prefill_s + g.decode_s:.2f}s "
             f"({g.tokens_per_s:.1f} tok/s decode)", quiet)
 
@@ -141,12 +180,12 @@ def run(
             if not seqs:
                 raise AromniError(f"{tokens}: no token sequences")
             for i in range(0, len(seqs), batch_size):
-                decode_batch(seqs[i: i + batch_size], i)
+                decode_batch(seqs[i: i + batch_size], i, tokens)
         else:
             n = 0
             for seq, layout in _stdin_sequences(sys.stdin.buffer):
                 v.check_compatible(layout, "<stdin>")
-                decode_batch([seq], n)
+                decode_batch([seq], n, "<stdin>")
                 n += 1
             if n == 0:
                 raise AromniError("<stdin>: no token sequences")

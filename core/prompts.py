@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tokens import audio_block, image_block
+from .errors import InputError
+from .tokens import audio_block, image_block, split_segments
 from .vocab import VocabLayout
 
 DEFAULT_INSTRUCTIONS = {
@@ -51,7 +52,8 @@ def _seg(ctx: PromptContext, *parts) -> list[int]:
     return out
 
 
-def tts_prompt(ctx: PromptContext, text: str, instruction: str | None = None, bos: bool = True) -> list[int]:
+def tts_prompt(ctx: PromptContext, text: str | list[int], instruction: str | None = None,
+               bos: bool = True) -> list[int]:
     v = ctx.vocab
     return _seg(ctx, [v.bos] if bos else [], "USER:", ctx.instruction("tts", instruction), "This is input: ", text,
                 [v.eoh], "GPT:")
@@ -65,11 +67,12 @@ def asr_prompt(ctx: PromptContext, audio_codes, instruction: str | None = None, 
 
 def caption_prompt(ctx: PromptContext, image_codes, instruction: str | None = None, bos: bool = True) -> list[int]:
     v = ctx.vocab
-    return _seg(ctx, [v.bos] if bos else [], "USER:", image_block(image_codes, v), ctx.instruction("caption", instruction),
-                [v.eoh], "GPT:")
+    return _seg(ctx, [v.bos] if bos else [], "USER:", image_block(image_codes, v),
+                ctx.instruction("caption", instruction), [v.eoh], "GPT:")
 
 
-def t2i_prompt(ctx: PromptContext, text: str, instruction: str | None = None, bos: bool = True) -> list[int]:
+def t2i_prompt(ctx: PromptContext, text: str | list[int], instruction: str | None = None,
+               bos: bool = True) -> list[int]:
     """Note the leading spaces in " This is input: " and " GPT:", which differ from TTS.
     The image decoder appends ``<boi>`` itself."""
     v = ctx.vocab
@@ -77,9 +80,10 @@ def t2i_prompt(ctx: PromptContext, text: str, instruction: str | None = None, bo
                 [v.eoh], " GPT:")
 
 
-def chat_turn(ctx: PromptContext, text: str | None = None, image_codes: list | None = None, audio_codes=None,
-              append: str | None = None) -> list[int]:
-    """One user turn: "USER:" + images + [<boa> audio <eoa>] + text/append-text + <eoh> + "GPT:"."""
+def chat_turn(ctx: PromptContext, text: str | list[int] | None = None, image_codes: list | None = None,
+              audio_codes=None, append: str | list[int] | None = None) -> list[int]:
+    """One user turn: "USER:" + images + [<boa> audio <eoa>] + text/append-text + <eoh> + "GPT:".
+    Text may be given as a string or as text ids."""
     v = ctx.vocab
     parts: list = ["USER:"]
     for codes in image_codes or []:
@@ -108,6 +112,75 @@ def chat_prompt(ctx: PromptContext, history: list[int], turn: list[int]) -> list
 def s2i_prompt(ctx: PromptContext, audio_codes, instruction: str | None = None) -> list[int]:
     """Speech -> image: a chat turn with audio and the "transcribe ... create a picture" append-text."""
     return [ctx.vocab.bos] + chat_turn(ctx, audio_codes=audio_codes, append=ctx.instruction("s2i", instruction))
+
+
+# ----------------------------------------------------------------------------------------------
+# A bare input in a task's template (what `aromni generate --task T` sends)
+# ----------------------------------------------------------------------------------------------
+# What each task takes, and the span the template opens for the answer (the answer continues it)
+TASK_INPUTS = {
+    "asr": ("one speech span (<boa> ids <eoa>)", None),
+    "s2i": ("one speech span (<boa> ids <eoa>)", "ins"),
+    "caption": ("one image span (<boi> ids <eoi>)", None),
+    "tts": ("text", "boa"),
+    "t2i": ("text", "boi"),
+    "chat": ("text, images and at most one speech span", None),
+    "text": ("text", None),
+}
+
+
+def task_prompt(ctx: PromptContext, task: str, ids: list[int], compat: bool = False,
+                source: str = "token stream") -> tuple[list[int], list[int]]:
+    """A bare input (joint ids, no ``<s>``) in the model's prompt template for ``task``: returns
+    ``(prompt, opened)``, where ``opened`` is the marker the template ends with (``<boa>`` for tts,
+    ``<boi>`` for t2i, ``<-Ins->`` for s2i; none under ``compat`` for tts and s2i, as the task API does), the
+    start of the answer. An input that already starts with ``<s>`` is a prompt: it is returned as it is.
+
+    asr: ``<s>USER:{instruction}<boa>…<eoa><eoh>GPT:``; caption: ``<s>USER:<boi>…<eoi>{instruction}<eoh>GPT:``;
+    tts: ``<s>USER:{instruction}This is input: {text}<eoh>GPT:<boa>``; t2i: the same with " This is input: " and
+    " GPT:", then ``<boi>``; s2i: a speech chat turn with the s2i instruction, then ``<-Ins->``; chat:
+    ``<s>USER:{images}{speech}{text}<eoh>GPT:``; text: ``<s>{text}``."""
+    if task not in TASK_INPUTS:
+        raise InputError(f"unknown task {task!r} (known: {', '.join(TASK_INPUTS)})")
+    v = ctx.vocab
+    if ids and ids[0] == v.bos:
+        return list(ids), []
+    want, opens = TASK_INPUTS[task]
+    segs = split_segments(ids, v, source)
+    kinds = [s.kind for s in segs]
+    if "special" in kinds:
+        raise InputError(f"{task} takes {want}; the input holds control tokens (send a whole prompt, starting "
+                         "with <s>, or send it unwrapped as a raw prompt)", source)
+    text = [t for s in segs if s.kind == "text" for t in s.ids]
+    images = [s.codes(v) for s in segs if s.kind == "image"]
+    audio = [s.codes(v) for s in segs if s.kind == "audio"]
+    if task in ("asr", "s2i", "caption"):
+        kind = "image" if task == "caption" else "audio"
+        if kinds != [kind]:
+            raise InputError(f"{task} takes {want}; the input holds {_describe(kinds)}", source)
+        prompt = {"asr": asr_prompt, "s2i": s2i_prompt, "caption": caption_prompt}[task](ctx, segs[0].codes(v))
+    elif task in ("tts", "t2i", "text"):
+        if kinds != ["text"] and not (task == "text" and not kinds):
+            raise InputError(f"{task} takes {want}; the input holds {_describe(kinds)}", source)
+        prompt = {"tts": tts_prompt, "t2i": t2i_prompt, "text": lambda c, t: [v.bos] + t}[task](ctx, text)
+    else:  # chat
+        if len(audio) > 1 or not kinds:
+            raise InputError(f"chat takes {want}; the input holds {_describe(kinds)}", source)
+        if audio:
+            turn = chat_turn(ctx, image_codes=images, audio_codes=audio[0], append=text or None)
+        else:
+            turn = chat_turn(ctx, text=text, image_codes=images)
+        prompt = chat_prompt(ctx, [], turn)
+    if opens is None or (compat and task in ("tts", "s2i")):
+        return prompt, []
+    return prompt + [getattr(v, opens)], [getattr(v, opens)]
+
+
+def _describe(kinds: list[str]) -> str:
+    if not kinds:
+        return "nothing"
+    names = {"text": "text", "image": "an image span", "audio": "a speech span", "special": "control tokens"}
+    return ", ".join(names[k] for k in kinds)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -248,15 +248,21 @@ class Segment:
 
 
 def split_segments(ids: list[int], layout: VocabLayout, source: str = "token stream",
-                   allow_open_end: bool = False) -> list[Segment]:
-    """Split a validated stream into text / image / audio / special segments.
+                   allow_open_end: bool = False, tolerant: bool = False) -> list[Segment]:
+    """Split a stream into text / image / audio / special segments.
 
-    Raises InputError on ids outside the vocabulary, a wrong-modality id inside a span, or an
-    unterminated span (unless ``allow_open_end``: a stream still being generated).
+    Strict (the default): raises InputError on ids outside the vocabulary, a wrong-modality id inside a span,
+    a close marker with no open span, an image code outside an image span, or an unterminated span (unless
+    ``allow_open_end``: a stream still being generated).
+
+    ``tolerant`` (a model's response, which may be cut off or malformed): ids outside the vocabulary and image
+    codes outside an image span are dropped, a span ends at its first id of another kind, an unterminated span
+    is kept, and a stray close marker is a special token. Nothing raises.
     """
     segs: list[Segment] = []
     sp = layout.specials
     i, n = 0, len(ids)
+    open_end = allow_open_end or tolerant
 
     def push(kind, tok):
         if segs and segs[-1].kind == kind:
@@ -267,7 +273,11 @@ def split_segments(ids: list[int], layout: VocabLayout, source: str = "token str
     while i < n:
         t = ids[i]
         if not 0 <= t < layout.vocab_size:
-            raise InputError(f"token {t} at position {i} is outside the vocabulary (0..{layout.vocab_size - 1})", source)
+            if tolerant:
+                i += 1
+                continue
+            raise InputError(f"token {t} at position {i} is outside the vocabulary (0..{layout.vocab_size - 1})",
+                             source)
         if t in (sp["boi"], sp["boa"]):
             image = t == sp["boi"]
             end, ok = (sp["eoi"], layout.is_image) if image else (sp["eoa"], layout.is_audio)
@@ -275,18 +285,23 @@ def split_segments(ids: list[int], layout: VocabLayout, source: str = "token str
             j, body = i + 1, []
             while j < n and ids[j] != end:
                 if not ok(ids[j]):
+                    if tolerant:
+                        break
                     raise InputError(f"token {ids[j]} at position {j} is not an {what} code, inside the {what} span "
                                      f"opened at position {i}", source)
                 body.append(ids[j])
                 j += 1
-            if j >= n and not allow_open_end:
+            if j >= n and not open_end:
                 raise InputError(f"{what} span opened at position {i} is never closed", source)
             segs.append(Segment(what, body))
-            i = j + 1
+            i = j + (1 if j < n and ids[j] == end else 0)
             continue
-        if t in (sp["eoi"], sp["eoa"]):
+        if t in (sp["eoi"], sp["eoa"]) and not tolerant:
             raise InputError(f"token {t} at position {i} closes a span that was never opened", source)
         if layout.is_image(t):
+            if tolerant:
+                i += 1
+                continue
             raise InputError(f"image code {t} at position {i} outside an image span", source)
         if layout.is_audio(t):
             # A bare run of audio ids is accepted as speech (the reference chat parser does the same).
@@ -299,6 +314,36 @@ def split_segments(ids: list[int], layout: VocabLayout, source: str = "token str
         push("text" if layout.is_text(t) else "special", t)
         i += 1
     return segs
+
+
+def cut_at_stop(ids: list[int], layout: VocabLayout) -> list[int]:
+    """``ids`` up to (not including) the first ``</s>`` or ``<eom>``."""
+    for i, t in enumerate(ids):
+        if t in (layout.eos, layout.eom):
+            return ids[:i]
+    return ids
+
+
+def parse_response(ids: list[int], layout: VocabLayout) -> dict:
+    """A model's response (cut at its first stop token, parsed tolerantly) as ``{"text": text ids,
+    "transcript": text ids between <-Ins-> and <-Res->, "images": [codes], "speech": [codes]}``; empty image
+    and speech spans are left out."""
+    text: list[int] = []
+    transcript: list[int] = []
+    images: list[list[int]] = []
+    speech: list[list[int]] = []
+    in_ins = False
+    for seg in split_segments(cut_at_stop(ids, layout), layout, tolerant=True):
+        if seg.kind == "image" and seg.ids:
+            images.append(seg.codes(layout))
+        elif seg.kind == "audio" and seg.ids:
+            speech.append(seg.codes(layout))
+        elif seg.kind == "text":
+            (transcript if in_ins else text).extend(seg.ids)
+        elif seg.kind == "special":
+            for t in seg.ids:
+                in_ins = True if t == layout.ins else False if t == layout.res else in_ins
+    return {"text": text, "transcript": transcript, "images": images, "speech": speech}
 
 
 def validate(ids: list[int], layout: VocabLayout, source: str = "token stream") -> None:

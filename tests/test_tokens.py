@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from aromni.core.errors import InputError
-from aromni.core.tokens import (LineWriter, Segment, TokenStream, audio_block, format_lines, image_block,
-                                iter_line_sequences, parse_tokens, read_tokens, split_segments, to_npy_bytes,
-                                validate, write_tokens)
+from aromni.core.tokens import (LineWriter, Segment, TokenStream, audio_block, cut_at_stop, format_lines,
+                                image_block, iter_line_sequences, parse_response, parse_tokens, read_tokens,
+                                split_segments, to_npy_bytes, validate, write_tokens)
 from aromni.core.vocab import arom_layout, compact_layout
 
 AROM = arom_layout()
@@ -171,6 +171,35 @@ def test_span_errors(v):
             split_segments(ids, v, "x.npy")
         with pytest.raises(InputError):
             validate(ids, v, "x.npy")
+
+
+@pytest.mark.parametrize("v", [AROM, COMPACT], ids=["ar-omni", "compact"])
+def test_tolerant_mode_never_raises_and_keeps_what_it_can(v):
+    t, i0, a0 = v.text_start, v.image_id(0), v.audio_id(0)
+    cases = [  # (ids, kinds and ids of the segments)
+        ([t, v.vocab_size, -1, t + 1], [("text", [t, t + 1])]),  # ids outside the vocabulary dropped
+        ([v.boi, i0, a0, v.eoi], [("image", [i0]), ("audio", [a0]), ("special", [v.eoi])]),  # span ends at a0
+        ([v.boa, a0, t, v.eoa], [("audio", [a0]), ("text", [t]), ("special", [v.eoa])]),
+        ([t, v.boi, i0], [("text", [t]), ("image", [i0])]),  # never closed: kept
+        ([t, v.eoi], [("text", [t]), ("special", [v.eoi])]),  # a stray close marker is a special token
+        ([t, v.image_id(3), t], [("text", [t, t])]),  # an image code outside a span dropped
+    ]
+    for ids, want in cases:
+        assert [(s.kind, s.ids) for s in split_segments(ids, v, tolerant=True)] == want, ids
+    # a valid stream splits the same either way
+    assert split_segments(mixed(v), v, tolerant=True) == split_segments(mixed(v), v)
+
+
+@pytest.mark.parametrize("v", [AROM, COMPACT], ids=["ar-omni", "compact"])
+def test_parse_response(v):
+    t = v.text_start
+    ids = ([v.ins, t, t + 1, v.res, t + 2] + image_block([1, 2], v) + [v.boi, v.eoi]
+           + audio_block([3], v) + [v.audio_id(4), v.image_id(9), t + 3, v.eom, t + 4] + audio_block([5], v))
+    assert parse_response(ids, v) == {"text": [t + 2, t + 3], "transcript": [t, t + 1], "images": [[1, 2]],
+                                      "speech": [[3], [4]]}
+    assert cut_at_stop(ids, v) == ids[: ids.index(v.eom)] and cut_at_stop([t], v) == [t]
+    assert parse_response([v.boi, v.image_id(1)], v)["images"] == [[1]]  # cut off mid-image
+    assert parse_response([v.eos, t], v) == {"text": [], "transcript": [], "images": [], "speech": []}
 
 
 def test_open_end_allowed_while_generating():
