@@ -28,6 +28,7 @@ COMMANDS = [
     ("eval", "eval", "Evaluate a model (WER, CIDEr, CLIPScore, latency, RTF)."),
     ("plot", "plot", "Plot training metrics or evaluation reports to PNG."),
     ("corpus", "corpus", "Generate the synthetic tri-modal corpus (scenes, espeak-ng speech)."),
+    ("serve", "serve", "Serve models over an OpenAI-compatible HTTP API (models stay loaded)."),
 ]
 
 app = typer.Typer(

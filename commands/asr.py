@@ -11,6 +11,7 @@ from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
+from aromni.commands._remote import Host, Local, remote
 from aromni.core.errors import AromniError, InputError
 
 
@@ -36,6 +37,8 @@ def run(
     quiet: Quiet = False,
     quant: Quant = "none",
     threads: Threads = None,
+    host: Host = None,
+    local: Local = False,
 ) -> None:
     """Speech -> text: one line per input (JSON lines with --json). All inputs, and the windows of long
     inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
@@ -67,6 +70,11 @@ def run(
     opts = decode_options("asr", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
     data = [input_bytes(p, "audio") for p in paths]  # read (and fail on missing files) before loading the model
+    client = remote(host, local, model)
+    if client is not None:
+        for (_, name), t in zip(data, client.asr(data, opts, seed, window)):
+            print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
+        return
     omni = load_model(model, device, dtype, quiet, seed, quant)
     if omni.speech is None:
         raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")

@@ -11,6 +11,7 @@ from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
+from aromni.commands._remote import Host, Local, remote
 from aromni.core.errors import AromniError, InputError
 
 
@@ -39,6 +40,8 @@ def run(
     quiet: Quiet = False,
     quant: Quant = "none",
     threads: Threads = None,
+    host: Host = None,
+    local: Local = False,
 ) -> None:
     """Image -> text: one caption per line (JSON lines with --json), all inputs decoded together in batches.
     --batch FILE.jsonl takes {"image": path} per line."""
@@ -63,6 +66,12 @@ def run(
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
     data = [input_bytes(p, "image") for p in paths]
     pil = [open_image(b, name, exif_transpose=exif_transpose) for b, name in data]
+    client = remote(host, local, model)
+    if client is not None:
+        texts = client.caption([b for b, _ in data], opts, seed, instruction, exif_transpose)
+        for (_, name), t in zip(data, texts):
+            print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
+        return
     omni = load_model(model, device, dtype, quiet, seed, quant)
     if instruction is not None:
         omni.prompts = dict(omni.prompts or {})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import IO, Iterator, Optional
 
 import typer
@@ -11,6 +12,7 @@ from aromni.commands._common import Quant, Threads
 from aromni.commands._common import Device, Dtype, Model, Output, Quiet, Seed, log
 from aromni.commands._decode import (BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
+from aromni.commands._remote import Host, Local, remote
 from aromni.core.errors import AromniError
 
 
@@ -92,6 +94,8 @@ def run(
     quiet: Quiet = False,
     quant: Quant = "none",
     threads: Threads = None,
+    host: Host = None,
+    local: Local = False,
 ) -> None:
     """Answer token streams with the model: one output line per input sequence (the answer, or the prompt and
     the answer with --echo), written token by token as they are decoded.
@@ -136,10 +140,14 @@ def run(
                           image_greedy=image_greedy, batch_size=batch_size,
                           compile=compile)
     stream_file = None if tokens == "-" else read_tokens(tokens)  # parse errors before the model loads
-    omni = load_model(model, device, dtype, quiet, seed, quant)
-    opts = with_model_defaults(opts, omni.decode)
-    v = omni.vocab
-    ctx = None if raw_prompt or omni.text is None else PromptContext.of(omni)
+    client = remote(host, local, model)
+    if client is not None:  # the server applies the model's defaults and builds the prompts
+        v, ctx = client.vocab(), None
+    else:
+        omni = load_model(model, device, dtype, quiet, seed, quant)
+        opts = with_model_defaults(opts, omni.decode)
+        v = omni.vocab
+        ctx = None if raw_prompt or omni.text is None else PromptContext.of(omni)
     s0 = base_seed(seed)
     collected: list[list[int]] = []
     out = None
@@ -150,6 +158,8 @@ def run(
     def wrap(seq: list[int], source: str) -> tuple[list[int], list[int]]:
         if raw_prompt or (seq and seq[0] == v.bos):
             return seq, []
+        if client is not None:
+            return client.task_prompt(task, seq, compat, source)
         if ctx is None:
             raise AromniError(f"{omni.source or 'model'}: has no text tokenizer to build a {task} prompt; "
                               "pass --raw-prompt to send the ids as they are")
@@ -160,8 +170,9 @@ def run(
         prompts = [p for p, _ in wrapped]
         heads = [p if echo else opened for p, opened in wrapped]
         lines = OrderedLines(writer, len(prompts), heads) if writer else None
-        g = generate(omni.model, v, prompts, opts, seeds=[s0 + first + k for k in range(len(prompts))],
-                     on_token=lines.token if lines else None, on_finish=lines.finish if lines else None)
+        run = client.generate if client is not None else partial(generate, omni.model)
+        g = run(v, prompts, opts, seeds=[s0 + first + k for k in range(len(prompts))],
+                on_token=lines.token if lines else None, on_finish=lines.finish if lines else None)
         if writer is None:
             collected.extend([h + t for h, t in zip(heads, g.tokens)])
         for k, (seq, toks) in enumerate(zip(inputs, g.tokens)):

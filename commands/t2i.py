@@ -15,6 +15,7 @@ from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, 
 from aromni.commands._decode import (Batch, BatchSize, Candidates, Cfg, CfgImage, CfgText, Compat, Compile,
                                      ImageGreedy, ImageTemp, MaxNew, OutDir, decode_options, load_model, make_dir,
                                      print_line, read_jsonl)
+from aromni.commands._remote import Host, Local, remote
 from aromni.core.errors import AromniError, InputError
 
 
@@ -61,6 +62,8 @@ def run(
     quiet: Quiet = False,
     quant: Quant = "none",
     threads: Threads = None,
+    host: Host = None,
+    local: Local = False,
 ) -> None:
     """Text -> PNG image(s). One image goes to stdout or -o FILE; several (--n, --batch) to -o with a {i}
     pattern or to --out-dir. Image i samples with seed --seed + i; CFG runs its three streams in one batch.
@@ -95,8 +98,12 @@ def run(
                           image_temperature=image_temperature, image_greedy=image_greedy,
                           image_top_p=image_top_p, image_top_k=image_top_k, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, compile=compile)
-    omni = load_model(model, device, dtype, quiet, seed, quant)
-    images = tasks.t2i(omni, texts, n=n, opts=opts, seed=seed)
+    client = remote(host, local, model)
+    if client is not None:
+        images = client.t2i(texts, n, opts, seed)
+    else:
+        omni = load_model(model, device, dtype, quiet, seed, quant)
+        images = tasks.t2i(omni, texts, n=n, opts=opts, seed=seed)
     for i, (img, path) in enumerate(zip(images, paths)):
         buf = io.BytesIO()
         img.save(buf, format="PNG")

@@ -14,6 +14,8 @@ from aromni.commands._common import Device, Dtype, Json, Model, Output, Quiet, S
 from aromni.commands._decode import (Batch, BatchSize, Candidates, ChunkWords, Compat, Compile, Greedy, LeadIn, MaxNew,
                                      OutDir, RepPenalty, SpeechPad, Stats, Temperature, TopK, TopP, decode_options,
                                      load_model, make_dir, print_line, read_jsonl)
+from aromni.commands._remote import Host, Local, remote
+from aromni.commands._remote import tts as remote_tts
 from aromni.core.errors import AromniError, InputError
 
 
@@ -54,6 +56,8 @@ def run(
     quiet: Quiet = False,
     quant: Quant = "none",
     threads: Threads = None,
+    host: Host = None,
+    local: Local = False,
 ) -> None:
     """Text -> speech as WAV (or raw PCM with --raw) on stdout or -o FILE.
 
@@ -110,6 +114,16 @@ def run(
     if json_out and output == "-":
         raise AromniError("--json prints the result on stdout; write the audio with -o FILE")
     text = text_arg(text, "text")
+    client = None if batch is not None else remote(host, local, model)
+    if client is not None:
+        res = remote_tts(client, text, opts, seed, output, raw, quiet)
+        if stats:
+            log(_stats_lines(res["stats"]))
+        if json_out:
+            json.dump({"output": output, "sample_rate": res["sample_rate"], "codes": res["codes"], **res["stats"]},
+                      sys.stdout)
+            print_line("")
+        return
     omni = load_model(model, device, dtype, quiet, seed, quant)
     sr = omni.speech.sample_rate if omni.speech is not None else 0
     if raw:
