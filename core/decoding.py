@@ -246,9 +246,10 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen & (p != 1.0), pen, logits)
 
 
-def apply_top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Keep the ``k[b]`` largest logits of row b (0 = all)."""
-    kmax = int(k.max())
+def apply_top_k(logits: torch.Tensor, k: torch.Tensor, kmax: int | None = None) -> torch.Tensor:
+    """Keep the ``k[b]`` largest logits of row b (0 = all). ``kmax``: the largest k when the caller knows it
+    (saves reading it back from the device)."""
+    kmax = int(k.max()) if kmax is None else kmax
     if kmax <= 0:
         return logits
     kmax = min(kmax, logits.shape[-1])
@@ -259,9 +260,10 @@ def apply_top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(logits < thresh, NEG_INF)
 
 
-def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Nucleus filter as HF's TopPLogitsWarper: drop the low tail whose mass is <= 1 - p; keep at least one."""
-    if bool((p >= 1.0).all()):
+def apply_top_p(logits: torch.Tensor, p: torch.Tensor, pmin: float | None = None) -> torch.Tensor:
+    """Nucleus filter as HF's TopPLogitsWarper: drop the low tail whose mass is <= 1 - p; keep at least one.
+    ``pmin``: the smallest p when the caller knows it (saves reading it back from the device)."""
+    if (float(p.min()) if pmin is None else pmin) >= 1.0:
         return logits
     sorted_logits, idx = torch.sort(logits, dim=-1, descending=False)
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
@@ -278,11 +280,13 @@ def cfg_mix(full: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor, g_tex
 
 
 def sample_rows(probs: torch.Tensor, generators: list) -> torch.Tensor:
-    """One multinomial draw per row, each from its own generator (batch composition never changes a row)."""
-    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    for b in range(probs.shape[0]):
-        out[b] = torch.multinomial(probs[b], 1, generator=generators[b])[0]
-    return out
+    """One draw per row from ``probs`` [B, V], each row's randomness from its own generator (batch composition
+    never changes a row). The rows' exponential noise is filled row by row, then one batched argmax of
+    ``probs / noise`` picks every token: the same draw ``torch.multinomial(probs[b], 1, generator=g)`` makes."""
+    noise = torch.empty_like(probs)
+    for b, g in enumerate(generators):
+        noise[b].exponential_(1, generator=g)
+    return (probs / noise).argmax(dim=-1)
 
 
 def make_generators(seeds: list[int | None], device) -> list[torch.Generator]:
@@ -489,10 +493,16 @@ class Chooser:
             if samp:
                 img = [modes[i] == IMAGE for i in samp]
                 xs = x[samp]
-                f = lambda a, b: torch.tensor([a if m else b for m in img], device=x.device)  # noqa: E731
-                xs = xs / f(o.image_temperature, o.temperature).view(-1, 1)
-                xs = apply_top_k(xs, f(o.image_top_k, o.top_k).long())
-                xs = apply_top_p(xs, f(o.image_top_p, o.top_p))
+
+                def per_row(image_value, text_value):  # host values per sampled row, then one tensor
+                    vals = [image_value if m else text_value for m in img]
+                    return vals, torch.tensor(vals, device=x.device)
+
+                xs = xs / per_row(o.image_temperature, o.temperature)[1].view(-1, 1)
+                ks, k = per_row(o.image_top_k, o.top_k)
+                xs = apply_top_k(xs, k.long(), max(ks))
+                ps, p = per_row(o.image_top_p, o.top_p)
+                xs = apply_top_p(xs, p, min(ps))
                 tok[samp] = sample_rows(xs.softmax(dim=-1), [self.gens[pick[i]] for i in samp])
             for b, t in zip(pick, tok.tolist()):
                 out[b] = t

@@ -194,12 +194,14 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
     state = setup_cache(model, N, max_len)
     state.reset(pad=pads.to(dev))
     key_valid = torch.zeros(N, state.max_len, dtype=torch.bool)
-    npos = torch.zeros(N, dtype=torch.long)
+    npos = [0] * N  # per stream: positions used so far (holes take none)
     for n, s in enumerate(streams):
         key_valid[n, P - len(s): P] = True
         for h in holes[n]:
             key_valid[n, P - len(s) + h] = False
         npos[n] = len(s) - len(holes[n])
+    # compat: U restarts at <boi> but keeps its <bos> (when the stream has one, i.e. no hole in front)
+    keep_first = [opts.compat and 0 not in holes[n] for n in range(N)]
     key_valid = key_valid.to(dev)  # the prefill needs no holes mask: a hole is only ever a stream's last token
 
     chooser = Chooser(vocab, opts, rows, prompts, seeds, dev)
@@ -240,8 +242,8 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
         if all(r.done for r in rows) or L >= state.max_len:
             break
         # validity of the fed token in each stream; positions count only valid tokens
-        vmask = torch.zeros(N, dtype=torch.bool)
-        pos = npos.clone()
+        vmask = [False] * N
+        pos = list(npos)
         for b, t in enumerate(out):
             if t is None:
                 continue
@@ -251,20 +253,19 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
                 u = 2 * B + b
                 if t == vocab.boi:  # U restarts: only (<bos>,) <boi> and this image's codes
                     first_u = P - len(streams[u])
-                    keep = key_valid[u, first_u].item() if opts.compat else False
                     key_valid[u, :L] = False
-                    if keep:
+                    if keep_first[u]:
                         key_valid[u, first_u] = True
-                    npos[u] = pos[u] = int(keep)
+                    npos[u] = pos[u] = int(keep_first[u])
                     vmask[u] = True
                 else:
                     vmask[u] = was_image[b] and vocab.is_image(t)
         for n in range(N):
-            if vmask[n]:
-                npos[n] += 1
-        key_valid[:, L] = vmask.to(dev)
-        feed_t = torch.tensor(feed, dtype=torch.long, device=dev).view(N, 1)
-        pos_t = pos.clamp_max(ctx - 1).to(dev).view(N, 1)
+            npos[n] += vmask[n]
+        # one host -> device copy per step: fed tokens, their positions, their validity
+        step_in = torch.tensor([feed, [min(q, ctx - 1) for q in pos], vmask], dtype=torch.long).to(dev)
+        feed_t, pos_t = step_in[0].view(N, 1), step_in[1].view(N, 1)
+        key_valid[:, L] = step_in[2].bool()
         idx.fill_(L)
         if static:
             logits = step_fn(model, feed_t, pos_t, idx, key_valid)

@@ -253,3 +253,23 @@ def test_model_defaults_are_validated():
                 {"t2i": True}, [], {"tts": {"chunk_words": -1}}):
         with pytest.raises(AromniError):
             check_model_defaults(bad)
+
+
+def test_batched_sampling_draws_what_per_row_multinomial_draws():
+    """One batched pick per step gives each row exactly its own generator's multinomial draw, whatever the batch."""
+    from aromni.core.decoding import make_generators, sample_rows
+
+    probs = torch.softmax(3 * torch.randn(4, 300, generator=torch.Generator().manual_seed(0)), -1)
+    probs[1, :250] = 0  # a masked row
+    probs[1] /= probs[1].sum()
+    seeds = [11, 12, 13, 14]
+    ref_gens = make_generators(seeds, "cpu")
+    gens = make_generators(seeds, "cpu")
+    for _ in range(5):
+        want = [int(torch.multinomial(probs[b], 1, generator=ref_gens[b])[0]) for b in range(4)]
+        assert sample_rows(probs, gens).tolist() == want
+    alone = make_generators([13], "cpu")
+    together = make_generators([11, 13], "cpu")
+    for _ in range(5):
+        assert sample_rows(probs[2:3], alone).item() == sample_rows(probs[[0, 2]], together)[1].item()
+    assert int(sample_rows(probs[1:2], make_generators([0], "cpu"))) >= 250
