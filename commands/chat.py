@@ -5,29 +5,25 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, log
+from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes, log
 from aromni.commands._decode import (Batch, BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, OutDir, RepPenalty, Temperature, TopK, TopP, decode_options,
-                                     load_model, make_dir, one_line, print_line, read_jsonl, resolve_rel)
+                                     load_model, make_dir, one_line, print_line, resolve_rel)
 from aromni.core.errors import AromniError, InputError
-
-HELP = """commands:
-  TEXT            send a text turn (with any queued images)
-  /image PATH     queue an image for the next turn
-  /audio PATH [TEXT]  send a speech turn (TEXT replaces the default instruction)
-  /save PATH      write the conversation as JSON (replayable with --batch)
-  /reset          forget the conversation
-  /help, /quit"""
-
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name))[:80] or "dialog"
+
+
+def _why(e: BaseException) -> str:
+    return f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
 
 
 def save_reply(omni, reply, out_dir: str, stem: str) -> dict:
@@ -51,8 +47,19 @@ def save_reply(omni, reply, out_dir: str, stem: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # batch mode
 # ----------------------------------------------------------------------------------------------
+@dataclass
+class Dialog:
+    line: int  # its line in the batch file
+    ordinal: int  # its place among the file's dialogs (seed offset)
+    id: str
+    actions: list  # {"turn": {text, images, audio}, "reply": str | None, "reset": bool}, "k": turn index}
+    records: list = field(default_factory=list)
+    error: Optional[str] = None
+
+
 def parse_dialog(obj: dict, n: int, src: str) -> tuple[str, list[dict]]:
-    """A dialog -> (id, actions). Action: {"turn": {text, images, audio}, "reply": str | None, "reset": bool}.
+    """A dialog on line ``n`` -> (id, actions); an InputError naming the line (and the file of a missing image
+    or clip) when it is malformed.
 
     Accepts aromni's schema (turns with role user/assistant, text, audio, image/images) and the reference's
     (dialog_id, turns with text or wav_path, image_paths, reset)."""
@@ -81,74 +88,211 @@ def parse_dialog(obj: dict, n: int, src: str) -> tuple[str, list[dict]]:
         text = t.get("text")
         if text is None and audio is None and not imgs:
             raise InputError(f"line {n}, turn {k}: needs \"text\", \"audio\"/\"wav_path\" or images", src)
-        actions.append({"turn": {"text": text, "images": [resolve_rel(p, src) for p in imgs],
-                                 "audio": resolve_rel(audio, src) if audio else None},
-                        "reply": None, "reset": bool(t.get("reset", False))})
+        if not all(isinstance(p, str) for p in imgs) or not (audio is None or isinstance(audio, str)):
+            raise InputError(f"line {n}, turn {k}: image and audio paths must be strings", src)
+        paths = [resolve_rel(p, src) for p in imgs]
+        wav = resolve_rel(audio, src) if audio else None
+        for what, p in [("image", q) for q in paths] + ([("audio", wav)] if wav else []):
+            if not os.path.isfile(p):
+                raise InputError(f"line {n}, turn {k}: {what} file {p} not found", src)
+        actions.append({"turn": {"text": text, "images": paths, "audio": wav}, "reply": None,
+                        "reset": bool(t.get("reset", False)), "k": k})
     return str(did), actions
 
 
-def run_batch(omni, opts, dialogs: list, out_dir: str, seed: Optional[int], quiet: bool) -> None:
-    from aromni.core import tasks
+def read_dialogs(path: str) -> tuple[list[Dialog], list[tuple[int, str]]]:
+    """The valid dialogs of a JSONL file and (line, error) for each line that is not one."""
+    data, src = input_bytes(path, "dialogs")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file", src) from None
+    dialogs, bad = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        ordinal = len(dialogs) + len(bad)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append((n, f"line {n}: invalid JSON ({e.msg})"))
+            continue
+        if not isinstance(obj, dict):
+            bad.append((n, f"line {n}: expected a JSON object"))
+            continue
+        try:
+            did, actions = parse_dialog(obj, n, path)
+        except InputError as e:
+            bad.append((n, str(e).removeprefix(f"{path}: ")))
+            continue
+        dialogs.append(Dialog(n, ordinal, did, actions))
+    if not dialogs and not bad:
+        raise InputError("no dialogs in the file", src)
+    return dialogs, bad
+
+
+def run_batch(omni, opts, dialogs: list[Dialog], out_dir: str, seed: Optional[int], quiet: bool) -> None:
+    """Every dialog's turns, round by round (each round's turns decoded as one batch); a dialog that fails
+    (an unreadable file, a turn too long for the context) gets its ``error`` and takes no further turns."""
+    from aromni.core import chat
     from aromni.core.audio_io import load_audio
     from aromni.core.image_tokenizer import open_image
 
-    s0 = tasks.base_seed(seed)
-    sessions = [tasks.ChatSession(omni, opts, seed=s0 + i) for i in range(len(dialogs))]
-    records: list[list[dict]] = [[] for _ in dialogs]
-    ctx = None
+    sessions = chat.sessions(omni, opts, [d.ordinal for d in dialogs], seed)
 
     def load_turn(t: dict) -> dict:
         audio = None
         if t["audio"]:
             if omni.speech is None:
                 raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer for audio turns")
-            audio = load_audio(t["audio"], omni.speech.sample_rate, resampler=omni.speech.resampler)
+            audio = load_audio(t["audio"], omni.speech.sample_rate)
         return {"text": t["text"], "images": [open_image(p) for p in t["images"]] or None, "audio": audio}
 
-    for r in range(max(len(a) for _, a in dialogs)):
+    def fail(d: Dialog, act: dict, e: BaseException) -> None:
+        d.error = f"line {d.line}, turn {act['k']}: {_why(e)}"
+
+    for r in range(max(len(d.actions) for d in dialogs)):
         todo = []
-        for i, (did, actions) in enumerate(dialogs):
-            if r >= len(actions):
+        for d, s in zip(dialogs, sessions):
+            if d.error is not None or r >= len(d.actions):
                 continue
-            act, s = actions[r], sessions[i]
+            act = d.actions[r]
             if act["reset"]:
                 s.reset()
-            turn = load_turn(act["turn"])
-            if act["reply"] is not None:  # a given assistant reply joins the history as if generated
-                from aromni.core.prompts import PromptContext
-                ctx = ctx or PromptContext.of(omni)
-                ids = s.user_turn(**turn)
-                s.prompt(ids)
-                s.commit(ids, list(ctx.encode(act["reply"])) + [omni.vocab.eom])
-                records[i].append({"text": act["reply"], "given": True})
-            else:
-                todo.append((i, turn))
+            try:
+                turn = load_turn(act["turn"])
+                if act["reply"] is not None:  # a given assistant reply joins the history as if generated
+                    s.replay(act["reply"], **turn)
+                    d.records.append({"text": act["reply"], "given": True})
+                    continue
+            except (AromniError, OSError) as e:
+                fail(d, act, e)
+                continue
+            todo.append((d, s, turn))
         if todo:
-            replies = tasks.chat_step([sessions[i] for i, _ in todo], [t for _, t in todo])
-            for (i, _), rep in zip(todo, replies):
-                stem = f"{_safe(dialogs[i][0])}_t{r}"
-                records[i].append(save_reply(omni, rep, out_dir, stem))
+            errors: list = []
+            replies = chat.chat_step([s for _, s, _ in todo], [t for _, _, t in todo], errors=errors)
+            for k, e in errors:
+                fail(todo[k][0], todo[k][0].actions[r], e)
+            for (d, _, _), rep in zip(todo, replies):
+                if rep is not None:
+                    d.records.append(save_reply(omni, rep, out_dir, f"{_safe(d.id)}_t{r}"))
         log(f"aromni: round {r + 1}: {len(todo)} replies", quiet)
-    for (did, _), rec in zip(dialogs, records):
-        print_line(json.dumps({"dialog_id": did, "turns": rec}))
 
 
 # ----------------------------------------------------------------------------------------------
 # interactive
 # ----------------------------------------------------------------------------------------------
-def repl(omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: bool) -> None:
-    from aromni.core import tasks
-    from aromni.core.audio_io import load_audio
-    from aromni.core.image_tokenizer import open_image
+class Repl:
+    """The REPL's state; each slash command is a method in ``SLASH`` that returns a turn to send, or None."""
 
+    def __init__(self, omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: bool, tty: bool):
+        from aromni.core.chat import ChatSession
+
+        self.omni, self.out_dir, self.json_out, self.quiet, self.tty = omni, out_dir, json_out, quiet, tty
+        self.session = ChatSession(omni, opts, seed=seed)
+        self.images: list = []
+        self.image_paths: list[str] = []
+        self.log_turns: list[dict] = []  # the conversation as --batch turns (/save)
+        self.replies = 0
+
+    def help(self, arg: str) -> None:
+        log(HELP)
+
+    def reset(self, arg: str) -> None:
+        self.session.reset()
+        self.images, self.image_paths = [], []
+        self.log_turns.append({"reset": True})
+        log("aromni: conversation reset", self.quiet)
+
+    def image(self, arg: str) -> None:
+        from aromni.core.image_tokenizer import open_image
+
+        if not arg:
+            raise AromniError("/image needs a path")
+        self.images.append(open_image(arg))
+        self.image_paths.append(os.path.abspath(arg))
+        log(f"aromni: image queued ({len(self.images)})", self.quiet)
+
+    def audio(self, arg: str) -> tuple[dict, dict]:
+        from aromni.core.audio_io import load_audio
+
+        path, _, text = arg.partition(" ")
+        if not path:
+            raise AromniError("/audio needs a path")
+        if self.omni.speech is None:
+            raise AromniError("this model has no speech tokenizer")
+        turn = {"audio": load_audio(path, self.omni.speech.sample_rate), "text": text.strip() or None}
+        return turn, {"wav_path": os.path.abspath(path), **({"text": text.strip()} if text.strip() else {})}
+
+    def save(self, arg: str) -> None:
+        if not arg:
+            raise AromniError("/save needs a path")
+        with open(arg, "w", encoding="utf-8") as f:  # one JSONL line: replay with --batch
+            f.write(json.dumps({"dialog_id": "chat", "turns": self.log_turns}) + "\n")
+        log(f"aromni: saved {arg}", self.quiet)
+
+    def line(self, line: str) -> bool:
+        """Handle one input line; False to quit."""
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            if cmd in QUIT:
+                return False
+            if cmd not in SLASH:
+                raise AromniError(f"unknown command {cmd} (/help)")
+            got = SLASH[cmd][0](self, arg.strip())
+            if got is None:
+                return True
+            turn, rec_turn = got
+        else:
+            turn, rec_turn = {"text": line}, {"text": line}
+        self.send(turn, rec_turn)
+        return True
+
+    def send(self, turn: dict, rec_turn: dict) -> None:
+        if self.images:
+            turn["images"] = self.images
+            rec_turn["image_paths"] = self.image_paths
+        reply = self.session.say(**turn)
+        if self.log_turns and self.log_turns[-1] == {"reset": True}:
+            self.log_turns.pop()
+            rec_turn["reset"] = True
+        self.images, self.image_paths = [], []
+        self.log_turns.append(rec_turn)
+        rec = save_reply(self.omni, reply, self.out_dir, f"chat_t{self.replies}")
+        self.replies += 1
+        if self.json_out:
+            print_line(json.dumps(rec))
+            return
+        if reply.transcript:
+            log(f"(heard: {reply.transcript})", self.quiet)
+        print_line(f"model> {reply.text}" if self.tty else one_line(reply.text))
+        for p in rec["images"] + rec["audio"]:
+            log(f"aromni: saved {p}", self.quiet)
+        if reply.trimmed:
+            log(f"aromni: note: dropped the {reply.trimmed} oldest turn(s) to fit the context", self.quiet)
+
+
+QUIT = ("/quit", "/exit")
+SLASH = {  # name: (handler, usage, what it does)
+    "/image": (Repl.image, "/image PATH", "queue an image for the next turn"),
+    "/audio": (Repl.audio, "/audio PATH [TEXT]", "send a speech turn (TEXT replaces the default instruction)"),
+    "/save": (Repl.save, "/save PATH", "write the conversation as JSON (replayable with --batch)"),
+    "/reset": (Repl.reset, "/reset", "forget the conversation"),
+    "/help": (Repl.help, "/help", "this list"),
+}
+HELP = "commands:\n" + "\n".join(f"  {u:<20}{w}" for u, w in [("TEXT", "send a text turn (with any queued images)")]
+                                  + [(u, w) for _, u, w in SLASH.values()] + [("/quit, /exit", "leave")])
+
+
+def repl(omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: bool) -> int:
+    """Read lines from the terminal or stdin until EOF or /quit; returns how many lines failed (each is
+    reported on stderr and the next line is read)."""
     tty = sys.stdin.isatty()
-    session = tasks.ChatSession(omni, opts, seed=seed)
-    images: list = []
-    image_paths: list[str] = []
-    log_turns: list[dict] = []
+    state = Repl(omni, opts, out_dir, seed, json_out, quiet, tty)
     if tty:
         log("aromni chat: type a message, /help for commands, /quit to leave", quiet)
-    n = 0
+    failed, n = 0, 0
     while True:
         try:
             line = input("you> ") if tty else sys.stdin.readline()
@@ -156,78 +300,17 @@ def repl(omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: b
             break
         if not tty and line == "":
             break
+        n += 1
         line = line.strip()
         if not line:
             continue
-        turn: dict | None = None
-        rec_turn: dict = {}
         try:
-            if line.startswith("/"):
-                cmd, _, arg = line.partition(" ")
-                arg = arg.strip()
-                if cmd in ("/quit", "/exit"):
-                    break
-                if cmd == "/help":
-                    log(HELP)
-                elif cmd == "/reset":
-                    session.reset()
-                    images, image_paths = [], []
-                    log_turns.append({"reset": True})
-                    log("aromni: conversation reset", quiet)
-                elif cmd == "/image":
-                    if not arg:
-                        raise AromniError("/image needs a path")
-                    images.append(open_image(arg))
-                    image_paths.append(os.path.abspath(arg))
-                    log(f"aromni: image queued ({len(images)})", quiet)
-                elif cmd == "/audio":
-                    path, _, text = arg.partition(" ")
-                    if not path:
-                        raise AromniError("/audio needs a path")
-                    if omni.speech is None:
-                        raise AromniError("this model has no speech tokenizer")
-                    turn = {"audio": load_audio(path, omni.speech.sample_rate, resampler=omni.speech.resampler),
-                            "text": text.strip() or None}
-                    rec_turn = {"wav_path": os.path.abspath(path), **({"text": text.strip()} if text.strip() else {})}
-                elif cmd == "/save":
-                    if not arg:
-                        raise AromniError("/save needs a path")
-                    with open(arg, "w", encoding="utf-8") as f:  # one JSONL line: replay with --batch
-                        f.write(json.dumps({"dialog_id": "chat", "turns": log_turns}) + "\n")
-                    log(f"aromni: saved {arg}", quiet)
-                else:
-                    raise AromniError(f"unknown command {cmd} (/help)")
-            else:
-                turn = {"text": line}
-                rec_turn = {"text": line}
-            if turn is None:
-                continue
-            if images:
-                turn["images"] = images
-                rec_turn["image_paths"] = image_paths
-            if log_turns and log_turns[-1] == {"reset": True}:
-                log_turns.pop()
-                rec_turn["reset"] = True
-            reply = session.say(**turn)
-            images, image_paths = [], []
-            log_turns.append(rec_turn)
-            rec = save_reply(omni, reply, out_dir, f"chat_t{n}")
-            n += 1
-            if json_out:
-                print_line(json.dumps(rec))
-            else:
-                if reply.transcript:
-                    log(f"(heard: {reply.transcript})", quiet)
-                print_line(f"model> {reply.text}" if tty else one_line(reply.text))
-                for p in rec["images"] + rec["audio"]:
-                    log(f"aromni: saved {p}", quiet)
-                if reply.trimmed:
-                    log(f"aromni: note: dropped the {reply.trimmed} oldest turn(s) to fit the context", quiet)
+            if not state.line(line):
+                break
         except (AromniError, OSError) as e:
-            msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
-            if not tty:
-                raise AromniError(msg) from None
-            log(f"aromni: error: {msg}")
+            failed += 1
+            log(f"aromni: error: {_why(e)}" if tty else f"aromni: error: <stdin> line {n}: {_why(e)}")
+    return failed
 
 
 def run(
@@ -262,11 +345,15 @@ def run(
 ) -> None:
     """Multi-turn chat. Interactive: type text, /image PATH, /audio PATH, /save, /reset (/help); replies are
     printed, images and speech saved to --out-dir (default: the current directory). Lines piped on stdin are
-    read as the same commands.
+    read as the same commands; a line that fails is reported on stderr with its line number and the next one
+    is read, and the exit status is 2 at the end.
 
     --batch dialogs.jsonl: one dialog per line, {"dialog_id", "turns": [{"text" | "wav_path" | "audio",
     "image_paths" | "images", "reset"} or {"role": "assistant", "text"}]}; turns of all dialogs are decoded
-    together; one JSON result per dialog on stdout, files in --out-dir (default chat_out).
+    together; one JSON result per dialog line on stdout (with its "line"), files in --out-dir (default
+    chat_out). A bad line (invalid JSON, a malformed dialog, a missing image or clip, a turn too long for the
+    context) is reported with its line number, its result holds "error", the other dialogs run, and the exit
+    status is 2 at the end.
     """
     opts = decode_options("chat", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg=cfg, cfg_text=cfg_text,
@@ -274,13 +361,28 @@ def run(
                           image_greedy=image_greedy, images=images_out,
                           speech=speech_out, batch_size=batch_size, compile=compile)
     if batch is not None:
-        dialogs = [parse_dialog(o, n, batch) for n, o in enumerate(read_jsonl(batch, "dialogs"), 1)]
-        d = make_dir(out_dir or "chat_out")
-        omni = load_model(model, device, dtype, quiet, seed, quant)
-        run_batch(omni, opts, dialogs, d, seed, quiet)
+        dialogs, bad = read_dialogs(batch)
+        src = "<stdin>" if batch == "-" else batch
+        if dialogs:
+            d = make_dir(out_dir or "chat_out")
+            omni = load_model(model, device, dtype, quiet, seed, quant)
+            run_batch(omni, opts, dialogs, d, seed, quiet)
+        results = [(d.line, {"dialog_id": d.id, "line": d.line, "turns": d.records}
+                    | ({"error": d.error} if d.error else {})) for d in dialogs]
+        results += [(n, {"line": n, "error": msg}) for n, msg in bad]
+        failed = sorted(n for n, r in results if "error" in r)
+        for _, rec in sorted(results, key=lambda x: x[0]):
+            print_line(json.dumps(rec))
+            if "error" in rec:
+                log(f"aromni: error: {src}: {rec['error']}")
+        if failed:
+            raise InputError(f"{len(failed)} of {len(results)} dialog(s) failed (line{'s' * (len(failed) > 1)} "
+                             f"{', '.join(map(str, failed))})", src)
         return
     if sys.stdin is None:
         raise AromniError("chat needs a terminal or lines on stdin")
     d = make_dir(out_dir or ".")
     omni = load_model(model, device, dtype, quiet, seed, quant)
-    repl(omni, opts, d, seed, json_out, quiet)
+    failed = repl(omni, opts, d, seed, json_out, quiet)
+    if failed:
+        raise AromniError(f"{failed} input line(s) failed (reported above); the others were processed")

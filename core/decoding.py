@@ -16,6 +16,7 @@ cut-off, repetition penalty over the whole context, temperature, top-p, selector
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field, fields, replace
 
@@ -55,6 +56,9 @@ class DecodeOptions:
     chunk_words: int = 0  # tts: speak each sentence in pieces of at most this many words (0: whole sentences)
     speech_pad: int = 0  # tts: frames of the codec's silence code decoded around each speech span, then cut off
     lead_in: float = 0.0  # tts: seconds of silence before the speech
+    # tts with chunk_words: a piece of N words speaks at most base + N * per_word seconds (espeak-ng's corpus speaks
+    # ~0.3 s a word; a model trained on slower speech sets its own in its bundle's decode defaults)
+    piece_seconds: tuple = (0.5, 0.5)
     end_after: str | None = None  # "image" | "speech": the row ends after its first such span
     force_after: tuple = ()  # ((token name, forced next token name), ...), e.g. (("res", "boi"),)
     max_text_tokens: int | None = None  # per text segment; then ``text_cap_then`` is forced (or the row ends)
@@ -98,6 +102,11 @@ class DecodeOptions:
             raise AromniError(f"unknown penalty scope {self.penalty_scope!r}")
         if self.end_after not in (None, "image", "speech"):
             raise AromniError(f"unknown end_after {self.end_after!r}")
+        ps = self.piece_seconds
+        if (not isinstance(ps, (list, tuple)) or len(ps) != 2
+                or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in ps)):
+            raise AromniError(f"piece_seconds must be two finite seconds >= 0, base and per word (got {ps!r})")
+        self.piece_seconds = (float(ps[0]), float(ps[1]))
         if self.batch_size < 1:
             raise AromniError("batch size must be at least 1")
         if self.candidates < 1:
@@ -173,7 +182,7 @@ def options_for(task: str = "chat", compat: bool = False, **overrides) -> Decode
 # options a model may set for itself (aromni.json "decode": {task: {name: value}}): the sampling knobs
 MODEL_DEFAULTABLE = ("greedy", "temperature", "top_p", "top_k", "repetition_penalty", "image_greedy",
                      "image_temperature", "image_top_p", "image_top_k", "cfg", "cfg_text", "cfg_image", "candidates",
-                     "chunk_words", "speech_pad", "lead_in")
+                     "chunk_words", "speech_pad", "lead_in", "piece_seconds")
 
 
 def check_model_defaults(table: dict, where: str = "model") -> dict:

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
+from .bundle import Omni
 from .decoding import DecodeOptions
+from .generate import Generation
 from .prompts import Example, PromptContext, build_example
+from .rows import base_seed, decode_rows
+from .tokens import image_codes_of, parse_response, speech_codes_of
+
+Score = Callable[[int, list[list[int]]], list[float]]  # (prompt index, candidate responses) -> their scores
 
 
 def candidate_options(opts: DecodeOptions) -> DecodeOptions:
@@ -74,3 +81,64 @@ def transcript_scores(omni, ctx: PromptContext, clips: list[list[int]], text: st
 def best(scores: list[float]) -> int:
     """Index of the highest score; the first on ties (candidate 0 when nothing could be scored)."""
     return max(range(len(scores)), key=lambda k: (scores[k], -k))
+
+
+def best_of(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed: int | None,
+            score: Score) -> tuple[list[list[int]], list[Generation]]:
+    """Each prompt's response, the best of ``opts.candidates`` by ``score(prompt index, responses)``.
+    Candidate 0 of prompt i is what ``decode_rows`` gives it (seed ``seed + i``); the others are sampled
+    (``candidate_options``) with seeds derived from it (``candidate_seed``)."""
+    s0 = base_seed(seed)
+    rows, gens = decode_rows(omni, prompts, opts, s0)
+    n = opts.candidates
+    if n <= 1 or not prompts:
+        return rows, gens
+    alt, more = decode_rows(omni, [p for p in prompts for _ in range(n - 1)], candidate_options(opts), None,
+                            seeds=[candidate_seed(s0 + i, j) for i in range(len(prompts)) for j in range(1, n)])
+    out = []
+    for i, first in enumerate(rows):
+        cands = [first] + alt[i * (n - 1): (i + 1) * (n - 1)]
+        out.append(cands[best(score(i, cands))])
+    return out, gens + more
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores of the tasks' candidates
+# ----------------------------------------------------------------------------------------------
+def spread(has: list[bool], scores: list[float]) -> list[float]:
+    """The scores of the candidates that ``has`` an output, in order, and ``-inf`` for those without one."""
+    it = iter(scores)
+    return [next(it) if h else float("-inf") for h in has]
+
+
+def transcript_text(omni: Omni, parsed: dict) -> str:
+    """The ``<-Ins->`` transcript of a parsed response (its plain text when there is none)."""
+    return omni.text.decode(parsed["transcript"] or parsed["text"]).strip()
+
+
+def speech_scorer(omni: Omni, ctx: PromptContext, sentences: list[str]) -> Score:
+    """How likely the model's own ASR finds row i's sentence in each candidate's speech."""
+    def score(i: int, cands: list[list[int]]) -> list[float]:
+        clips = [speech_codes_of(c, omni.vocab) for c in cands]
+        return spread([bool(c) for c in clips], transcript_scores(omni, ctx, [c for c in clips if c], sentences[i]))
+    return score
+
+
+def image_scorer(omni: Omni, ctx: PromptContext, texts: list[str | None]) -> Score:
+    """How likely the model's own captioner finds row i's text for each candidate's image (0 for all when row i
+    has no text)."""
+    def score(i: int, cands: list[list[int]]) -> list[float]:
+        if not texts[i]:
+            return [0.0] * len(cands)
+        has = [any(omni.vocab.is_image(t) for t in c) for c in cands]
+        images = [image_codes_of(c, omni.vocab) for c, h in zip(cands, has) if h]
+        return spread(has, caption_scores(omni, ctx, images, texts[i]))
+    return score
+
+
+def s2i_scorer(omni: Omni, ctx: PromptContext) -> Score:
+    """Speech -> image: each candidate's image against the first candidate's own transcript."""
+    def score(i: int, cands: list[list[int]]) -> list[float]:
+        heard = transcript_text(omni, parse_response(cands[0], omni.vocab))
+        return image_scorer(omni, ctx, [heard])(0, cands)
+    return score

@@ -1,4 +1,4 @@
-"""Task API on top of the decoding engine: tts, asr, caption, t2i, s2i, and multi-turn chat.
+"""Task API on top of the decoding engine: tts, asr, caption, t2i, s2i (multi-turn chat: chat.py).
 
 Seeds: row i of a task call is decoded with its own generator seeded ``seed + i`` (i counts prompts in input
 order, after long-input splitting), so batch size and batch composition never change a row's output.
@@ -6,23 +6,23 @@ order, after long-input splitting), so batch size and batch composition never ch
 from __future__ import annotations
 
 import math
-import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
-import torch
 
 from . import rerank
 from .bundle import Omni
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .errors import AromniError, InputError
-from .generate import Generation, generate
-from .prompts import (PromptContext, asr_prompt, caption_prompt, chat_prompt, chat_turn, s2i_prompt, t2i_prompt,
-                      tts_prompt)
+from .media import decode_images as _decode_images, image_codes as _image_codes, need as _need
+from .media import speech_codes as _speech_codes
+from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_prompt, tts_prompt
+from .rerank import best_of
+from .rows import base_seed, decode_rows, engine
+from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
 from .segmenting import split_audio, split_sentences, split_words
-from .vocab import VocabLayout
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
 
@@ -37,73 +37,9 @@ class TTSResult:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def _need(omni: Omni, kind: str, task: str):
-    tok = getattr(omni, kind)
-    if tok is None:
-        raise AromniError(f"{task} needs a {kind} tokenizer, but the model at {omni.source or '?'} has none")
-    if omni.model is None:
-        raise AromniError(f"{task} needs the model weights (loaded with model=False)")
-    return tok
-
-
 def model_options(omni: Omni, opts: DecodeOptions | None, task: str) -> DecodeOptions:
     """``opts`` (default: ``task``'s) completed with the model's own decoding defaults (bundle "decode")."""
     return with_model_defaults(opts or options_for(task), omni.decode)
-
-
-def engine(omni: Omni) -> Callable[..., Generation]:
-    """The decoding call of every task: ``omni.engine`` when set (a server's batcher, with ``generate``'s
-    signature), else ``generate``."""
-    return omni.engine or generate
-
-
-def base_seed(seed: int | None) -> int:
-    return int(seed) if seed is not None else random.SystemRandom().randrange(2**62)
-
-
-def decode_rows(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed: int | None,
-                on_token: Callable[[int, int], None] | None = None,
-                seeds: list[int] | None = None) -> tuple[list[list[int]], list[Generation]]:
-    """Decode prompts in batches of ``opts.batch_size``; row i uses seed ``seed + i`` (or ``seeds[i]``)."""
-    if seeds is None:
-        s0 = base_seed(seed)
-        seeds = [s0 + i for i in range(len(prompts))]
-    out: list[list[int]] = []
-    gens = []
-    bs = opts.batch_size
-    for i in range(0, len(prompts), bs):
-        chunk = prompts[i: i + bs]
-        cb = None if on_token is None else (lambda b, t, i=i: on_token(i + b, t))
-        g = engine(omni)(omni.model, omni.vocab, chunk, opts, seeds=seeds[i: i + bs], on_token=cb)
-        out += g.tokens
-        gens.append(g)
-    return out, gens
-
-
-def best_of(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed: int | None,
-            score: Callable[[int, list[list[int]]], list[float]]) -> tuple[list[list[int]], list[Generation]]:
-    """Each prompt's response, the best of ``opts.candidates`` by ``score(prompt index, responses)``.
-    Candidate 0 of prompt i is what ``decode_rows`` gives it (seed ``seed + i``); the others are sampled
-    (rerank.candidate_options) with seeds derived from it."""
-    s0 = base_seed(seed)
-    rows, gens = decode_rows(omni, prompts, opts, s0)
-    n = opts.candidates
-    if n <= 1 or not prompts:
-        return rows, gens
-    alt, more = decode_rows(omni, [p for p in prompts for _ in range(n - 1)], rerank.candidate_options(opts), None,
-                         seeds=[rerank.candidate_seed(s0 + i, j) for i in range(len(prompts)) for j in range(1, n)])
-    out = []
-    for i, first in enumerate(rows):
-        cands = [first] + alt[i * (n - 1): (i + 1) * (n - 1)]
-        out.append(cands[rerank.best(score(i, cands))])
-    return out, gens + more
-
-
-def cut_at_stop(ids: list[int], vocab: VocabLayout) -> list[int]:
-    for i, t in enumerate(ids):
-        if t in (vocab.eos, vocab.eom):
-            return ids[:i]
-    return ids
 
 
 def fit_prompt(build: Callable[[str], list[int]], text: str, limit: int) -> list[int]:
@@ -133,120 +69,6 @@ def decode_text(omni: Omni, ids: list[int]) -> str:
     return omni.text.decode([t for t in cut_at_stop(ids, v) if v.is_text(t)]).strip()
 
 
-def _image_codes(omni: Omni, images: list) -> torch.Tensor:
-    """PIL images (or paths / bytes) -> codes [N, image_tokens]."""
-    from PIL import Image
-
-    tok = omni.image
-    pil = []
-    for im in images:
-        if isinstance(im, Image.Image):
-            pil.append(im)
-        else:
-            from .image_tokenizer import open_image
-            pil.append(open_image(im))
-    codes = tok.encode(pil)
-    if codes.shape[1] != omni.vocab.image_tokens:
-        raise AromniError(f"the image tokenizer makes {codes.shape[1]} codes per image but the model expects "
-                          f"{omni.vocab.image_tokens}")
-    return codes
-
-
-def _speech_codes(omni: Omni, wav: np.ndarray) -> list[int]:
-    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
-    if wav.size == 0:
-        raise InputError("audio holds no samples")
-    return omni.speech.encode(wav).tolist()
-
-
-def _decode_images(omni: Omni, rows: list[list[int]]) -> list:
-    codes = torch.tensor([r for r in rows], dtype=torch.long)
-    return omni.image.decode(codes)
-
-
-def parse_response(ids: list[int], vocab: VocabLayout) -> dict:
-    """Split generated ids into text ids, <-Ins->…<-Res-> transcript ids, images (code lists) and speech (code
-    lists). Tolerant of malformed spans (``--compat`` allows any non-image token in text)."""
-    text, transcript, images, speech = [], [], [], []
-    in_ins = False
-    ids = cut_at_stop(ids, vocab)
-    i, n = 0, len(ids)
-    while i < n:
-        t = ids[i]
-        if t == vocab.boi:
-            j, codes = i + 1, []
-            while j < n and vocab.is_image(ids[j]):
-                codes.append(vocab.image_code(ids[j]))
-                j += 1
-            if codes:
-                images.append(codes)
-            i = j + (1 if j < n and ids[j] == vocab.eoi else 0)
-            continue
-        if t == vocab.boa or vocab.is_audio(t):
-            j, codes = (i + 1 if t == vocab.boa else i), []
-            while j < n and vocab.is_audio(ids[j]):
-                codes.append(vocab.audio_code(ids[j]))
-                j += 1
-            if codes:
-                speech.append(codes)
-            i = j + (1 if j < n and ids[j] == vocab.eoa else 0)
-            continue
-        if t == vocab.ins:
-            in_ins = True
-        elif t == vocab.res:
-            in_ins = False
-        elif vocab.is_text(t):
-            (transcript if in_ins else text).append(t)
-        i += 1
-    return {"text": text, "transcript": transcript, "images": images, "speech": speech}
-
-
-def _whole_image(codes: list[int], vocab: VocabLayout) -> list[int]:
-    """``codes`` cut or zero-padded to one image (short only when the context ran out)."""
-    c = codes[: vocab.image_tokens]
-    return c + [0] * (vocab.image_tokens - len(c))
-
-
-def _image_of(ids: list[int], vocab: VocabLayout) -> list[int]:
-    """The image codes of a response, as one whole image."""
-    return _whole_image([vocab.image_code(t) for t in ids if vocab.is_image(t)], vocab)
-
-
-def _transcript_of(omni: Omni, parsed: dict) -> str:
-    """The ``<-Ins->`` transcript of a parsed response (its plain text when there is none)."""
-    return omni.text.decode(parsed["transcript"] or parsed["text"]).strip()
-
-
-def _speech_of(ids: list[int], vocab: VocabLayout) -> list[int]:
-    return [c for seg in parse_response(ids, vocab)["speech"] for c in seg]
-
-
-def _spread(has: list[bool], scores: list[float]) -> list[float]:
-    """The scores of the candidates that ``has`` an output, in order, and ``-inf`` for those without one."""
-    it = iter(scores)
-    return [next(it) if h else float("-inf") for h in has]
-
-
-def _speech_scorer(omni: Omni, ctx: PromptContext, sentences: list[str]):
-    """best_of score: how likely the model's own ASR finds row i's sentence in each candidate's speech."""
-    def score(i: int, cands: list[list[int]]) -> list[float]:
-        clips = [_speech_of(c, omni.vocab) for c in cands]
-        return _spread([bool(c) for c in clips],
-                       rerank.transcript_scores(omni, ctx, [c for c in clips if c], sentences[i]))
-    return score
-
-
-def _image_scorer(omni: Omni, ctx: PromptContext, texts: list[str | None]):
-    """best_of score: how likely the model's own captioner finds row i's text for each candidate's image."""
-    def score(i: int, cands: list[list[int]]) -> list[float]:
-        if not texts[i]:
-            return [0.0] * len(cands)
-        has = [any(omni.vocab.is_image(t) for t in c) for c in cands]
-        return _spread(has, rerank.caption_scores(omni, ctx, [_image_of(c, omni.vocab) for c, h in zip(cands, has)
-                                                              if h], texts[i]))
-    return score
-
-
 # ----------------------------------------------------------------------------------------------
 # TTS
 # ----------------------------------------------------------------------------------------------
@@ -256,15 +78,15 @@ def speech_pieces(text: str, chunk_words: int = 0) -> list[str]:
     return [p for s in split_sentences(text) for p in split_words(s, chunk_words)]
 
 
-PIECE_SECONDS = (0.5, 0.5)  # speech per piece of N words: at most 0.5 s + 0.5 s per word (espeak says ~0.3 s/word)
-
 
 def piece_options(opts: DecodeOptions, codes_per_s: float) -> DecodeOptions:
-    """With ``chunk_words``, each piece's speech span is capped by its length in words (a piece that does not
-    stop would otherwise run to ``max_speech_tokens``, 25 s), unless the caller set ``max_speech_tokens``."""
+    """With ``chunk_words``, each piece's speech span is capped by its length in words, at ``opts.piece_seconds``
+    (base, per word) seconds (a piece that does not stop would otherwise run to ``max_speech_tokens``, 25 s),
+    unless the caller set ``max_speech_tokens``."""
     if not opts.chunk_words or "max_speech_tokens" in opts.explicit:
         return opts
-    cap = math.ceil(codes_per_s * (PIECE_SECONDS[0] + PIECE_SECONDS[1] * opts.chunk_words))
+    base, per_word = opts.piece_seconds
+    cap = math.ceil(codes_per_s * (base + per_word * opts.chunk_words))
     return replace(opts, max_speech_tokens=min(opts.max_speech_tokens, cap))
 
 
@@ -311,10 +133,10 @@ def tts(omni: Omni, text: str, opts: DecodeOptions | None = None, on_audio: Call
             if v.is_audio(t):
                 c = v.audio_code(t)
                 all_codes.append(c)
-                emit(dec.push([c]))
+                emit(dec.push([c]))  # noqa: B023 - called within this iteration
 
         if opts.candidates > 1:  # the best of N is known only at the end: no streaming within a sentence
-            rows, gens = best_of(omni, [prompt], opts, s0 + i, _speech_scorer(omni, ctx, [sent]))
+            rows, gens = best_of(omni, [prompt], opts, s0 + i, rerank.speech_scorer(omni, ctx, [sent]))
             for t in rows[0]:
                 on_token(0, t)
         else:
@@ -347,7 +169,7 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
             sentences.append(s)
             prompts.append(tts_prompt(ctx, s) + ([] if opts.compat else [v.boa]))
     t0 = time.perf_counter()
-    rows, gens = best_of(omni, prompts, opts, seed, _speech_scorer(omni, ctx, sentences))
+    rows, gens = best_of(omni, prompts, opts, seed, rerank.speech_scorer(omni, ctx, sentences))
     gen_s = sum(g.prefill_s + g.decode_s for g in gens)
     n_tok = sum(g.new_tokens for g in gens)
     segs: list[list[list[int]]] = [[] for _ in texts]  # speech spans per item, in sentence order
@@ -441,15 +263,8 @@ def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = N
         if not text.strip():
             raise InputError("empty text prompt")
         prompts += [fit_prompt(lambda t: t2i_prompt(ctx, t) + [v.boi], text, limit)] * n
-    rows, _ = best_of(omni, prompts, opts, seed, _image_scorer(omni, ctx, [t for t in texts for _ in range(n)]))
-    return _decode_images(omni, [_image_of(r, v) for r in rows])
-
-
-def _s2i_scorer(omni: Omni, ctx: PromptContext):
-    """best_of score for speech -> image: each image against the first candidate's own transcript."""
-    def score(i: int, cands: list[list[int]]) -> list[float]:
-        return _image_scorer(omni, ctx, [_transcript_of(omni, parse_response(cands[0], omni.vocab))])(0, cands)
-    return score
+    rows, _ = best_of(omni, prompts, opts, seed, rerank.image_scorer(omni, ctx, [t for t in texts for _ in range(n)]))
+    return _decode_images(omni, [image_codes_of(r, v) for r in rows])
 
 
 def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None) -> list[tuple]:
@@ -466,135 +281,11 @@ def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, s
             raise InputError("audio too long for speech-to-image in this model's context")
         cap = min(opts.max_text_tokens or text_room, text_room)
         opts = opts.replace(max_text_tokens=cap, text_cap_then=opts.text_cap_then or "res")
-    rows, _ = best_of(omni, prompts, opts, seed, _s2i_scorer(omni, ctx))
+    rows, _ = best_of(omni, prompts, opts, seed, rerank.s2i_scorer(omni, ctx))
     out = []
     for r in rows:
         parsed = parse_response(r, v)
-        img = _whole_image(parsed["images"][0] if parsed["images"] else [], v)
-        out.append((_transcript_of(omni, parsed), img, bool(parsed["images"])))
+        img = whole_image(parsed["images"][0] if parsed["images"] else [], v)
+        out.append((rerank.transcript_text(omni, parsed), img, bool(parsed["images"])))
     images = _decode_images(omni, [c for _, c, _ in out]) if out else []
     return [(text, im) for (text, _, _), im in zip(out, images)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Chat
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class ChatReply:
-    text: str
-    transcript: str  # the <-Ins-> … <-Res-> part (the model's transcription of the user's speech), if any
-    images: list  # PIL images
-    audio: list  # mono float32 arrays at omni.speech.sample_rate
-    tokens: list[int]
-    trimmed: int = 0  # oldest turns dropped to fit the context
-
-
-@dataclass
-class ChatSession:
-    """One conversation: history of finished turns and per-turn seeds."""
-
-    omni: Omni
-    opts: DecodeOptions = field(default_factory=lambda: options_for("chat"))
-    seed: int | None = None
-    history: list[int] = field(default_factory=list)
-    turn_ends: list[int] = field(default_factory=list)  # history length after each turn
-    turns: int = 0
-
-    def __post_init__(self):
-        self.seed = base_seed(self.seed)
-
-    def reset(self) -> None:
-        self.history, self.turn_ends = [], []
-
-    def user_turn(self, text: str | None = None, images: list | None = None, audio: np.ndarray | None = None,
-                  append: str | None = None) -> list[int]:
-        """Token ids of one user turn ("USER:" … "GPT:")."""
-        if text is None and audio is None and not images:
-            raise InputError("empty chat turn: give text, audio or an image")
-        if text is not None and not text.strip() and audio is None and not images:
-            raise InputError("empty chat turn")
-        ctx = PromptContext.of(self.omni)
-        codes = [c.tolist() for c in _image_codes(self.omni, images)] if images else None
-        if audio is not None:
-            _need(self.omni, "speech", "chat with audio")
-            return chat_turn(ctx, image_codes=codes, audio_codes=_speech_codes(self.omni, audio),
-                             append=append if append is not None else text)
-        return chat_turn(ctx, text=text, image_codes=codes)
-
-    def prompt(self, turn: list[int]) -> tuple[list[int], int]:
-        """The full prompt for ``turn``; drops the oldest turns while the prompt leaves too little room."""
-        ctx = PromptContext.of(self.omni)
-        limit = self.omni.model.cfg.max_seq_len
-        reserve = min(self.opts.max_new_tokens, max(16, limit // 4))
-        trimmed = 0
-        while True:
-            p = chat_prompt(ctx, self.history, turn)
-            if len(p) + reserve <= limit or not self.turn_ends:
-                break
-            cut = self.turn_ends.pop(0)
-            self.history = self.history[cut:]
-            self.turn_ends = [e - cut for e in self.turn_ends]
-            trimmed += 1
-        if len(p) >= limit:
-            raise InputError(f"this turn alone ({len(p)} tokens) does not fit the model's context of {limit} tokens")
-        return p, trimmed
-
-    def turn_seed(self) -> int:
-        return (self.seed * 1_000_003 + self.turns) % 2**62
-
-    def commit(self, turn: list[int], generated: list[int]) -> None:
-        self.history = self.history + turn + list(generated)
-        self.turn_ends.append(len(self.history))
-        self.turns += 1
-
-    def say(self, text: str | None = None, images: list | None = None, audio: np.ndarray | None = None,
-            append: str | None = None, on_token: Callable[[int], None] | None = None) -> ChatReply:
-        """One user turn -> the model's reply (the turn and reply join the history)."""
-        return chat_step([self], [dict(text=text, images=images, audio=audio, append=append)],
-                         on_token=None if on_token is None else (lambda b, t: on_token(t)))[0]
-
-
-def reply_from_tokens(omni: Omni, ids: list[int], opts: DecodeOptions) -> ChatReply:
-    parsed = parse_response(ids, omni.vocab)
-    images = _decode_images(omni, parsed["images"]) if parsed["images"] and omni.image is not None else []
-    audio = []
-    if omni.speech is not None:
-        for seg in parsed["speech"]:
-            wav = omni.speech.decode(seg)
-            if opts.compat and len(wav):  # the reference chat peak-normalises its speech
-                peak = float(np.abs(wav).max())
-                wav = wav / peak if peak > 0 else wav
-            audio.append(wav.astype(np.float32))
-    text = omni.text.decode(parsed["text"]).strip() if omni.text is not None else ""
-    transcript = omni.text.decode(parsed["transcript"]).strip() if omni.text is not None else ""
-    return ChatReply(text, transcript, images, audio, list(ids))
-
-
-def chat_step(sessions: list[ChatSession], turns: list[dict], on_token: Callable[[int, int], None] | None = None
-              ) -> list[ChatReply]:
-    """One turn for several conversations, decoded as one batch (they must share the Omni and options)."""
-    if not sessions:
-        return []
-    omni = sessions[0].omni
-    opts = with_model_defaults(sessions[0].opts, omni.decode)
-    _need(omni, "text", "chat")
-    prompts, turn_ids, trims = [], [], []
-    for s, t in zip(sessions, turns):
-        ids = s.user_turn(**t)
-        p, trimmed = s.prompt(ids)
-        prompts.append(p)
-        turn_ids.append(ids)
-        trims.append(trimmed)
-    replies: list[ChatReply] = [None] * len(sessions)  # type: ignore[list-item]
-    bs = opts.batch_size
-    for i in range(0, len(sessions), bs):
-        chunk = slice(i, i + bs)
-        cb = None if on_token is None else (lambda b, t, i=i: on_token(i + b, t))
-        g = engine(omni)(omni.model, omni.vocab, prompts[chunk], opts,
-                         seeds=[s.turn_seed() for s in sessions[chunk]], on_token=cb)
-        for k, toks in enumerate(g.tokens):
-            replies[i + k] = reply_from_tokens(omni, toks, opts)
-    for s, ids, r, tr in zip(sessions, turn_ids, replies, trims):
-        s.commit(ids, r.tokens)
-        r.trimmed = tr
-    return replies

@@ -346,6 +346,22 @@ def parse_response(ids: list[int], layout: VocabLayout) -> dict:
     return {"text": text, "transcript": transcript, "images": images, "speech": speech}
 
 
+def whole_image(codes: list[int], layout: VocabLayout) -> list[int]:
+    """``codes`` cut or zero-padded to one image (short only when the context ran out)."""
+    c = list(codes[: layout.image_tokens])
+    return c + [0] * (layout.image_tokens - len(c))
+
+
+def image_codes_of(ids: list[int], layout: VocabLayout) -> list[int]:
+    """Every image code of a response, as one whole image."""
+    return whole_image([layout.image_code(t) for t in ids if layout.is_image(t)], layout)
+
+
+def speech_codes_of(ids: list[int], layout: VocabLayout) -> list[int]:
+    """The codes of every speech span of a response, joined."""
+    return [c for seg in parse_response(ids, layout)["speech"] for c in seg]
+
+
 def validate(ids: list[int], layout: VocabLayout, source: str = "token stream") -> None:
     split_segments(ids, layout, source)
 

@@ -38,7 +38,7 @@ def test_repl_on_piped_stdin(tiny_bundle, media, tmp_path):
                input=script.encode())
     replies = r.stdout.decode().splitlines()
     assert len(replies) == 4  # one line per turn; commands print nothing on stdout
-    assert r.returncode == 2 and b"unknown command /bogus" in r.stderr  # piped input: errors are fatal
+    assert r.returncode == 2 and b"<stdin> line 8: unknown command /bogus" in r.stderr
     saved = json.loads((tmp_path / "conv.jsonl").read_text())
     turns = saved["turns"]
     assert [t.get("text") for t in turns] == ["hello", "what is this", None]
@@ -77,4 +77,56 @@ def test_batch_rejects_malformed_dialogs(tiny_bundle, tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"turns": [{"role": "assistant", "text": "x"}]}\n')
     r = aromni(tiny_bundle, "chat", "--batch", str(f))
-    assert r.returncode == 2 and b"must follow a user turn" in r.stderr
+    assert r.returncode == 2 and b"line 1, turn 0: an assistant turn must follow a user turn" in r.stderr
+
+
+def test_batch_runs_every_good_dialog_and_reports_each_bad_one_by_line(tiny_bundle, media, tmp_path):
+    f = tmp_path / "mixed.jsonl"
+    good = {"dialog_id": "g1", "turns": [{"text": "hello"}, {"text": "and then?"}]}
+    lines = [json.dumps(good),
+             "{not json",
+             "",
+             json.dumps({"dialog_id": "m", "turns": [{"text": "look", "image_paths": ["missing.png"]}]}),
+             json.dumps({"dialog_id": "g2", "turns": [{"text": "bye", "image": str(media / "img.png")}]}),
+             json.dumps({"dialog_id": "long", "turns": [{"text": "word " * 3000}]}),  # too long for the context
+             "[1, 2]"]
+    f.write_text("\n".join(lines) + "\n")
+    r = aromni(tiny_bundle, "chat", "--batch", str(f), "--out-dir", str(tmp_path / "o"), "--seed", "4",
+               "--max-new-tokens", "20")
+    assert r.returncode == 2
+    recs = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert [x["line"] for x in recs] == [1, 2, 4, 5, 6, 7]  # one result per dialog line, in file order
+    ok = {x["dialog_id"]: x for x in recs if "error" not in x}
+    assert set(ok) == {"g1", "g2"} and len(ok["g1"]["turns"]) == 2 and len(ok["g2"]["turns"]) == 1
+    err = r.stderr.decode()
+    assert f"{f}: line 2: invalid JSON" in err
+    assert f"{f}: line 4, turn 0: image file {tmp_path / 'missing.png'} not found" in err  # the file and the line
+    assert f"{f}: line 6, turn 0: this turn alone" in err and f"{f}: line 7: expected a JSON object" in err
+    assert "4 of 6 dialog(s) failed (lines 2, 4, 6, 7)" in err
+    # a good dialog's replies do not depend on the bad lines around it
+    alone = tmp_path / "alone.jsonl"
+    alone.write_text(json.dumps(good) + "\n")
+    r1 = aromni(tiny_bundle, "chat", "--batch", str(alone), "--out-dir", str(tmp_path / "p"), "--seed", "4",
+                "--max-new-tokens", "20")
+    assert r1.returncode == 0, r1.stderr
+    assert [t["text"] for t in json.loads(r1.stdout)["turns"]] == [t["text"] for t in ok["g1"]["turns"]]
+
+
+def test_repl_goes_on_after_a_bad_command_and_exits_non_zero(tiny_bundle, media, tmp_path):
+    script = f"hello\n/save\n/image {tmp_path / 'nope.png'}\n/frobnicate\nstill here\n/save {tmp_path / 'c.jsonl'}\n"
+    r = aromni(tiny_bundle, "chat", "--out-dir", str(tmp_path), "--seed", "2", "--max-new-tokens", "20",
+               input=script.encode())
+    assert r.returncode == 2
+    assert len(r.stdout.decode().splitlines()) == 2  # both text turns answered
+    err = r.stderr.decode()
+    assert "<stdin> line 2: /save needs a path" in err and "<stdin> line 3:" in err and "nope.png" in err
+    assert "<stdin> line 4: unknown command /frobnicate" in err and "3 input line(s) failed" in err
+    assert [t["text"] for t in json.loads((tmp_path / "c.jsonl").read_text())["turns"]] == ["hello", "still here"]
+
+
+def test_slash_commands_are_a_table_and_help_lists_them():
+    from aromni.commands.chat import HELP, SLASH
+
+    assert set(SLASH) == {"/image", "/audio", "/save", "/reset", "/help"}
+    for usage in (u for _, u, _ in SLASH.values()):
+        assert usage in HELP

@@ -280,6 +280,14 @@ def test_tts_chunk_words_speaks_pieces(omni):
     mine = options_for("tts", chunk_words=3, max_speech_tokens=500)
     assert tasks.piece_options(mine, per_s).max_speech_tokens == 500
     assert all(0 < len(a.codes) <= np.ceil(2 * per_s) for a in alone)
+    # the piece lengths are a decode option a model's bundle may set (a corpus with another speaking rate)
+    from aromni.core.decoding import check_model_defaults, with_model_defaults
+    from aromni.core.errors import AromniError
+    table = check_model_defaults({"tts": {"chunk_words": 3, "piece_seconds": [1.0, 0.25]}})
+    own = with_model_defaults(options_for("tts"), table)
+    assert tasks.piece_options(own, per_s).max_speech_tokens == int(np.ceil(1.75 * per_s))
+    with pytest.raises(AromniError, match="piece_seconds"):
+        check_model_defaults({"tts": {"piece_seconds": [0.5, float("nan")]}})
 
 
 def test_asr_windows_batch_and_determinism(omni):
@@ -325,20 +333,20 @@ def test_t2i_long_prompt_is_cut_to_fit(omni):
 
 
 def test_chat_session_history_and_batch(omni):
-    from aromni.core import tasks
+    from aromni.core import chat, tasks
     from aromni.core.decoding import options_for
 
     opts = options_for("chat", max_new_tokens=30)
-    a = tasks.ChatSession(omni, opts, seed=3)
+    a = chat.ChatSession(omni, opts, seed=3)
     r1 = a.say("hello")
     assert a.history[-len(r1.tokens):] == r1.tokens and len(a.turn_ends) == 1
     r2 = a.say("more", images=[tasks.t2i(omni, ["x"], seed=0)[0]])
     assert isinstance(r2.text, str)
     # the same two conversations decoded as one batch give the same replies
-    s1, s2 = tasks.ChatSession(omni, opts, seed=3), tasks.ChatSession(omni, opts, seed=9)
-    batch = tasks.chat_step([s1, s2], [{"text": "hello"}, {"text": "bye"}])
+    s1, s2 = chat.ChatSession(omni, opts, seed=3), chat.ChatSession(omni, opts, seed=9)
+    batch = chat.chat_step([s1, s2], [{"text": "hello"}, {"text": "bye"}])
     assert batch[0].tokens == r1.tokens
-    assert batch[1].tokens == tasks.ChatSession(omni, opts, seed=9).say("bye").tokens
+    assert batch[1].tokens == chat.ChatSession(omni, opts, seed=9).say("bye").tokens
     # a long conversation drops its oldest turns instead of overflowing the context
     for _ in range(12):
         r = a.say("tell me more about it please " * 3)

@@ -1,4 +1,4 @@
-"""Best of N by the model's own inverse task (core/rerank.py and tasks.best_of) on the tiny random bundle."""
+"""Best of N by the model's own inverse task (core/rerank.py) on the tiny random bundle."""
 from __future__ import annotations
 
 import math
@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from aromni.core import rerank, tasks
+from aromni.core import rerank, rows, tasks
 from aromni.core.api import load
 from aromni.core.decoding import check_model_defaults, options_for
 from aromni.core.errors import AromniError
-from aromni.core.prompts import Example, PromptContext, build_example
+from aromni.core.prompts import Example, PromptContext, build_example, tts_prompt
+from aromni.core.tokens import speech_codes_of
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +58,23 @@ def test_best_and_candidate_options():
 
 
 def test_best_of_keeps_the_highest_scoring_candidate(omni):
-    v, ctx = omni.vocab, PromptContext.of(omni)
+    v = omni.vocab
     prompts = [[v.bos] + omni.text.encode("draw it") + [v.boi], [v.bos] + omni.text.encode("again") + [v.boi]]
     opts = options_for("t2i", image_greedy=True, cfg=False, candidates=4, batch_size=3)
-    first, _ = tasks.decode_rows(omni, prompts, opts, 7)
+    first, _ = rows.decode_rows(omni, prompts, opts, 7)
     seen = []
 
     def score(i, cands):  # prefer the candidate with the most code-0..9 tokens
         seen.append((i, cands))
         return [float(sum(v.image_code(t) < 10 for t in c if v.is_image(t))) for c in cands]
 
-    rows, gens = tasks.best_of(omni, prompts, opts, 7, score)
+    best, gens = rerank.best_of(omni, prompts, opts, 7, score)
     assert [i for i, _ in seen] == [0, 1] and all(len(c) == 4 for _, c in seen)
-    for (i, cands), row in zip(seen, rows):
+    for (i, cands), row in zip(seen, best):
         assert cands[0] == first[i]  # candidate 0 is the plain decode
         assert len({tuple(c) for c in cands}) > 1  # the others are sampled
         assert row == cands[rerank.best(score(i, cands))]
-    one, _ = tasks.best_of(omni, prompts, opts.replace(candidates=1), 7, score)
+    one, _ = rerank.best_of(omni, prompts, opts.replace(candidates=1), 7, score)
     assert one == first
 
 
@@ -88,11 +89,11 @@ def test_tasks_with_candidates(omni):
     assert np.array_equal(r.codes, b.codes)  # streaming and batch pick the same candidates
     # the picked clip is the one the model's own ASR scores highest for the sentence
     opts = options_for("tts", candidates=3, max_new_tokens=40)
-    prompt = tasks.tts_prompt(ctx, "One.") + [omni.vocab.boa]
-    first, _ = tasks.decode_rows(omni, [prompt], opts, 2)
-    alt, _ = tasks.decode_rows(omni, [prompt, prompt], rerank.candidate_options(opts), None,
-                               seeds=[rerank.candidate_seed(2, j) for j in (1, 2)])
-    clips = [tasks._speech_of(c, omni.vocab) for c in first + alt]
+    prompt = tts_prompt(ctx, "One.") + [omni.vocab.boa]
+    first, _ = rows.decode_rows(omni, [prompt], opts, 2)
+    alt, _ = rows.decode_rows(omni, [prompt, prompt], rerank.candidate_options(opts), None,
+                              seeds=[rerank.candidate_seed(2, j) for j in (1, 2)])
+    clips = [speech_codes_of(c, omni.vocab) for c in first + alt]
     scores = rerank.transcript_scores(omni, ctx, clips, "One.")
     assert scores == pytest.approx([rerank.response_logprobs(omni.model, [build_example(ctx, "asr", text="One.",
                                                                                        audio_codes=c)])[0]
@@ -120,7 +121,5 @@ def test_candidates_is_checked_and_may_be_a_model_default():
 
 
 def test_candidates_without_output_score_minus_inf():
-    from aromni.core.tasks import _spread
-
-    assert _spread([True, False, True], [-1.0, -2.0]) == [-1.0, -math.inf, -2.0]
-    assert _spread([False, False], []) == [-math.inf, -math.inf]
+    assert rerank.spread([True, False, True], [-1.0, -2.0]) == [-1.0, -math.inf, -2.0]
+    assert rerank.spread([False, False], []) == [-math.inf, -math.inf]
