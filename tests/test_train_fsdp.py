@@ -152,3 +152,72 @@ def test_sharded_checkpoints_resume_bitwise_and_reshard_onto_one_rank(tmp_path, 
     dcp.load(state, storage_reader=dcp.FileSystemReader(ck), no_dist=True)
     for k, v in bundle.items():
         assert torch.equal(v, state["model"][f"model.{k}"]), k
+
+
+def _kill_during_saves(cmd: list[str], root: str, delay: float) -> None:
+    """Start ``cmd`` (torchrun), wait for a new checkpoint, sleep ``delay`` s, then SIGKILL every process."""
+    import signal
+    import time
+
+    from aromni.core.train import checkpoint as C
+
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        before = C.latest_checkpoint(root)
+        t0 = time.time()
+        while C.latest_checkpoint(root) == before and p.poll() is None and time.time() - t0 < 120:
+            time.sleep(0.05)
+        time.sleep(delay)
+    finally:
+        # torchrun starts each worker in its own session: kill the workers (and torchrun) by pid, all at once
+        pids = [p.pid] + _children(p.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+        for pid in pids[1:]:
+            while os.path.exists(f"/proc/{pid}") and _state(pid) not in ("Z", "X", ""):
+                time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+@pytest.mark.slow
+def test_kill_9_during_sharded_saves_leaves_a_loadable_checkpoint(tmp_path, lm):
+    from aromni.core.train import checkpoint as C
+
+    cfg, cb = lm
+    out = str(tmp_path / "run")
+    root = os.path.join(out, "checkpoints")
+    args = ["aromni", "train", cfg, f"out_dir={out}", *COMMON, cb, "data.batch_size=1", "train.max_steps=100000",
+            "checkpoint.every=1", "checkpoint.keep=2", "-q"]
+    for i, delay in enumerate((0.3, 0.7, 1.1)):
+        _kill_during_saves(TORCHRUN + ["--nproc_per_node=2", "-m", *args] + (["--resume"] if i else []), root, delay)
+        latest = C.latest_checkpoint(root)
+        assert latest is not None and C.is_sharded(latest)
+        assert {"trainer.pt", "rank-00000.pt", "rank-00001.pt", "config.yaml"} <= set(os.listdir(latest))
+    # the newest complete checkpoint resumes (after a kill the next run also clears the partial leftovers)
+    step = int(os.path.basename(C.latest_checkpoint(root)).split("-")[1])
+    _train(cfg, out, 2, cb, "data.batch_size=1", f"train.max_steps={step + 1}", "checkpoint.every=1",
+           "checkpoint.keep=2", "--resume")
+    assert _metrics(out)[-1]["step"] == step + 1
+    assert not [n for n in os.listdir(root) if n.startswith(C.TMP_PREFIX)]
