@@ -15,6 +15,9 @@ per-round speed-up over fp32, plus its relative output error ``|y - y_fp32| / |y
 
     python benchmarks/bench_quant.py                 # one thread (default), the shapes below
     python benchmarks/bench_quant.py --threads 2 --rounds 20
+
+It also prints the 7B model's weight memory per format (from shapes), the int8 logits drift of a random
+100M-shaped model, and the batch-1 decode step of the bundled and the 100M model in fp32 and int8.
 """
 from __future__ import annotations
 
@@ -69,14 +72,154 @@ def time_call(fn, x, min_s: float) -> float:
             return dt / n
 
 
+def weight_memory(config: str = "7b") -> dict[str, float]:
+    """GB of a model's weights per format, from its shapes (no weights made): linear layers quantised as
+    ``core.quant`` stores them (int8: 1 byte + one fp32 scale per output channel; int4: half a byte + a bf16
+    scale and offset per group of 128), embeddings and norms in bf16."""
+    from aromni.core.model import Transformer, get_config
+    from aromni.core.quant import INT4_GROUP
+
+    with torch.device("meta"):
+        m = Transformer(get_config(config))
+    lin = [mod.weight.shape for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+    rest = sum(p.numel() for p in m.parameters()) - sum(n * k for n, k in lin)
+    out = {"bf16": 2 * (rest + sum(n * k for n, k in lin)),
+           "int8": 2 * rest + sum(n * k + 4 * n for n, k in lin),
+           "int4": 2 * rest + sum(n * k // 2 + (k // INT4_GROUP) * n * 4 for n, k in lin)}
+    return {k: v / 1e9 for k, v in out.items()}
+
+
+def drift(config: str = "100m", tokens: int = 64, seed: int = 0) -> dict[str, float]:
+    """fp32 vs ``quantize(..., "int8")`` logits of a random model of ``config`` on random tokens."""
+    import copy
+
+    from aromni.core.model import build_model, get_config
+    from aromni.core.quant import quantize
+
+    m = build_model(get_config(config, max_seq_len=max(tokens, 16)), seed=seed)
+    q = quantize(copy.deepcopy(m), "int8")
+    ids = torch.randint(0, m.cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        a, b = m(ids), q(ids)
+    return {"rel_l2": float((b - a).norm() / a.norm()), "max_abs": float((b - a).abs().max()),
+            "logit_std": float(a.std()), "argmax_agree": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
+def step_times(config: str, rounds: int, steps: int = 32) -> tuple[float, float, float]:
+    """Median ms of a batch-1 decode step, fp32 and int8, and the median per-round speed-up (interleaved)."""
+    import copy
+
+    from aromni.core.model import build_model, get_config
+    from aromni.core.quant import quantize
+
+    if config == "bundled":
+        from aromni.core.api import load
+        m = load(None, device="cpu", dtype="fp32", tokenizers=False).model
+    else:
+        m = build_model(get_config(config, max_seq_len=256))
+    q = quantize(copy.deepcopy(m), "int8")
+    ids = torch.randint(0, m.cfg.vocab_size, (1, steps + 8), generator=torch.Generator().manual_seed(0))
+
+    def run(model) -> float:
+        st = model.setup_cache(1, steps + 8)
+        model(ids[:, :8], st)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            model(ids[:, 8 + i: 9 + i], st)
+        return (time.perf_counter() - t0) / steps * 1000
+
+    fp, i8 = [], []
+    with torch.inference_mode():
+        run(m), run(q)
+        for _ in range(rounds):
+            fp.append(run(m))
+            i8.append(run(q))
+    return statistics.median(fp), statistics.median(i8), statistics.median(f / t for f, t in zip(fp, i8))
+
+
+def agreement(kernels=("int_mm", "dequant")) -> dict[str, tuple[float, float]]:
+    """Greedy TTS, T2I and caption runs of the bundled model on held-out prompts, fp32 vs int8 with each CPU
+    kernel: (share of fp32's tokens the int8 run reproduces position by position, share of fp32's greedy
+    steps where int8 picks the same next token given fp32's history)."""
+    import copy
+    import os
+    import sys
+
+    from aromni.core import tasks
+    from aromni.core.api import load
+    from aromni.core.corpus import scenes
+    from aromni.core.decoding import options_for
+    from aromni.core.generate import generate
+    from aromni.core.quant import Int8Linear, quantize
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from test_default_model import HELDOUT_SCENES
+
+    texts = ["a small green triangle in the centre", "a small yellow star on the left",
+             "a large green star on the right"]
+
+    def run(omni) -> list:
+        log: list = []
+
+        def engine(model, vocab, prompts, opts, **kw):
+            g = generate(model, vocab, prompts, opts, **kw)
+            log.extend((list(p), list(t)) for p, t in zip(prompts, g.tokens))
+            return g
+        omni.engine = engine
+        for t in texts:
+            tasks.tts(omni, t, options_for("tts", greedy=True), seed=0)
+        tasks.t2i(omni, texts, opts=options_for("t2i", image_greedy=True), seed=0)
+        tasks.caption(omni, [scenes.draw(x) for x in HELDOUT_SCENES], options_for("caption", greedy=True), seed=0)
+        return log
+
+    fp = load(None, device="cpu", dtype="fp32")
+    ref = run(fp)
+    out = {}
+    for k in kernels:
+        q = copy.copy(fp)
+        q.model = quantize(copy.deepcopy(fp.model), "int8")
+        for m in q.model.modules():
+            if isinstance(m, Int8Linear):
+                m.kernel = k
+        got = run(q)
+        same = free = total = 0
+        with torch.inference_mode():
+            for (p, t), (_, t8) in zip(ref, got):
+                ids = torch.tensor([p + t])
+                a = fp.model(ids)[0, len(p) - 1:-1].argmax(-1)
+                b = q.model(ids)[0, len(p) - 1:-1].argmax(-1)
+                same += int((a == b).sum())
+                free += sum(x == y for x, y in zip(t, t8))
+                total += len(t)
+        out[k] = (free / total, same / total)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--min-time", type=float, default=0.02, help="seconds per timed sample")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the kernel table")
+    ap.add_argument("--agreement", action="store_true", help="also the bundled model's greedy agreement (slow)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    mem = weight_memory("7b")
+    print("# 7B weights from shapes: " + ", ".join(f"{k} {v:.2f} GB" for k, v in mem.items()))
+    d = drift("100m")
+    print(f"# 100m random weights, int8 vs fp32 logits over 64 random tokens: relative L2 {d['rel_l2']:.4f}, "
+          f"max |diff| {d['max_abs']:.4f} (logit std {d['logit_std']:.3f}), argmax agreement {d['argmax_agree']:.3f}")
+    for cfg in ("bundled", "100m"):
+        fp, i8, ratio = step_times(cfg, max(3, a.rounds // 3))
+        print(f"# {cfg} batch-1 decode step, {a.threads} thread(s): fp32 {fp:.2f} ms, int8 {i8:.2f} ms "
+              f"({ratio:.2f}x)", flush=True)
+    if a.agreement:
+        for k, (free, forced) in agreement().items():
+            print(f"# bundled model greedy, int8 kernel {k}: {free:.3f} of fp32's tokens reproduced, "
+                  f"{forced:.3f} of its next-token choices (teacher-forced)", flush=True)
+    if a.no_kernels:
+        return
     print(f"# {a.threads} thread(s), {a.rounds} interleaved rounds, torch {torch.__version__}")
     print("| shape | " + " | ".join(["fp32 us", "int_mm", "fbgemm", "int8pack", "dequant"]) + " |")
     print("|---|---|---|---|---|---|")
