@@ -5,6 +5,9 @@ same number of new tokens, tokens compared), and the TTS real-time factor of aro
 WavTokenizer decoder streaming (random weights: speed only).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_decode.py            # "100m" on CPU, ~3-4 min
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_decode.py --lm-step --prompt 32 --new 100 --reps 5
+                                                   # bundled model: ms per decode step (add --dtype bf16, --compile)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_decode.py --fusion   # fused vs separate projections
     .venv/bin/python benchmarks/bench_decode.py --device cuda --config 1b --compile   # static cache + CUDA graphs
 
 Definitions: decode tok/s = rows * (new - 1) / (total time - time to first token); first-token latency = prompt
@@ -27,7 +30,8 @@ def hf_model(model, layout):
     """The same weights in transformers' mainline Chameleon layout (core/convert.py)."""
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
-    from aromni.core.convert import from_aromni, hf_config
+    from aromni.core.convert import from_aromni
+    from aromni.core.export import hf_config
 
     conf = hf_config(model.cfg, "hf", layout, dtype=model.tok_embeddings.weight.dtype)
     conf.pop("architectures", None)
@@ -101,6 +105,78 @@ def tts_rtf(model, layout, dev, speech_tokens: int):
     return r.stats
 
 
+def lm_step(batches: list[int], new: int, reps: int, compile_: bool, dtype: torch.dtype = torch.float32,
+            prompt: int = 32) -> dict:
+    """(ms per decode step, ms of prefill) of the bundled model, medians of ``reps`` runs: greedy text rows
+    (``prompt`` tokens, no stop) at each batch size, and one t2i row (3 CFG streams, sampling). The step is the
+    whole engine step (model + token choice)."""
+    from aromni.core.api import default_model_path
+    from aromni.core.bundle import load_bundle
+    from aromni.core.decoding import options_for
+    from aromni.core.generate import generate
+
+    omni = load_bundle(default_model_path(), tokenizers=False, dtype=dtype)
+    m, v = omni.model, omni.vocab
+    g = torch.Generator().manual_seed(0)
+    text = lambda n: (v.text_start + torch.randint(v.text_end - v.text_start, (n,), generator=g)).tolist()  # noqa
+    runs = {}
+    for B in batches:
+        prompts = [[v.bos] + text(prompt - 1) for _ in range(B)]
+        opts = options_for("text", compat=True, greedy=True, repetition_penalty=1.0, images=False, cfg=False,
+                           max_new_tokens=new, stop=(), compile=compile_)
+        runs[f"text b{B}"] = (prompts, opts)
+    runs["t2i b1 (3 streams)"] = ([[v.bos] + text(15) + [v.boi]], options_for("t2i", compile=compile_))
+    out = {}
+    for name, (prompts, opts) in runs.items():
+        generate(m, v, prompts, opts.replace(max_new_tokens=4) if "text" in name else opts, seeds=[0] * len(prompts))
+        ms, pre = [], []
+        for _ in range(reps):
+            r = generate(m, v, prompts, opts, seeds=list(range(len(prompts))))
+            ms.append(r.decode_s / max(r.steps, 1) * 1000)
+            pre.append(r.prefill_s * 1000)
+        out[name] = (sorted(ms)[len(ms) // 2], sorted(pre)[len(pre) // 2])
+    return out
+
+
+def fusion(reps: int = 2000) -> None:
+    """One layer's q/k/v and gate/up projections at decode shapes of the bundled model and the 100m config:
+    separate weights (as stored) vs one fused weight per group, best of 5 interleaved rounds."""
+    from aromni.core.model import get_config
+
+    for name, B in (("small", 1), ("small", 8), ("100m", 1)):
+        c = get_config(name)
+        best = _fusion_layer(B, c.dim, c.n_kv_heads * c.head_dim, c.intermediate_size, reps)
+        print(f"{name:<6} batch {B}: separate {best['separate']:.1f} us, fused {best['fused']:.1f} us per layer "
+              f"(fused is {best['separate'] / best['fused']:.2f}x as fast)")
+
+
+def _fusion_layer(B: int, d: int, kv: int, f: int, reps: int) -> dict:
+    import torch.nn.functional as F
+
+    x = torch.randn(B, 1, d)
+    wq, wk, wv, w1, w3 = (torch.randn(n, d) for n in (d, kv, kv, f, f))
+    wqkv, w13 = torch.cat([wq, wk, wv]), torch.cat([w1, w3])
+
+    def separate():
+        F.linear(x, wq), F.linear(x, wk), F.linear(x, wv)
+        return F.silu(F.linear(x, w1)) * F.linear(x, w3)
+
+    def fused():
+        F.linear(x, wqkv).split([d, kv, kv], -1)
+        gate, up = F.linear(x, w13).chunk(2, -1)
+        return F.silu(gate) * up
+
+    best = {"separate": float("inf"), "fused": float("inf")}
+    with torch.no_grad():
+        for _ in range(5):
+            for label, fn in (("separate", separate), ("fused", fused)):
+                t = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                best[label] = min(best[label], (time.perf_counter() - t) / reps * 1e6)
+    return best
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="100m")
@@ -114,9 +190,20 @@ def main():
     ap.add_argument("--tts-tokens", type=int, default=120, help="speech codes for the TTS RTF run (40/s)")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-tts", action="store_true")
+    ap.add_argument("--lm-step", action="store_true", help="only: ms per decode step of the bundled model")
+    ap.add_argument("--fusion", action="store_true", help="only: fused vs separate q/k/v and gate/up projections")
     a = ap.parse_args()
-
+    if a.fusion:
+        return fusion()
     from aromni.core.device import DTYPES
+
+    if a.lm_step:
+        print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+        for name, (ms, pre) in lm_step([int(x) for x in a.batches.split(",")], a.new, a.reps, a.compile,
+                                       DTYPES[a.dtype], a.prompt).items():
+            print(f"{name:<20}{ms:8.3f} ms/step{pre:10.1f} ms prefill")
+        return
+
     from aromni.core.model import build_model, get_config
     from aromni.core.vocab import arom_layout, compact_layout
 
@@ -143,12 +230,12 @@ def main():
     for B in [int(x) for x in a.batches.split(",")]:
         prompts = [[0] + text[torch.randint(len(text), (a.prompt - 1,), generator=g)].tolist() for _ in range(B)]
         run_ours(model, layout, prompts, 4, a.compile)  # warm-up (and compile)
-        ours = best(lambda: run_ours(model, layout, prompts, a.new, a.compile), a.reps)
+        ours = best(lambda p=prompts: run_ours(model, layout, p, a.new, a.compile), a.reps)
         ro = rates(ours, B, a.prompt, a.new)
         rh, same = None, ""
         if hf is not None:
             run_hf(hf, prompts, 4, dev)
-            theirs = best(lambda: run_hf(hf, prompts, a.new, dev), a.reps)
+            theirs = best(lambda p=prompts: run_hf(hf, p, a.new, dev), a.reps)
             rh = rates(theirs, B, a.prompt, a.new)
             same = "yes" if theirs["tokens"] == ours["tokens"] else "NO"
         print(f"{'aromni':<14}{B:>6}{ro['prefill']:>15.0f}{ro['decode']:>14.1f}{ro['first_ms']:>16.1f}  {same}")

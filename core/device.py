@@ -60,7 +60,12 @@ def auto_bf16(device: torch.device) -> bool:
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA with bf16 support, else fp32."""
+    """``auto``: bf16 on CUDA with bf16 support, else fp32.
+
+    CPUs stay in fp32 even with native bf16 (``avx512_bf16``): on such an AMD EPYC, one thread, the bundled
+    model's decode step was slower in bf16 (fp32/bf16 0.94x at batch 1, 0.79x at batch 8; its matmuls are small
+    GEMVs) while only a 128-token prefill gained (1.4-1.8x), which does not pay for the slower steps
+    (``benchmarks/bench_decode.py --lm-step --dtype bf16`` against the default)."""
     if name in (None, "", "auto"):
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
