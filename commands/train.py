@@ -23,6 +23,11 @@ def run(
                          "schedule, RNG and data position).")] = False,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved config (YAML) on stdout and exit.")] = False,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Print the per-rank memory plan (parameters, gradients, optimizer state, activations, "
+                       "logits; full fine-tuning over --gpus ranks and LoRA rank 16 on one) and exit.")] = False,
+    gpus: Annotated[int, typer.Option("--gpus", help="Ranks for --plan.", min=1)] = 1,
+    gpu_memory: Annotated[str, typer.Option("--gpu-memory", help="Memory per GPU for --plan, e.g. 80GB.")] = "80GB",
     json_out: Json = False,
     quiet: Quiet = False,
     threads: Threads = None,
@@ -39,12 +44,18 @@ def run(
       aromni train lm.yaml optim.lr=3e-4 train.max_steps=2000
       aromni train lm.yaml --resume
       torchrun --nproc_per_node 8 -m aromni train lm.yaml train.strategy=fsdp
+      aromni train lm.yaml --plan --gpus 8 --gpu-memory 80GB
     """
     from aromni.core.train.config import load_config
 
     cfg = load_config(config, overrides or [])  # config errors surface before torch is imported
     if print_config:
         sys.stdout.write(cfg.to_yaml())
+        return
+    if plan:
+        from aromni.core.train.plan import parse_size, plan_run
+
+        print(plan_run(cfg, gpus=gpus, gpu_memory=parse_size(gpu_memory)))
         return
     from aromni.core.train.stages import run as run_stage
 
