@@ -98,3 +98,90 @@ def split_audio(wav: np.ndarray, sample_rate: int, max_s: float, min_s: float | 
         start = cut
     out.append((start, n))
     return out
+
+
+PAUSE_S = 0.3  # a silence at least this long separates utterances (pauses inside a sentence are shorter)
+MARGIN_S = 0.08  # silence kept after each utterance, as the corpus trims its training clips
+LEAD_S = 0.08  # silence kept before it (0.02 s, nearer the corpus's clip starts, measured worse: 35.7 vs 31.6 %)
+MIN_SPEECH_S = 0.3  # a sound shorter than this joins its nearest neighbour rather than standing alone
+SILENCE_DB = 40.0  # frames this far below the loud level (95th percentile of frame energy) are silence
+
+
+def speech_segments(wav: np.ndarray, sample_rate: int, pause_s: float = PAUSE_S, frame_s: float = 0.02,
+                    silence_db: float = SILENCE_DB) -> list[tuple[int, int]]:
+    """Stretches of sound [start, end) in samples, separated by silences of at least ``pause_s``.
+
+    Energy-based: a 20 ms frame is silent when its RMS is more than ``silence_db`` below the recording's loud
+    level (95th percentile of frame energy); in a noisy recording, also when it is within 10 dB of the noise
+    floor (5th percentile), but the level never rises above 20 dB under the loud level (a short clip with
+    little silence has a "floor" that is really soft speech)."""
+    wav = np.asarray(wav, dtype=np.float32)
+    frame = max(1, int(frame_s * sample_rate))
+    db = 20 * np.log10(frame_energy(wav, frame))
+    if len(db) == 0:
+        return []
+    loud, floor = np.percentile(db, 95), np.percentile(db, 5)
+    level = max(loud - silence_db, min(floor + 10.0, loud - 20.0)) if loud - floor > 10.0 else -np.inf
+    sound = db > level
+    min_gap = max(1, int(round(pause_s / frame_s)))
+    segs: list[list[int]] = []
+    for i in np.flatnonzero(sound):
+        if segs and i - segs[-1][1] < min_gap:
+            segs[-1][1] = i + 1
+        else:
+            segs.append([int(i), int(i) + 1])
+    # sample-exact edges: the first and last sample louder than the silence level (as the corpus trims clips)
+    n, amp = len(wav), 10 ** (level / 20)
+    out = []
+    for a, b in segs:
+        lo, hi = max(0, (a - 1) * frame), min(n, (b + 1) * frame)
+        loud_idx = np.flatnonzero(np.abs(wav[lo:hi]) > amp)
+        edge = (lo + int(loud_idx[0]), lo + int(loud_idx[-1]) + 1) if loud_idx.size else (a * frame, min(b * frame, n))
+        out.append(edge)
+    return out
+
+
+def split_at_pauses(wav: np.ndarray, sample_rate: int, max_s: float, pause_s: float = PAUSE_S,
+                    margin_s: float = MARGIN_S, min_speech_s: float = MIN_SPEECH_S, lead_s: float = LEAD_S
+                    ) -> list[tuple[int, int]]:
+    """Windows [start, end) for speech recognition: one per utterance (sound between pauses of ``pause_s``),
+    with up to ``lead_s`` of silence before and ``margin_s`` after (never past the middle of a pause), so a
+    window sounds like a single training clip and no word is ever cut in two. Sounds shorter than
+    ``min_speech_s`` join their nearer neighbour when the joint window fits; an utterance longer than
+    ``max_s`` is cut at its quietest points (``split_audio``). One utterance (or silence) that fits is one
+    window over everything."""
+    n = len(wav)
+    max_len = max(1, int(max_s * sample_rate))
+    segs = [list(s) for s in speech_segments(wav, sample_rate, pause_s)]
+    if len(segs) <= 1 and n <= max_len:
+        return [(0, n)]  # one utterance (or silence) that fits: as it is
+    if not segs:
+        return split_audio(wav, sample_rate, max_s)
+    short = int(min_speech_s * sample_rate)
+    merged = True
+    while merged and len(segs) > 1:  # fold each short sound into its nearer neighbour, one at a time
+        merged = False
+        for k, (a, b) in enumerate(segs):
+            if b - a >= short:
+                continue
+            near = sorted((a - segs[j][1] if j < k else segs[j][0] - b, j) for j in (k - 1, k + 1)
+                          if 0 <= j < len(segs))
+            for _, j in near:
+                lo, hi = min(a, segs[j][0]), max(b, segs[j][1])
+                if hi - lo <= max_len:
+                    segs[min(k, j)] = [lo, hi]
+                    del segs[max(k, j)]
+                    merged = True
+                    break
+            if merged:
+                break
+    margin, lead = int(margin_s * sample_rate), int(lead_s * sample_rate)
+    out: list[tuple[int, int]] = []
+    for i, (a, b) in enumerate(segs):
+        lo = max(a - lead, 0 if i == 0 else (segs[i - 1][1] + a) // 2)
+        hi = min(b + margin, n if i + 1 == len(segs) else (b + segs[i + 1][0]) // 2)
+        if hi - lo <= max_len:
+            out.append((lo, hi))
+        else:
+            out += [(lo + s, lo + e) for s, e in split_audio(wav[lo:hi], sample_rate, max_s)]
+    return out

@@ -22,7 +22,7 @@ from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_
 from .rerank import best_of
 from .rows import base_seed, decode_rows, engine
 from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
-from .segmenting import split_audio, split_sentences, split_words
+from .segmenting import split_at_pauses, split_sentences, split_words
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
 
@@ -197,7 +197,8 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
 # ASR, caption
 # ----------------------------------------------------------------------------------------------
 def asr_windows(omni: Omni, wav: np.ndarray, opts: DecodeOptions, window_s: float = ASR_WINDOW_S) -> list[np.ndarray]:
-    """Split one clip into windows whose prompts leave room for a transcript in the model's context."""
+    """Split one clip into windows, one per utterance (cut in the pauses, see ``split_at_pauses``), each short
+    enough that its prompt leaves room for a transcript in the model's context."""
     sp = omni.speech
     rate = sp.sample_rate / sp.hop  # codes per second
     base = len(asr_prompt(PromptContext.of(omni), []))
@@ -206,7 +207,7 @@ def asr_windows(omni: Omni, wav: np.ndarray, opts: DecodeOptions, window_s: floa
     max_codes = min(int(window_s * rate), ctx - base - reserve)
     if max_codes < 1:
         raise AromniError(f"the model's context ({ctx} tokens) leaves no room for audio in an ASR prompt")
-    return [wav[a:b] for a, b in split_audio(wav, sp.sample_rate, max_codes / rate)]
+    return [wav[a:b] for a, b in split_at_pauses(wav, sp.sample_rate, max_codes / rate)]
 
 
 def asr(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None,
