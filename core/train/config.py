@@ -27,7 +27,8 @@ class ModelSection:
     base: str | None = None  # bundle / checkpoint to start from (weights, vocab, tokenizers)
     config: str | None = None  # a core.model.CONFIGS name, random init (when base is null)
     overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {max_seq_len: 512}
-    vocab: Any = None  # "ar-omni" | {compact: {text, image, audio, image_tokens}} | a layout dict; null: base/tokenizers
+    # "ar-omni" | {compact: {text, image, audio, image_tokens}} | a layout dict; null: base/tokenizers
+    vocab: Any = None
     tokenizers: Any = None  # a dir (bundle or tokenizer dir) or {text: dir, image: dir, speech: dir}
     family: str = "aromni"  # written into the exported bundle ("ar-omni" selects the reference prompts)
     activation_checkpointing: bool = False
@@ -84,6 +85,7 @@ class TrainSection:
     precision: str = "auto"  # auto: bf16 where native (GPU; CPU with avx512_bf16/amx_bf16), else fp32 | bf16 | fp32
     strategy: str = "auto"  # auto: ddp when launched on several ranks | none | ddp | fsdp
     compile: bool = False  # torch.compile each transformer block
+    lora: dict | None = None  # {rank: 16, alpha: 32, dropout: 0, targets: [wq, wk, wv, wo, w1, w2, w3]}: base frozen
     log_every: int = 1
     eval_every: int = 0  # 0: validate only at the end (when data.heldout is set)
     eval_batches: int = 8

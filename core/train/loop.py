@@ -212,6 +212,16 @@ class Trainer:
             proj.requires_grad_(cfg.loss.train_projection)
             codebook = codebook.to(self.device)
         self.code_dim = 0 if codebook is None else codebook.shape[1]
+        self.lora = None
+        if cfg.train.lora is not None:
+            from . import lora
+
+            if sharded or self.info.strategy == "fsdp":
+                raise AromniError("train.lora trains on one device or with ddp (train.strategy none | ddp | auto)")
+            self.lora = lora.check_spec(cfg.train.lora)
+            n = lora.apply(model, self.lora, seed=cfg.seed + 2)
+            self.log(f"LoRA: {n:,} adapter parameters (rank {self.lora['rank']}, {', '.join(self.lora['targets'])});"
+                     f" {sum(p.numel() for p in model.parameters()) - n:,} base parameters frozen")
         if cfg.train.compile:
             for b in model.layers:
                 b.compile()
@@ -433,6 +443,8 @@ class Trainer:
         path = None
         if self.info.main:
             model_sd = {k[len("model."):]: v for k, v in msd.items() if k.startswith("model.")}
+            if self.lora is not None:  # the frozen base comes from model.base: only the adapters are saved
+                model_sd = {k: v for k, v in model_sd.items() if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")}
             proj_sd = {k: v for k, v in msd.items() if k.startswith("proj.")}
             trainer = {"step": self.step, "optimizer": osd, "scheduler": self.sched.state_dict(), "proj": proj_sd,
                        "rng": rngs, "data": data, "world": self.info.world}
@@ -464,7 +476,7 @@ class Trainer:
                                   f"(this run has {self.info.world}) so that every rank finds its data position")
         full = {"model." + k: v for k, v in model_sd.items()}
         full.update(tr.get("proj", {}))
-        opts = StateDictOptions(full_state_dict=True, strict=True)
+        opts = StateDictOptions(full_state_dict=True, strict=self.lora is None)
         try:
             set_model_state_dict(self.wrapped, full, options=opts)
             set_optimizer_state_dict(self.wrapped, self.opt, tr["optimizer"], options=opts)
@@ -503,6 +515,15 @@ class Trainer:
         return Omni(model=model, vocab=o.vocab, family=family, text=o.text, image=o.image, speech=o.speech,
                     prompts=o.prompts)
 
+    def _save_adapter(self, out: str) -> None:
+        """``out/adapter.safetensors`` (the adapters alone) and ``out/adapter.json`` (rank, alpha, targets)."""
+        from . import lora
+
+        os.makedirs(out, exist_ok=True)
+        ckpt.write_file(os.path.join(out, "adapter.safetensors"), lora.adapter_state(self.model))
+        meta = {**self.lora, "base": self.cfg.model.base}
+        ckpt.write_text_atomic(os.path.join(out, "adapter.json"), json.dumps(meta))
+
     def export(self, path: str) -> str | None:
         """``out_dir/bundle`` (and ``out_dir/hf``) from checkpoint ``path``: the model, vocabulary and tokenizers.
 
@@ -531,7 +552,13 @@ class Trainer:
         elif not self.info.main:
             return None
         else:
-            sd = ckpt.read_file(path, "model.safetensors")
+            if self.lora is not None:  # the live model is the final checkpoint's: adapters folded in
+                from . import lora
+
+                self._save_adapter(os.path.join(self.cfg.out_dir, "adapter"))
+                sd = lora.merged_state(self.model)
+            else:
+                sd = ckpt.read_file(path, "model.safetensors")
             model = load_state_into(self.model.cfg, sd, device="cpu", dtype=torch.float32, source=path)
             if c.export_bundle:
                 save_bundle(self._bundle_omni(model), out)
