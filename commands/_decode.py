@@ -50,7 +50,8 @@ Compat = Annotated[bool, typer.Option(
     "--compat", help="Reproduce the reference decoder exactly (masks, penalty, caps); see README.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows decoded together.")]
 Compile = Annotated[bool, typer.Option(
-    "--compile", help="Static KV cache + torch.compile'd decode step (CUDA graphs on GPU; slow warm-up).")]
+    "--compile",
+    help="Static KV cache + torch.compile'd decode step (CUDA graphs on GPU; on CPU for one row only; slow warm-up).")]
 Batch = Annotated[Optional[str], typer.Option("--batch", help="JSONL file of inputs, decoded together in batches.")]
 OutDir = Annotated[Optional[str], typer.Option("--out-dir", "-d", help="Directory for output files.")]
 Stats = Annotated[bool, typer.Option("--stats", help="Print first-audio latency, tokens/s and real-time factor "

@@ -353,3 +353,13 @@ def test_chat_session_history_and_batch(omni):
     assert len(a.history) < omni.model.cfg.max_seq_len and r.trimmed >= 0 and len(a.turn_ends) < 14
     a.reset()
     assert a.history == []
+
+
+def test_compile_uses_the_static_step_only_where_it_measured_faster():
+    from aromni.core.generate import static_step
+
+    on = options_for("text", compile=True)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert static_step(on, cpu, 1) and not static_step(on, cpu, 2) and not static_step(on, cpu, 8)
+    assert static_step(on, cuda, 8)  # CUDA graphs
+    assert not static_step(options_for("text"), cpu, 1)
