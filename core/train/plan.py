@@ -4,7 +4,8 @@ logits, for full fine-tuning (sharded over ``gpus`` ranks by FSDP2) and for LoRA
 Counting rules (AdamW, FSDP2 with fp32 master weights):
 - full: parameters, gradients (fp32) and AdamW's two moments (fp32) are split over the ranks; during the
   forward/backward one block's parameters are gathered unsharded in the compute dtype (two with prefetch).
-- LoRA: the frozen base in the compute dtype on one device, only the adapters carry gradients and AdamW state.
+- LoRA: the frozen base in fp32 (as the trainer holds it) on one device; only the adapters carry gradients and
+  AdamW state.
 - activations per layer and token (compute dtype): the block's saved tensors, about ``10*dim + 3*kv + 4*ffn``
   values (SDPA keeps no attention matrix); with activation checkpointing only each block's input is kept, plus
   one block's full set while it is recomputed.
@@ -67,7 +68,7 @@ def plan(cfg: ModelConfig, *, batch: int, seq: int, gpus: int = 1, gpu_memory: f
     rows: dict[str, int] = {}
     if lora_rank:
         A = _lora_params(cfg, lora_rank, lora_targets)
-        rows["parameters (frozen base)"] = P * cb
+        rows["parameters (frozen base, fp32)"] = P * 4
         rows["parameters (adapters, fp32)"] = A * 4
         rows["gradients (adapters)"] = A * 4
         rows["optimizer state (adapters)"] = A * 8
