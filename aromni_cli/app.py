@@ -1,12 +1,15 @@
 """The ``aromni`` console entry point: assembles the typer app and maps errors to exit codes.
 
 Exit codes: 0 success; 2 usage errors and bad input (one line on stderr); 1 other failures;
-141 when stdout is closed early (as a program killed by SIGPIPE); 130 on Ctrl-C.
+141 when stdout is closed early (as a program killed by SIGPIPE); 130 on Ctrl-C (SIGINT), 143 on SIGTERM.
+``--debug`` adds the traceback and keeps the exit code.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import traceback
 
 import typer
 
@@ -50,11 +53,12 @@ def _unavailable(name: str, err: BaseException):
 
 
 def _register() -> None:
-    # A command whose module fails to import (e.g. a missing optional dependency) stays listed and says why.
+    # A command whose module cannot import a dependency stays listed and says why; any other error in a
+    # command's module is a bug and fails loudly.
     for name, module, short in COMMANDS:
         try:
             fn = importlib.import_module(f"aromni.commands.{module}").run
-        except Exception as e:  # noqa: BLE001 - reported when the command is run
+        except ImportError as e:
             fn = _unavailable(name, e)
         app.command(name=name, help=(fn.__doc__ or short), short_help=short)(fn)
 
@@ -88,12 +92,55 @@ def _quiet_pipe_exit() -> None:
     os._exit(141)
 
 
+# option names of the library whose flag is not "--" + the name with dashes
+FLAGS = {"window_s": "--window", "y": "--y"}
+
+
+def flag_of(option: str) -> str:
+    """The command-line flag for a library option name (``top_k`` -> ``--top-k``)."""
+    return FLAGS.get(option) or "--" + option.replace("_", "-")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that outputs in progress are cleaned up (exit 143)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _fail(code: int, line: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(line, file=sys.stderr)
+    sys.exit(code)
+
+
+def _is_usage_error(e: BaseException) -> bool:
+    # click's exceptions (typer ships its own copy of click, so match by shape rather than class)
+    return hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)
+
+
+def _usage_error(e, debug: bool) -> None:
+    if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help is the message
+        e.show()
+        sys.exit(2)
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    _fail(e.exit_code, f"aromni: error: {e.format_message()}{hint}", debug)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from aromni.core.errors import AromniError, NotAvailableError
+    from aromni.core.errors import AromniError, NotAvailableError, OptionError
 
     debug = "--debug" in (argv or sys.argv) or os.environ.get("AROMNI_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, prog_name="aromni")
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
+    try:
+        rv = app(args=argv, prog_name="aromni", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
     except SystemExit:
         if "PacifyFlushWrapper" in type(sys.stdout).__name__:  # click turned a BrokenPipeError into exit 1
             _quiet_pipe_exit()
@@ -101,24 +148,24 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         _quiet_pipe_exit()
     except KeyboardInterrupt:
-        print("aromni: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail(130, "aromni: interrupted", debug)
+    except Terminated:
+        _fail(143, "aromni: terminated", debug)
+    except typer.Abort:
+        _fail(1, "aromni: aborted", debug)
+    except OptionError as e:
+        _fail(2, f"aromni: error: {e.naming(flag_of(e.option))}", debug)
     except AromniError as e:
-        if debug:
-            raise
-        print(f"aromni: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(2, f"aromni: error: {e}", debug)
     except NotAvailableError as e:
-        if debug:
-            raise
-        print(f"aromni: {e}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:  # anything unexpected: one line, exit 1 (traceback with --debug)
-        if debug:
-            raise
+        _fail(1, f"aromni: {e}", debug)
+    except Exception as e:
+        if _is_usage_error(e):
+            _usage_error(e, debug)
+        # anything unexpected: one line, exit 1 (traceback with --debug)
         msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"aromni: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
-        sys.exit(1)
+        _fail(1, f"aromni: error: {type(e).__name__}: {msg}" + ("" if debug else " (rerun with --debug for the "
+                                                                                   "traceback)"), debug)
     finally:
         try:
             sys.stdout.flush()

@@ -1,8 +1,6 @@
 """Decoding options and helpers shared by generate, tts, asr, caption, t2i and chat."""
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from typing import Optional
@@ -10,8 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import log
-from aromni.core.errors import AromniError, InputError
+from aromni.commands._common import log, make_dir, read_jsonl, resolve_rel  # noqa: F401 - re-exported for commands
 
 MaxNew = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on generated tokens (task default).")]
 Temperature = Annotated[Optional[float], typer.Option("--temperature", help="Text/speech sampling temperature.")]
@@ -58,11 +55,32 @@ Stats = Annotated[bool, typer.Option("--stats", help="Print first-audio latency,
                                                      "on stderr.")]
 
 
+# the decoding options a command may take, by the name of its parameter (= the DecodeOptions field)
+DECODE_PARAMS = ("max_new_tokens", "max_speech_tokens", "greedy", "temperature", "top_p", "top_k",
+                 "repetition_penalty", "cfg", "cfg_text", "cfg_image", "image_temperature", "image_greedy",
+                 "image_top_p", "image_top_k", "candidates", "chunk_words", "speech_pad", "lead_in", "batch_size",
+                 "compile")
+
+
 def decode_options(task: str, compat: bool = False, **kw):
     """DecodeOptions for ``task`` with the CLI overrides that were given (None = task default)."""
     from aromni.core.decoding import options_for
 
     return options_for(task, compat=compat, **kw)
+
+
+def given_decode(params: dict) -> dict:
+    """The decoding options among a command's parameters (pass ``locals()``) that were given (not None)."""
+    return {k: params[k] for k in DECODE_PARAMS if params.get(k) is not None}
+
+
+def options_from(task: str, params: dict):
+    """DecodeOptions for ``task`` from a command's parameters (pass ``locals()``): every decoding option it
+    takes and ``compat`` (and its ``seed``); checked before any model is loaded."""
+    from aromni.core.checks import check_number
+
+    check_number("seed", params.get("seed"))
+    return decode_options(task, bool(params.get("compat")), **given_decode(params))
 
 
 def load_model(model: Optional[str], device: str, dtype: str, quiet: bool, seed: Optional[int] = None,
@@ -80,51 +98,6 @@ def load_model(model: Optional[str], device: str, dtype: str, quiet: bool, seed:
     how = f"{omni.device}, {n} thread{'s' if n > 1 else ''}" + (f", {quant}" if quant not in ("", "none") else "")
     log(f"aromni: loaded {omni.source or 'model'} ({how}) in {time.perf_counter() - t0:.1f}s", quiet)
     return omni
-
-
-def read_jsonl(path: str, what: str) -> list[dict]:
-    """Objects of a JSONL file (``-``: stdin); blank lines skipped, errors name the line."""
-    if path == "-":
-        if sys.stdin is None or sys.stdin.isatty():
-            raise AromniError(f"no {what} given: pipe the JSONL file on stdin")
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except OSError as e:
-            raise InputError(e.strerror or str(e), path) from None
-        except UnicodeDecodeError:
-            raise InputError("not a UTF-8 text file", path) from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"line {n}: invalid JSON ({e.msg})", path) from None
-        if not isinstance(obj, dict):
-            raise InputError(f"line {n}: expected a JSON object", path)
-        out.append(obj)
-    if not out:
-        raise InputError(f"no {what} in the file", path)
-    return out
-
-
-def resolve_rel(path: str, batch_file: str) -> str:
-    """Paths in a batch file are relative to the file's directory."""
-    if path == "-" or os.path.isabs(path) or batch_file == "-":
-        return path
-    return os.path.join(os.path.dirname(os.path.abspath(batch_file)), path)
-
-
-def make_dir(path: str) -> str:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise AromniError(f"{path}: cannot create output directory ({e.strerror or e})") from None
-    return path
 
 
 def print_line(text: str) -> None:

@@ -8,11 +8,12 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
+from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, batch_items, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
-                                     decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
+                                     load_model, one_line, options_from, print_line)
+from aromni.core.checks import check_number
 from aromni.commands._remote import Host, Local, remote
-from aromni.core.errors import AromniError, InputError
+from aromni.core.errors import AromniError
 
 
 def run(
@@ -35,10 +36,10 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
-    quant: Quant = "none",
-    threads: Threads = None,
     host: Host = None,
     local: Local = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Speech -> text: one line per input (JSON lines with --json). All inputs, and the windows of long
     inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
@@ -54,21 +55,13 @@ def run(
     if batch is not None:
         if audio:
             raise AromniError("give either audio files or --batch, not both")
-        items = read_jsonl(batch, "ASR items")
-        paths = []
-        for n, it in enumerate(items, 1):
-            p = it.get("audio") or it.get("wav_path")
-            if not isinstance(p, str):
-                raise InputError(f"item {n}: needs \"audio\" (a file path)", batch)
-            paths.append(resolve_rel(p, batch))
+        paths = [it.value for it in batch_items(batch, "ASR items", "audio", alt=("wav_path",), is_path=True)]
     else:
         paths = list(audio or ["-"])
     if paths.count("-") > 1:
         raise AromniError("stdin (-) can be given only once")
-    if window <= 0:
-        raise AromniError("--window must be > 0")
-    opts = decode_options("asr", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
-                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
+    check_number("window_s", window)
+    opts = options_from("asr", locals())
     data = [input_bytes(p, "audio") for p in paths]  # read (and fail on missing files) before loading the model
     client = remote(host, local, model)
     if client is not None:

@@ -8,11 +8,11 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes
+from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, batch_items, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
-                                     decode_options, load_model, one_line, print_line, read_jsonl, resolve_rel)
+                                     load_model, one_line, options_from, print_line)
 from aromni.commands._remote import Host, Local, remote
-from aromni.core.errors import AromniError, InputError
+from aromni.core.errors import AromniError
 
 
 def run(
@@ -38,10 +38,10 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
-    quant: Quant = "none",
-    threads: Threads = None,
     host: Host = None,
     local: Local = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Image -> text: one caption per line (JSON lines with --json), all inputs decoded together in batches.
     --batch FILE.jsonl takes {"image": path} per line."""
@@ -51,19 +51,12 @@ def run(
     if batch is not None:
         if images:
             raise AromniError("give either image files or --batch, not both")
-        items = read_jsonl(batch, "caption items")
-        paths = []
-        for n, it in enumerate(items, 1):
-            p = it.get("image")
-            if not isinstance(p, str):
-                raise InputError(f"item {n}: needs \"image\" (a file path)", batch)
-            paths.append(resolve_rel(p, batch))
+        paths = [it.value for it in batch_items(batch, "caption items", "image", is_path=True)]
     else:
         paths = list(images or ["-"])
     if paths.count("-") > 1:
         raise AromniError("stdin (-) can be given only once")
-    opts = decode_options("caption", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
-                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, batch_size=batch_size)
+    opts = options_from("caption", locals())
     data = [input_bytes(p, "image") for p in paths]
     pil = [open_image(b, name, exif_transpose=exif_transpose) for b, name in data]
     client = remote(host, local, model)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -11,7 +10,8 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Threads
-from aromni.commands._common import Device, Model, Quiet, binary_output, log
+from aromni.commands._common import (Device, Model, Quiet, atomic_file, binary_output, confined_path, log,
+                                     make_dir)
 from aromni.core.errors import AromniError, InputError
 
 
@@ -198,19 +198,13 @@ def run(
         sys.stdout.write("".join(line + "\n" for line in plan.lines))
         sys.stdout.flush()
     if plan.media:
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as e:
-            raise AromniError(f"{out_dir}: cannot create output directory ({e.strerror or e})") from None
+        make_dir(out_dir)
         for m in plan.media:
-            path = os.path.join(out_dir, m.name)
-            try:
-                if m.kind == "image":
-                    data = render_image(omni, m, source, quiet)
-                    with open(path, "wb") as f:
-                        f.write(data)
-                else:
-                    write_wav(path, render_audio(omni, m, source), omni.speech.sample_rate)
-            except OSError as e:
-                raise AromniError(f"{path}: cannot write ({e.strerror or e})") from None
+            path = confined_path(out_dir, m.name)
+            if m.kind == "image":
+                data = render_image(omni, m, source, quiet)
+                with atomic_file(path) as f:
+                    f.write(data)
+            else:
+                write_wav(path, render_audio(omni, m, source), omni.speech.sample_rate)
             log(path, quiet)

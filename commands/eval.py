@@ -9,7 +9,9 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Quiet, log
+from aromni.commands._common import Device, Dtype, Json, Model, Quiet, check_suffix, log, make_dir
+from aromni.commands._decode import given_decode
+from aromni.core.checks import check_numbers
 from aromni.core.errors import AromniError
 
 
@@ -97,26 +99,26 @@ def run(
         else:
             print(rep.format_compare(rows, rep.report_name(compare[0]), rep.report_name(compare[1])))
         return
+    if output:
+        check_suffix(output, (".json",), "the report")
     if task is None:
         raise AromniError("missing TASK (asr, tts, caption, t2i or s2i), or use --compare A.json B.json")
     if data is None:
         raise AromniError("missing --data MANIFEST (JSONL) or, for asr, a LibriSpeech directory")
     from aromni.core.eval.runner import EvalConfig, evaluate
 
-    decode = {"max_new_tokens": max_new_tokens, "greedy": greedy, "temperature": temperature, "top_p": top_p,
-              "cfg_text": cfg_text, "cfg_image": cfg_image, "image_temperature": image_temperature,
-              "image_greedy": image_greedy, "cfg": cfg, "candidates": candidates,
-              "chunk_words": chunk_words, "speech_pad": speech_pad, "lead_in": lead_in}
+    decode = given_decode(locals())
+    decode.pop("batch_size", None)  # a field of its own in EvalConfig
+    check_numbers(limit=limit, seed=seed)
+    if save is not None:
+        make_dir(save)
     cfg = EvalConfig(task=task, data=data, model=model, split=split, limit=limit, batch_size=batch_size, seed=seed,
-                     device=device, dtype=dtype, quant=quant, decode={k: v for k, v in decode.items() if v is not None},
+                     device=device, dtype=dtype, quant=quant, decode=decode,
                      compat=compat, judge=judge, clip_checkpoint=clip_checkpoint, clip_arch=clip_arch,
                      save_dir=save, quiet=quiet)
     report = evaluate(cfg)
     if output:
-        try:
-            rep.write_report(report, output)
-        except OSError as e:
-            raise AromniError(f"{output}: cannot write ({e.strerror})") from None
+        rep.write_report(report, output)
     table = rep.format_table(report)
     if json_out:
         json.dump(report, sys.stdout, indent=2, ensure_ascii=False)

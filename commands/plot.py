@@ -8,7 +8,8 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Threads
-from aromni.commands._common import Output, Quiet, binary_output, log
+from aromni.commands._common import IMAGE_SUFFIXES, Output, Quiet, binary_output, check_suffix, log
+from aromni.core.checks import check_number
 
 
 def run(
@@ -38,6 +39,9 @@ def run(
       aromni eval tts --data heldout.jsonl --json > tts.json && aromni plot tts.json -o rtf.png
     """
     from aromni.core.eval import plots
+
+    check_suffix(output, IMAGE_SUFFIXES, "a plot")
+    check_number("smooth", smooth)
     from aromni.core.eval.report import SCHEMA, read_report
 
     report = None

@@ -10,30 +10,35 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Quant, Threads
-from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, refuse_tty,
-                                     text_arg)
+from aromni.commands._common import (IMAGE_SUFFIXES, Device, Dtype, Json, Model, Output, Quiet, Seed, batch_items,
+                                     binary_output, check_suffix, make_dir, refuse_tty, text_arg)
 from aromni.commands._decode import (Batch, BatchSize, Candidates, Cfg, CfgImage, CfgText, Compat, Compile,
-                                     ImageGreedy, ImageTemp, MaxNew, OutDir, decode_options, load_model, make_dir,
-                                     print_line, read_jsonl)
+                                     ImageGreedy, ImageTemp, MaxNew, OutDir, load_model, options_from, print_line)
+from aromni.core.checks import check_number
 from aromni.commands._remote import Host, Local, remote
-from aromni.core.errors import AromniError, InputError
+from aromni.core.errors import AromniError
 
 
-def output_paths(count: int, output: str, out_dir: Optional[str]) -> list[str]:
-    """Where each image goes: "-" (one image), a file, a {i} pattern, or numbered files in --out-dir."""
+def output_paths(count: int, output: str, out_dir: Optional[str], names: Optional[list] = None) -> list[str]:
+    """Where each image goes: "-" (one image), a file, a {i} pattern, or in --out-dir the batch items' own
+    names (``names``, already confined to it) or numbered files."""
     if out_dir is not None:
         if output != "-":
             raise AromniError("give either -o or --out-dir, not both")
-        d = make_dir(out_dir)
-        return [os.path.join(d, f"t2i_{i:04d}.png") for i in range(count)]
-    if "{i" in output:
+        paths = [(names[i] if names and names[i] else None) or os.path.join(out_dir, f"t2i_{i:04d}.png")
+                 for i in range(count)]
+    elif "{i" in output:
         try:
-            return [output.format(i=i) for i in range(count)]
+            paths = [output.format(i=i) for i in range(count)]
         except (KeyError, IndexError, ValueError) as e:
             raise AromniError(f"-o {output!r}: bad pattern ({e}); use {{i}}, e.g. out_{{i}}.png") from None
-    if count == 1:
-        return [output]
-    raise AromniError(f"{count} images: give -o with {{i}} (e.g. -o out_{{i}}.png) or --out-dir DIR")
+    elif count == 1:
+        paths = [output]
+    else:
+        raise AromniError(f"{count} images: give -o with {{i}} (e.g. -o out_{{i}}.png) or --out-dir DIR")
+    for p in paths:
+        check_suffix(p, IMAGE_SUFFIXES, "an image")
+    return paths
 
 
 def run(
@@ -60,44 +65,41 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
-    quant: Quant = "none",
-    threads: Threads = None,
     host: Host = None,
     local: Local = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Text -> PNG image(s). One image goes to stdout or -o FILE; several (--n, --batch) to -o with a {i}
     pattern or to --out-dir. Image i samples with seed --seed + i; CFG runs its three streams in one batch.
-    --batch FILE.jsonl takes {"text": ...} per line.
+    --batch FILE.jsonl takes {"text": ..., "output"?: name} per line (a name must stay inside --out-dir).
 
     \b
     Examples:
-      aromni t2i "a red circle on a blue background" > circle.png
+      aromni t2i "a large red circle on the left" > circle.png
       aromni t2i --n 4 -o cat_{i}.png "a cat"
     """
     from aromni.core import tasks
 
-    if n < 1:
-        raise AromniError("--n must be at least 1")
+    check_number("n", n)
+    names = None
     if batch is not None:
         if text is not None:
             raise AromniError("give either TEXT or --batch, not both")
-        items = read_jsonl(batch, "prompts")
-        texts = []
-        for k, it in enumerate(items, 1):
-            if not isinstance(it.get("text"), str) or not it["text"].strip():
-                raise InputError(f"item {k}: needs a non-empty \"text\"", batch)
-            texts.append(it["text"])
+        items = batch_items(batch, "prompts", "text", out_dir=out_dir or ".")
+        texts = [it.value for it in items]
+        if n == 1 and out_dir is not None:
+            names = [it.output for it in items]
     else:
         texts = [text_arg(text, "prompt")]
-    paths = output_paths(len(texts) * n, output, out_dir)
+    paths = output_paths(len(texts) * n, output, out_dir, names)
     if json_out and paths == ["-"]:
         raise AromniError("--json prints the result on stdout; write the image with -o FILE or --out-dir")
     if paths == ["-"]:
         refuse_tty("a PNG image")
-    opts = decode_options("t2i", compat, candidates=candidates, cfg=cfg, cfg_text=cfg_text, cfg_image=cfg_image,
-                          image_temperature=image_temperature, image_greedy=image_greedy,
-                          image_top_p=image_top_p, image_top_k=image_top_k, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, compile=compile)
+    opts = options_from("t2i", locals())
+    if out_dir is not None:
+        make_dir(out_dir)
     client = remote(host, local, model)
     if client is not None:
         images = client.t2i(texts, n, opts, seed)
@@ -107,6 +109,8 @@ def run(
     for i, (img, path) in enumerate(zip(images, paths)):
         buf = io.BytesIO()
         img.save(buf, format="PNG")
+        if path != "-":
+            make_dir(os.path.dirname(path) or ".")
         with binary_output(path, "a PNG image") as f:
             f.write(buf.getvalue())
         if json_out:

@@ -8,7 +8,7 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Threads
-from aromni.commands._common import Device, Model, Output, Quiet, input_bytes, log
+from aromni.commands._common import TOKEN_SUFFIXES, Device, Model, Output, Quiet, check_suffix, input_bytes, log
 from aromni.core.errors import AromniError, CheckpointError
 
 
@@ -27,8 +27,9 @@ def run(
     device: Device = "auto",
     threads: Threads = None,
 ) -> None:
-    """Images -> joint-vocabulary token stream: one sequence ``<boi> image ids <eoi>`` per image (1024 codes for
-    the Chameleon VQGAN, 32x32 in raster order), preprocessed exactly as Meta's Chameleon: pixels as stored
+    """Images -> joint-vocabulary token stream: one sequence ``<boi> image ids <eoi>`` per image, in raster order;
+    how many codes depends on the model's image tokenizer (1024 = 32x32 for the Chameleon VQGAN of AR-Omni, 64 =
+    8x8 for the bundled default model). Preprocessed exactly as Meta's Chameleon: pixels as stored
     (EXIF orientation ignored unless --exif-transpose), transparency onto white, short side resized to the
     tokenizer's resolution (LANCZOS), centre crop.
     Output: the line format on stdout (a layout header, then one line per image, written as each batch is
@@ -39,6 +40,7 @@ def run(
 
     if images.count("-") > 1:
         raise AromniError("stdin (-) can be given only once")
+    check_suffix(output, TOKEN_SUFFIXES, "a token stream")
     stdin = input_bytes("-", "image") if "-" in images else None
     # every header is checked before the model loads and before any output, so a bad file fails fast
     for path in images:
@@ -75,8 +77,5 @@ def run(
                 out.flush()
             bar.update(len(batch))
     if not streaming:
-        try:
-            write_tokens(TokenStream(seqs, layout), output)
-        except OSError as e:
-            raise AromniError(f"{output}: cannot write ({e.strerror or e})") from None
+        write_tokens(TokenStream(seqs, layout), output)
         log(f"{output}: {len(seqs)} sequence(s) of {tok.n_tokens} codes", quiet)

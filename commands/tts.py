@@ -10,13 +10,14 @@ import typer
 from typing_extensions import Annotated
 
 from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Output, Quiet, Seed, binary_output, log, text_arg
+from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, Seed, atomic_file, batch_items,
+                                     binary_output, check_suffix, log, make_dir, text_arg)
 from aromni.commands._decode import (Batch, BatchSize, Candidates, ChunkWords, Compat, Compile, Greedy, LeadIn, MaxNew,
-                                     OutDir, RepPenalty, SpeechPad, Stats, Temperature, TopK, TopP, decode_options,
-                                     load_model, make_dir, print_line, read_jsonl)
+                                     OutDir, RepPenalty, SpeechPad, Stats, Temperature, TopK, TopP, load_model,
+                                     options_from, print_line)
 from aromni.commands._remote import Host, Local, remote
 from aromni.commands._remote import tts as remote_tts
-from aromni.core.errors import AromniError, InputError
+from aromni.core.errors import AromniError
 
 
 def _stats_lines(st: dict) -> str:
@@ -29,7 +30,8 @@ def _stats_lines(st: dict) -> str:
 def run(
     text: Annotated[Optional[str], typer.Argument(help="Text to speak; missing or - reads stdin.")] = None,
     output: Output = "-",
-    raw: Annotated[bool, typer.Option("--raw", help="Headerless PCM s16le mono at the codec's rate.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Headerless PCM s16le mono at the codec's rate (said on stderr; "
+                                                    "16000 Hz for the bundled model).")] = False,
     stats: Stats = False,
     batch: Batch = None,
     out_dir: OutDir = None,
@@ -54,10 +56,10 @@ def run(
     dtype: Dtype = "auto",
     json_out: Json = False,
     quiet: Quiet = False,
-    quant: Quant = "none",
-    threads: Threads = None,
     host: Host = None,
     local: Local = False,
+    quant: Quant = "none",
+    threads: Threads = None,
 ) -> None:
     """Text -> speech as WAV (or raw PCM with --raw) on stdout or -o FILE.
 
@@ -65,46 +67,43 @@ def run(
     after another (with --chunk-words N, or a model that sets it, into pieces of at most N words: the bundled
     default model says three words at a time; --chunk-words 0 speaks whole sentences). On a file the
     WAV header carries the exact length; on a pipe it says "unknown length" (0xFFFFFFFF), which ffmpeg, sox and
-    most players accept. --batch FILE.jsonl ({"text": ..., "output"?: name}
-    per line) decodes all items together and writes WAVs to --out-dir.
+    most players accept. A file is written under a temporary name and appears only when complete. Empty or
+    whitespace-only text, and text that is not UTF-8, is refused. --batch FILE.jsonl ({"text": ..., "output"?:
+    name} per line; a name must stay inside --out-dir) decodes all items together and writes WAVs to --out-dir.
 
     \b
     Examples:
       aromni tts "Hello there." > hello.wav
-      aromni tts --raw "Hello" | aplay -r 24000 -f S16_LE -t raw -
+      aromni tts --raw "Hello" | aplay -r 16000 -f S16_LE -t raw -   # the bundled model's rate
       echo "Read me." | aromni tts -o speech.wav --stats
     """
     from aromni.core import tasks
     from aromni.core.audio_io import AudioWriter
 
-    opts = decode_options("tts", compat, candidates=candidates, chunk_words=chunk_words, speech_pad=speech_pad,
-                          lead_in=lead_in, max_new_tokens=max_new_tokens, max_speech_tokens=max_speech_tokens,
-                          greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
-                          repetition_penalty=repetition_penalty, batch_size=batch_size, compile=compile)
+    opts = options_from("tts", locals())
+    suffixes = (".pcm", ".raw") if raw else (".wav",)
     if batch is not None:
         if text is not None:
             raise AromniError("give either TEXT or --batch, not both")
-        items = read_jsonl(batch, "TTS items")
-        texts = []
-        for n, it in enumerate(items, 1):
-            if not isinstance(it.get("text"), str) or not it["text"].strip():
-                raise InputError(f"item {n}: needs a non-empty \"text\"", batch)
-            texts.append(it["text"])
-        d = make_dir(out_dir or ".")
+        d = out_dir or "."
+        items = batch_items(batch, "TTS items", "text", out_dir=d)
+        paths = [it.output or os.path.join(d, f"tts_{n:04d}{suffixes[0]}") for n, it in enumerate(items)]
+        for path in paths:
+            check_suffix(path, suffixes, "audio")
+        make_dir(d)
         omni = load_model(model, device, dtype, quiet, seed, quant)
-        results = tasks.tts_batch(omni, texts, opts, seed=seed)
-        for n, (it, r) in enumerate(zip(items, results)):
-            name = it.get("output") or f"tts_{n:04d}.{'pcm' if raw else 'wav'}"
-            path = os.path.join(d, name)
-            try:
-                with open(path, "wb") as f:
-                    w = AudioWriter(f, omni.speech.sample_rate, raw=raw)
-                    w.write(r.wav)
-                    w.close()
-            except OSError as e:
-                raise AromniError(f"{path}: cannot write ({e.strerror or e})") from None
+        results = tasks.tts_batch(omni, [it.value for it in items], opts, seed=seed)
+        for it, r, path in zip(items, results, paths):
+            if len(r.wav) == 0:
+                log(f"aromni: warning: line {it.line}: the model produced no speech; {path} not written", quiet)
+                continue
+            make_dir(os.path.dirname(path) or ".")
+            with atomic_file(path) as f:
+                w = AudioWriter(f, omni.speech.sample_rate, raw=raw)
+                w.write(r.wav)
+                w.close()
             if json_out:
-                print_line(json.dumps({"text": it["text"], "output": path, **r.stats}))
+                print_line(json.dumps({"text": it.value, "output": path, **r.stats}))
             else:
                 print_line(path)
             if stats:
@@ -113,6 +112,7 @@ def run(
 
     if json_out and output == "-":
         raise AromniError("--json prints the result on stdout; write the audio with -o FILE")
+    check_suffix(output, suffixes, "--raw audio" if raw else "WAV audio")
     text = text_arg(text, "text")
     client = None if batch is not None else remote(host, local, model)
     if client is not None:
@@ -131,9 +131,9 @@ def run(
     with binary_output(output, "audio") as f:
         w = AudioWriter(f, sr, raw=raw)
         r = tasks.tts(omni, text, opts, on_audio=w.write, seed=seed)
+        if len(r.wav) == 0:  # nothing was written yet: no header-only file
+            raise AromniError("the model produced no speech for this text")
         w.close()
-    if len(r.wav) == 0:
-        log("aromni: warning: the model produced no speech", quiet)
     if stats:
         log(_stats_lines(r.stats))
     if json_out:

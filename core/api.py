@@ -35,7 +35,7 @@ def default_model_path() -> str:
     if os.path.isfile(os.path.join(DEFAULT_DIR, "aromni.json")):
         return DEFAULT_DIR
     raise AromniError(f"no bundled default model ({DEFAULT_DIR} is missing); pass a model directory or hub id "
-                      "(--model / AROMNI_MODEL)")
+                      "(or set AROMNI_MODEL)")
 
 
 def load(path: str | None = None, device="auto", dtype="auto", model: bool = True, tokenizers: bool = True,

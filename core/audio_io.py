@@ -7,9 +7,83 @@ from typing import IO
 
 import numpy as np
 
+from .outputs import atomic_file
 from .errors import InputError
 
 MAX_CHANNELS = 8
+_UNKNOWN = (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)  # sizes a streamed file writes when its length is not known yet
+
+
+def _riff_data(data: bytes) -> tuple[str, int, int] | None:
+    """WAV / RF64 / RIFX: (format, declared, present) bytes of the data chunk."""
+    big = data[:4] == b"RIFX"
+    fmt = "RF64" if data[:4] == b"RF64" else "WAV"
+    ds64 = None
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack(">I" if big else "<I", data[pos + 4:pos + 8])[0]
+        if cid == b"ds64" and pos + 24 <= len(data):
+            ds64 = struct.unpack("<Q", data[pos + 16:pos + 24])[0]
+        if cid == b"data":
+            if size == 0xFFFFFFFF and ds64 is not None:
+                size = ds64
+            return fmt, size, len(data) - pos - 8
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _aiff_data(data: bytes) -> tuple[str, int, int] | None:
+    """AIFF / AIFF-C: declared and present bytes of the SSND chunk."""
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack(">I", data[pos + 4:pos + 8])[0]
+        if cid == b"SSND":
+            return "AIFF", size, len(data) - pos - 8
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _au_data(data: bytes) -> tuple[str, int, int] | None:
+    offset, size = struct.unpack(">II", data[4:12])
+    return "AU", size, len(data) - offset
+
+
+_W64_RIFF = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00"
+
+
+def _w64_data(data: bytes) -> tuple[str, int, int] | None:
+    pos = 40  # riff GUID + size + wave GUID
+    while pos + 24 <= len(data):
+        guid, size = data[pos:pos + 16], struct.unpack("<Q", data[pos + 16:pos + 24])[0]
+        if guid[:4] == b"data":
+            return "W64", size - 24, len(data) - pos - 24
+        pos += max(24, (size + 7) // 8 * 8)
+    return None
+
+
+def truncation(data: bytes) -> str | None:
+    """Why an audio file in a container that declares its length (WAV, RF64, AIFF, AU, W64) is cut short,
+    else None. libsndfile reads such files without complaint, returning only the samples present; files whose
+    length is unknown (a WAV streamed to a pipe) are never truncated."""
+    if len(data) < 12:
+        return None
+    if data[:4] in (b"RIFF", b"RIFX", b"RF64") and data[8:12] == b"WAVE":
+        found = _riff_data(data)
+    elif data[:4] == b"FORM" and data[8:12] in (b"AIFF", b"AIFC"):
+        found = _aiff_data(data)
+    elif data[:4] == b".snd" and len(data) >= 24:
+        found = _au_data(data)
+    elif data[:16] == _W64_RIFF:
+        found = _w64_data(data)
+    else:
+        return None
+    if found is None:
+        return None
+    fmt, declared, have = found
+    if declared in _UNKNOWN or have >= declared:
+        return None
+    return (f"truncated {fmt} file: its header declares {declared} bytes of audio, the file holds {have} "
+            f"({100 * have / declared:.0f}%)")
 
 
 def load_audio(src: str | bytes, sample_rate: int, source: str | None = None, resampler: str = "soxr") -> np.ndarray:
@@ -21,16 +95,35 @@ def load_audio(src: str | bytes, sample_rate: int, source: str | None = None, re
     import soundfile as sf
 
     name = source or (src if isinstance(src, str) else "<stdin>")
+    if isinstance(src, str):
+        try:
+            with open(src, "rb") as fh:
+                src = fh.read()
+        except FileNotFoundError:
+            raise InputError("no such file", name) from None
+        except OSError as e:
+            raise InputError(f"cannot read ({e.strerror or e})", name) from None
+    if len(src) == 0:
+        raise InputError("empty file", name)
+    why = truncation(bytes(src))
+    if why:
+        raise InputError(why, name)
     try:
-        f = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
-        data, sr = sf.read(f, dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise InputError("no such file", name) from None
+        with sf.SoundFile(io.BytesIO(src)) as f:
+            declared = f.frames
+            data = f.read(dtype="float32", always_2d=True)
+            sr = f.samplerate
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "lost sync" in msg or "malformed" in msg:
+            msg += "; the file may be truncated"
         raise InputError(f"not a readable audio file ({msg})", name) from None
+    # an MP3 whose header counts more frames than its data holds (1% slack: some headers only estimate)
+    if data.shape[0] < 0.99 * declared:
+        raise InputError(f"truncated audio: decoded {data.shape[0]} of the {declared} frames the file declares "
+                         f"({data.shape[0] / sr:.2f} of {declared / sr:.2f} s)", name)
     if data.shape[0] == 0:
-        raise InputError("audio file holds no samples", name)
+        raise InputError("audio file holds no samples (empty, or truncated before its first)", name)
     if data.shape[1] > MAX_CHANNELS:
         raise InputError(f"audio has {data.shape[1]} channels; at most {MAX_CHANNELS} are accepted", name)
     if not np.isfinite(data).all():
@@ -67,29 +160,36 @@ def wav_header(n_samples: int | None, sample_rate: int, channels: int = 1) -> by
 class AudioWriter:
     """Writes mono PCM16 progressively as WAV or raw s16le.
 
-    On a seekable file the WAV header is patched with the exact size at close; on a pipe the header carries
-    the unknown-length sizes.
+    Nothing is written before the first samples (or ``close``), so a caller that finds no audio can fail
+    without leaving a header-only file. On a seekable file the WAV header is patched with the exact size at
+    close; on a pipe the header carries the unknown-length sizes.
     """
 
     def __init__(self, out: IO[bytes], sample_rate: int, raw: bool = False):
         self.out, self.sr, self.raw = out, sample_rate, raw
         self.n = 0
+        self.started = False
         try:
             self.seekable = out.seekable()
         except (AttributeError, ValueError, OSError):
             self.seekable = False
-        if not raw:
-            self.start = out.tell() if self.seekable else 0
-            out.write(wav_header(0 if self.seekable else None, sample_rate))
+
+    def _start(self) -> None:
+        if not self.started and not self.raw:
+            self.start = self.out.tell() if self.seekable else 0
+            self.out.write(wav_header(0 if self.seekable else None, self.sr))
+        self.started = True
 
     def write(self, wav: np.ndarray) -> None:
         if len(wav) == 0:
             return
+        self._start()
         self.out.write(to_pcm16(wav))
         self.out.flush()
         self.n += len(wav)
 
     def close(self) -> None:
+        self._start()
         if not self.raw and self.seekable:
             end = self.out.tell()
             self.out.seek(self.start)
@@ -99,7 +199,8 @@ class AudioWriter:
 
 
 def write_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
-    with open(path, "wb") as f:
+    """A mono PCM16 WAV file, written all or nothing."""
+    with atomic_file(path) as f:
         w = AudioWriter(f, sample_rate)
         w.write(wav)
         w.close()

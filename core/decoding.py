@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from .checks import RANGES, check_number
 from .errors import AromniError
 from .vocab import VocabLayout
 
@@ -88,16 +89,9 @@ class DecodeOptions:
         return self.cfg and (self.cfg_text != 1.0 or self.cfg_image != 1.0)
 
     def check(self) -> "DecodeOptions":
-        if self.max_new_tokens < 1:
-            raise AromniError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
-        for name in ("temperature", "image_temperature"):
-            if getattr(self, name) <= 0:
-                raise AromniError(f"{name.replace('_', '-')} must be > 0 (use --greedy for argmax)")
-        for name in ("top_p", "image_top_p"):
-            if not 0 < getattr(self, name) <= 1:
-                raise AromniError(f"{name.replace('_', '-')} must be in (0, 1]")
-        if self.repetition_penalty <= 0:
-            raise AromniError("repetition penalty must be > 0")
+        for f in fields(self):
+            if f.name in RANGES:
+                check_number(f.name, getattr(self, f.name))
         if self.penalty_scope not in ("response", "context"):
             raise AromniError(f"unknown penalty scope {self.penalty_scope!r}")
         if self.end_after not in (None, "image", "speech"):
@@ -107,16 +101,6 @@ class DecodeOptions:
                 or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in ps)):
             raise AromniError(f"piece_seconds must be two finite seconds >= 0, base and per word (got {ps!r})")
         self.piece_seconds = (float(ps[0]), float(ps[1]))
-        if self.batch_size < 1:
-            raise AromniError("batch size must be at least 1")
-        if self.candidates < 1:
-            raise AromniError(f"--candidates must be at least 1 (got {self.candidates})")
-        if self.chunk_words < 0:
-            raise AromniError(f"--chunk-words must be 0 (whole sentences) or more (got {self.chunk_words})")
-        if self.speech_pad < 0:
-            raise AromniError(f"--speech-pad must be 0 or more (got {self.speech_pad})")
-        if not 0 <= self.lead_in <= 10:
-            raise AromniError(f"--lead-in must be 0 to 10 seconds (got {self.lead_in})")
         return self
 
 

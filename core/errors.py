@@ -20,3 +20,18 @@ class CheckpointError(AromniError):
 
 class NotAvailableError(Exception):
     """A feature whose engine is not available (exit 1, not a usage error)."""
+
+
+class OptionError(AromniError):
+    """An option with a bad value. ``option`` is the library's name for it (e.g. ``top_k``); ``message`` says
+    what is wrong, with ``{opt}`` where the option is named (prefixed when missing). ``str()`` names the option
+    as the library does; the CLI calls ``naming(flag)`` to name the command-line flag instead."""
+
+    def __init__(self, option: str, message: str):
+        self.option = option
+        self.template = message if "{opt}" in message else "{opt} " + message
+        super().__init__(self.naming(option))
+
+    def naming(self, name: str) -> str:
+        """The message with the option called ``name``."""
+        return self.template.replace("{opt}", name)

@@ -104,7 +104,30 @@ def read_meta(root: str) -> dict:
     meta = _read_json(os.path.join(root, BUNDLE_FILE))
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{root}: {BUNDLE_FILE} is not an aromni bundle")
+    _check_meta(meta, os.path.join(root, BUNDLE_FILE))
     return meta
+
+
+def _check_meta(meta: dict, where: str) -> None:
+    """The model and vocabulary sections of a bundle's metadata are complete and of the right types."""
+    from dataclasses import fields
+
+    from .vocab import VocabLayout
+
+    for key in ("model", "vocab"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{where}: no \"{key}\" object")
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+        VocabLayout.from_dict(meta["vocab"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{where}: incomplete or malformed \"model\"/\"vocab\" ({type(e).__name__}: {e})"
+                              ) from None
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if str(f.type).split(" |")[0] in ("int", "float") and not (v is None and "None" in str(f.type)) \
+                and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CheckpointError(f"{where}: model.{f.name} must be a number, not {v!r}")
 
 
 # ----------------------------------------------------------------------------------------------

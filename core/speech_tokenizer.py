@@ -189,9 +189,11 @@ def config_from_yaml(yaml_path: str) -> WavTokenizerConfig:
     """Sizes from an upstream training yaml (``model.init_args.{feature_extractor,backbone,head}``)."""
     import yaml
 
+    from . import yamlio
+
     try:
         with open(yaml_path) as f:
-            doc = yaml.safe_load(f)
+            doc = yamlio.loads(f.read(), f.name)
         args = doc["model"]["init_args"]
         fe, bb, hd = (args[k]["init_args"] for k in ("feature_extractor", "backbone", "head"))
     except OSError as e:

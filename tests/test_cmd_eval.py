@@ -253,7 +253,7 @@ def test_eval_input_errors(omni, corpus, tmp_path):
     with pytest.raises(InputError, match="no such checkpoint"):
         run_eval(omni, "t2i", corpus / "manifest.jsonl", clip_checkpoint=str(tmp_path / "none.bin"))
     bad.write_text('{"task": "t2i", "text": "a photo of a dog"}\n')  # no scene to analyse, no CLIP model
-    with pytest.raises(AromniError, match="--clip-checkpoint"):
+    with pytest.raises(AromniError, match="clip_checkpoint"):
         run_eval(omni, "t2i", bad)
     assert run_eval(omni, "asr", corpus / "manifest.jsonl", split="all", limit=3)["metrics"]["n"] == 3
 

@@ -117,7 +117,7 @@ def test_bad_inputs_exit_2_with_one_line(tiny_bundle, clips, tmp_path, case):
 
 
 def test_streamed_wav_header_is_not_truncation():
-    from aromni.commands.tokenize_audio import wav_truncation
+    from aromni.core.audio_io import truncation as wav_truncation
     from aromni.core.audio_io import wav_header
 
     body = b"\0\0" * 100

@@ -161,7 +161,7 @@ def test_compare_lists_metric_deltas_and_changed_settings():
 def test_clipscore_needs_a_local_checkpoint(tmp_path):
     from aromni.core.eval.clipscore import ClipScorer
 
-    with pytest.raises(AromniError, match="--clip-checkpoint"):
+    with pytest.raises(AromniError, match="clip_checkpoint"):
         ClipScorer(None)
     with pytest.raises(InputError, match="no such checkpoint"):
         ClipScorer(str(tmp_path / "nope.bin"))

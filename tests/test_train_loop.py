@@ -201,7 +201,7 @@ def test_export_bundle_and_validation(tmp_path, data):
     omni = load_bundle(res["bundle"])
     sd = C.read_file(res["checkpoint"], "model.safetensors")
     assert all(torch.equal(v, sd[k]) for k, v in omni.model.state_dict().items())
-    with pytest.raises(AromniError, match="--resume"):  # a second run into the same out_dir must not clobber it
+    with pytest.raises(AromniError, match="resume"):  # a second run into the same out_dir must not clobber it
         run(cfg, quiet=True)
 
 

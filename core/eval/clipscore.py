@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from ..errors import AromniError, InputError, NotAvailableError
+from ..errors import AromniError, InputError, NotAvailableError, OptionError
 
 CLIP_HINT = ("CLIPScore needs open_clip: pip install 'aromni[clip]' (open_clip_torch, and a torchvision "
              "built for your torch)")
@@ -24,9 +24,9 @@ class ClipScorer:
     def __init__(self, checkpoint: str | None, arch: str = "ViT-B-32", device: str | torch.device = "cpu",
                  prefix: str = PREFIX):
         if not checkpoint:
-            raise AromniError("CLIPScore needs a local open_clip checkpoint: --clip-checkpoint FILE (with "
-                              "--clip-arch, default ViT-B-32) or --clip-checkpoint DIR (open_clip_config.json + "
-                              "weights); aromni never downloads weights")
+            raise OptionError("clip_checkpoint", "CLIPScore needs a local open_clip checkpoint: {opt} FILE (an "
+                              "open_clip architecture's weights, default ViT-B-32) or {opt} DIR "
+                              "(open_clip_config.json + weights); aromni never downloads weights")
         if not os.path.exists(checkpoint):
             raise InputError("no such checkpoint file or directory", checkpoint)
         if os.path.isdir(checkpoint):

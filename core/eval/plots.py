@@ -7,7 +7,8 @@ import json
 import math
 import os
 
-from ..errors import AromniError, InputError, NotAvailableError
+from ..checks import check_number
+from ..errors import AromniError, InputError, NotAvailableError, OptionError
 
 X_KEYS = ("step", "global_step", "iter", "iteration", "epoch")
 SMOOTH_MIN_POINTS = 30  # sparser series (e.g. periodic validation loss) are drawn raw: an EMA would lag
@@ -74,8 +75,7 @@ def plot_metrics(paths: list[str], keys: list[str] | None = None, x: str | None 
     ``smooth`` in [0, 1) draws an exponential moving average over the faint raw curve (series of at least
     30 points). Returns the PNG bytes
     and the names of the plotted series."""
-    if not 0.0 <= smooth < 1.0:
-        raise AromniError(f"--smooth must be in [0, 1), got {smooth}")
+    check_number("smooth", smooth)
     fig, (ax,) = _figure()
     plotted, xlabels = [], set()
     for path in paths:
@@ -87,7 +87,7 @@ def plot_metrics(paths: list[str], keys: list[str] | None = None, x: str | None 
         names = keys or sorted({k for r in rows for k, v in r.items() if "loss" in k.lower() and _number(v)})
         if not names:
             found = sorted({k for r in rows for k, v in r.items() if _number(v)})
-            raise InputError(f"no numeric *loss* fields; pass --y with one of {found}", path)
+            raise OptionError("y", f"{path}: no numeric *loss* fields; choose with {{opt}} from {found}")
         for k in names:
             pts = [(r[xk] if xk else i, r[k]) for i, r in enumerate(rows) if k in r and _number(r[k])
                    and (xk is None or _number(r.get(xk)))]
@@ -147,8 +147,7 @@ def plot_report(report: dict, title: str | None = None) -> bytes:
         a1.set_ylabel("WER")
         a1.grid(True, alpha=0.3)
     else:
-        raise AromniError(f"nothing to plot for a {task!r} report (tts: latency and RTF; asr: WER by length); "
-                          "use --compare for a table")
+        raise AromniError(f"nothing to plot for a {task!r} report (tts: latency and RTF; asr: WER by length)")
     model = os.path.basename(str(report.get("model", {}).get("path", "")).rstrip("/")) or "model"
     fig.suptitle(title or f"aromni eval {task}: {model}", fontsize=11)
     return _png(fig)

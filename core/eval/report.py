@@ -57,9 +57,10 @@ def file_sha256(path: str) -> str:
 
 
 def write_report(report: dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    from ..outputs import atomic_file
+
+    with atomic_file(path) as f:
+        f.write((json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def read_report(path: str) -> dict:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import AromniError, InputError, NotAvailableError
+from ..checks import check_numbers
+from ..errors import AromniError, InputError, NotAvailableError, OptionError
 from ..quant import param_count
 from .data import Dataset, Item, load_dataset
 from .normalize import NORMALIZER
@@ -147,13 +148,15 @@ def _scene_verdicts(seen: dict, ref: dict | None, text: str | None) -> dict:
 def _save(cfg: EvalConfig, name: str, obj, sample_rate: int | None = None) -> str | None:
     if not cfg.save_dir:
         return None
-    os.makedirs(cfg.save_dir, exist_ok=True)
-    path = os.path.join(cfg.save_dir, name)
+    from ..outputs import atomic_file, confined_path, make_dir
+
+    path = confined_path(make_dir(cfg.save_dir), name)
     if sample_rate is not None:
         from ..audio_io import write_wav
         write_wav(path, obj, sample_rate)
     else:
-        obj.save(path)
+        with atomic_file(path) as f:
+            obj.save(f, format="PNG")
     return path
 
 
@@ -184,7 +187,7 @@ def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     judges = [make_judge(j.strip(), omni=omni, device=str(omni.device), seed=cfg.seed)
               for j in cfg.judge.split(",") if j.strip()]
     if not judges:
-        raise AromniError("--judge names no judge")
+        raise OptionError("judge", "names no judge")
     sr = omni.speech.sample_rate
     rows, wavs = [], []
     with _progress(len(ds.items), "eval tts", cfg.quiet) as bar:
@@ -267,7 +270,7 @@ def eval_t2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
         from .clipscore import ClipScorer
         ClipScorer(None)  # nothing else to measure: raises the "needs a checkpoint" message
     elif not cfg.quiet:
-        print("aromni: CLIPScore not computed (no --clip-checkpoint); scoring scene attributes only",
+        print("aromni: CLIPScore not computed (no CLIP checkpoint); scoring scene attributes only",
               file=sys.stderr)
     rows = []
     n = 0
@@ -331,8 +334,7 @@ def evaluate(cfg: EvalConfig, omni=None) -> dict:
 
     if cfg.task not in EVALUATORS:
         raise AromniError(f"unknown task {cfg.task!r} ({', '.join(EVALUATORS)})")
-    if cfg.batch_size < 1:
-        raise AromniError("--batch-size must be at least 1")
+    check_numbers(batch_size=cfg.batch_size, limit=cfg.limit, seed=cfg.seed)
     ds = load_dataset(cfg.data, cfg.task, cfg.split, cfg.limit)
     # fail before loading a (possibly large) model
     if cfg.task == "t2i" and cfg.clip_checkpoint and not os.path.exists(cfg.clip_checkpoint):
@@ -341,7 +343,7 @@ def evaluate(cfg: EvalConfig, omni=None) -> dict:
         from .judge import whisper_unavailable
         reason = whisper_unavailable()
         if reason:
-            raise NotAvailableError(f"--judge whisper: {reason}; or use --judge self (the model's own ASR)")
+            raise NotAvailableError(f"judge whisper: {reason}; or judge with the model's own ASR (self)")
     opts = options_for(cfg.task, compat=cfg.compat, batch_size=cfg.batch_size, **cfg.decode)
     t0 = time.perf_counter()
     if omni is None:

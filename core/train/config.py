@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .. import yamlio
 from ..errors import AromniError, InputError
 
 KINDS = ("lm", "pretokenize", "image_vq", "codec", "bpe")
@@ -231,7 +232,7 @@ def validate(cfg: TrainConfig) -> None:
 def parse_value(text: str):
     """An override value: YAML scalars/lists/maps; ``1e-4`` (YAML 1.1 keeps it a string) becomes a float."""
     try:
-        v = yaml.safe_load(text) if text != "" else ""
+        v = yamlio.loads(text) if text != "" else ""
     except yaml.YAMLError:
         return text
     return _fix_floats(v)
@@ -284,7 +285,7 @@ def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config, apply ``key=value`` overrides, validate. Relative paths stay relative to the CWD."""
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = yamlio.loads(f.read(), f.name)
     except OSError as e:
         raise InputError(f"cannot read config ({e.strerror or e})", path) from None
     except yaml.YAMLError as e:

@@ -669,11 +669,11 @@ class Trainer:
         res = TrainResult(self.step, cfg.out_dir, path, last=last)
         if self.stop_signal is not None:
             res.interrupted = signal.Signals(self.stop_signal).name
-            self.log(f"stopped at step {self.step}; checkpoint {path}; continue with --resume")
+            self.log(f"stopped at step {self.step}; checkpoint {path}; resume to continue")
         elif self.step < cfg.train.max_steps:
             res.paused = True
             self.log(f"paused at step {self.step} (train.stop_at) of {cfg.train.max_steps}; checkpoint {path}; "
-                     "continue with --resume")
+                     "resume to continue")
         else:
             res.bundle = self.export(path)
         D.barrier(info)

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from ..errors import AromniError, CheckpointError
+from ..errors import AromniError, CheckpointError, OptionError
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
 from .resolve import build_omni, load_tokenizers, write_tokenizer_spec
@@ -32,7 +32,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, on_step=
     if cfg.kind == "lm":
         return train_lm(cfg, resume=resume, quiet=quiet, on_step=on_step)
     if resume:
-        raise AromniError(f"--resume applies to kind lm only (this config is kind {cfg.kind})")
+        raise OptionError("resume", f"applies to kind lm only (this config is kind {cfg.kind})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise AromniError(f"kind {cfg.kind} runs in one process; start it without torchrun")
     if cfg.kind == "pretokenize":
@@ -49,10 +49,10 @@ def train_lm(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, on_
     if resume and not path:
         path = ckpt.latest_checkpoint(root)
         if path is None:
-            raise CheckpointError(f"--resume: no checkpoint under {root}")
+            raise CheckpointError(f"nothing to resume: no checkpoint under {root}")
     if not path and ckpt.list_checkpoints(root):
-        raise AromniError(f"{root} holds checkpoints of an earlier run: continue it with --resume, or choose "
-                          f"another out_dir")
+        raise OptionError("resume", f"{root} holds checkpoints of an earlier run: continue it with {{opt}}, or "
+                          "choose another out_dir")
     source = None
     if cfg.train.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # no rank holds the whole model: built on the meta device, sharded, then each rank reads its rows
