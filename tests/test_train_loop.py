@@ -70,7 +70,7 @@ def test_stop_at_pauses_a_run_that_resume_continues_exactly(tmp_path, data):
     """train.stop_at ends the run early with a checkpoint and no export; the schedule still spans max_steps, so
     --resume gives the uninterrupted run's losses bit for bit."""
     over = ["train.max_steps=6", "data.batch_size=2", "checkpoint.every=0", "checkpoint.export_bundle=true"]
-    ref = run(_cfg(tmp_path, data, "ref", *over), quiet=True)
+    run(_cfg(tmp_path, data, "ref", *over), quiet=True)
     cfg = _cfg(tmp_path, data, "part", *over, "train.stop_at=4")
     first = run(cfg, quiet=True)
     assert first["paused"] and first["step"] == 4 and first["bundle"] is None and first["interrupted"] is None
@@ -140,8 +140,11 @@ def test_checkpoint_killed_mid_write_leaves_the_previous_one(tmp_path):
 
 
 def test_gradient_accumulation_matches_a_big_batch(tmp_path, data):
-    a = run(_cfg(tmp_path, data, "big", "data.batch_size=4", "optim.grad_accum=1", "train.max_steps=3"), quiet=True)
-    b = run(_cfg(tmp_path, data, "acc", "data.batch_size=1", "optim.grad_accum=4", "train.max_steps=3"), quiet=True)
+    fp32 = "train.precision=fp32"  # exact comparison: precision auto picks bf16 on CPUs with avx512_bf16
+    a = run(_cfg(tmp_path, data, "big", "data.batch_size=4", "optim.grad_accum=1", "train.max_steps=3", fp32),
+            quiet=True)
+    b = run(_cfg(tmp_path, data, "acc", "data.batch_size=1", "optim.grad_accum=4", "train.max_steps=3", fp32),
+            quiet=True)
     ma, mb = metrics(a["out_dir"]), metrics(b["out_dir"])
     for x, y in zip(ma, mb):
         assert x["tokens"] == y["tokens"]
