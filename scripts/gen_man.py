@@ -30,6 +30,9 @@ a usage error or bad input (one line on stderr names the problem and the file)
 .B 130
 interrupted (Ctrl-C)
 .TP
+.B 143
+terminated (SIGTERM); a file being written is removed, never left partial
+.TP
 .B 141
 stdout was closed early (for example by \\fBhead\\fR); nothing is printed
 .SH CONVENTIONS
