@@ -257,3 +257,19 @@ def test_asr_of_several_files_interrupted_is_not_success(tiny_bundle, tmp_path):
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130
+
+
+# --- command registration -------------------------------------------------------------------------
+@pytest.mark.parametrize("error,loud", [("ImportError('no foo')", False), ("NameError('bug')", True)])
+def test_only_import_errors_make_a_command_unavailable(error, loud):
+    code = ("import sys, types\n"
+            "class M(types.ModuleType):\n"
+            f"    def __getattr__(self, k): raise {error}\n"
+            "sys.modules['aromni.commands.plot'] = M('aromni.commands.plot')\n"
+            "from aromni_cli.app import main\n"
+            "main(['plot'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=ENV, cwd=ROOT, timeout=120)
+    if loud:
+        assert r.returncode == 1 and b"NameError: bug" in r.stderr and b"Traceback" in r.stderr
+    else:
+        assert r.returncode == 1 and b"'aromni plot' is unavailable: ImportError: no foo" in r.stderr
