@@ -55,7 +55,7 @@ def run(cmd: list[str]) -> tuple[dict[int, int], float]:
         time.sleep(0.05)
     err = p.stderr.read()
     if p.returncode != 0 and "terminate called without an active exception" not in err:
-        raise SystemExit(err[-3000:])
+        raise SystemExit(f"exit {p.returncode}: {err[-3000:]}")
     return peak, time.time() - t0
 
 
