@@ -42,8 +42,8 @@ def draw_shapes(n: int, size: int, seed: int) -> list[Image.Image]:
             elif kind == "square":
                 d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=c)
             else:
-                d.polygon([(cx, cy - r), (cx - r * math.sqrt(3) / 2, cy + r / 2), (cx + r * math.sqrt(3) / 2, cy + r / 2)],
-                          fill=c)
+                h = r * math.sqrt(3) / 2
+                d.polygon([(cx, cy - r), (cx - h, cy + r / 2), (cx + h, cy + r / 2)], fill=c)
         out.append(img)
     return out
 
@@ -85,7 +85,8 @@ def main() -> None:
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    over = {k: tuple(int(x) for x in v.split(",")) if "," in v else int(v) for k, v in (kv.split("=", 1) for kv in a.cfg)}
+    pairs = (kv.split("=", 1) for kv in a.cfg)
+    over = {k: tuple(int(x) for x in v.split(",")) if "," in v else int(v) for k, v in pairs}
     tok = build_image_tokenizer(a.preset, seed=a.seed, **over)
     draw = draw_scenes if a.data == "scenes" else draw_shapes
     train = draw(a.n_train, 96, seed=1)  # drawn larger, so the tokenizer's LANCZOS resize is exercised

@@ -118,7 +118,8 @@ def main() -> None:
            "steps_timed": len(timed), "tokens_per_s": round(tps, 1),
            "step_s": round(statistics.median(r["tokens"] / r["tokens_per_s"] for r in timed), 3),
            "cpu_s_per_step": round(statistics.median(cpu), 3),
-           "tokens_per_cpu_s": round(timed[0]["tokens"] / max(statistics.median(cpu), 1e-9), 1) if dev == "cpu" else None,
+           "tokens_per_cpu_s": (round(timed[0]["tokens"] / max(statistics.median(cpu), 1e-9), 1)
+                                if dev == "cpu" else None),
            "flops_per_token": fpt, "achieved_tflops_per_device": round(tps / world * fpt / 1e12, 3),
            "mfu": round(tps / world * fpt / peak, 4) if peak else None,
            "final_loss": round(recs[-1]["loss"], 4)}

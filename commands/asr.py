@@ -7,8 +7,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, batch_items, input_bytes
+from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Seed, Threads, batch_items, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      load_model, one_line, options_from, print_line)
 from aromni.core.checks import check_number

@@ -11,8 +11,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Quiet, Seed, input_bytes, log
+from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Seed, Threads, input_bytes, log
 from aromni.commands._decode import (Batch, BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, OutDir, RepPenalty, Temperature, TopK, TopP, decode_options,
                                      load_model, make_dir, one_line, print_line, resolve_rel)

@@ -7,8 +7,7 @@ import os
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Threads
-from aromni.commands._common import Json, Quiet, Seed, log, make_dir
+from aromni.commands._common import Json, Quiet, Seed, Threads, log, make_dir
 from aromni.core.checks import check_numbers
 from aromni.core.errors import AromniError
 

@@ -8,8 +8,7 @@ from typing import Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Json, Model, Quiet, check_suffix, log, make_dir
+from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Threads, check_suffix, log, make_dir
 from aromni.commands._decode import given_decode
 from aromni.core.checks import check_numbers
 from aromni.core.errors import AromniError

@@ -8,8 +8,7 @@ from typing import IO, Iterator, Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Quant, Threads
-from aromni.commands._common import Device, Dtype, Model, Output, Quiet, Seed, log
+from aromni.commands._common import Device, Dtype, Model, Output, Quant, Quiet, Seed, Threads, log
 from aromni.commands._decode import (BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
 from aromni.commands._remote import Host, Local, remote

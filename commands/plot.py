@@ -7,8 +7,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Threads
-from aromni.commands._common import IMAGE_SUFFIXES, Output, Quiet, binary_output, check_suffix, log
+from aromni.commands._common import IMAGE_SUFFIXES, Output, Quiet, Threads, binary_output, check_suffix, log
 from aromni.core.checks import check_number
 
 

@@ -8,8 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Threads
-from aromni.commands._common import Device, Dtype, log
+from aromni.commands._common import Device, Dtype, Threads, log
 from aromni.core.errors import AromniError, NotAvailableError
 
 

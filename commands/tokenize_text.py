@@ -7,7 +7,6 @@ from typing import Iterator, List, Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Threads
 from aromni.commands._common import Model, Output, Quiet, Threads, log
 from aromni.core.errors import AromniError, InputError
 

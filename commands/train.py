@@ -9,8 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from aromni.commands._common import Threads
-from aromni.commands._common import Json, Quiet
+from aromni.commands._common import Json, Quiet, Threads, log
 
 
 def run(
@@ -63,5 +62,7 @@ def run(
     if json_out and os.environ.get("RANK", "0") == "0":
         print(json.dumps(result, default=str))
     sig = result.get("interrupted")
+    if (sig or result.get("paused")) and os.environ.get("RANK", "0") == "0":
+        log(f"aromni train: {'stopped by ' + sig if sig else 'paused'}; continue with --resume")
     if sig:
         raise typer.Exit(130 if sig == "SIGINT" else 143)

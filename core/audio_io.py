@@ -11,7 +11,10 @@ from .outputs import atomic_file
 from .errors import InputError
 
 MAX_CHANNELS = 8
-_UNKNOWN = (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)  # sizes a streamed file writes when its length is not known yet
+# sizes a streamed file writes when its length is not known yet: 0 and all-ones (RIFF, AU, W64), and the
+# "as large as a 32-bit RIFF may be" placeholders that espeak-ng (0x7FFFF000) and other pipe writers
+# (0x7FFFFFFF) put in a WAV header written to stdout
+_UNKNOWN = (0, 0x7FFFF000, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 
 
 def _riff_data(data: bytes) -> tuple[str, int, int] | None:

@@ -15,6 +15,7 @@ import numpy as np
 from . import rerank
 from .bundle import Omni
 from .decoding import DecodeOptions, options_for, with_model_defaults
+from .checks import check_number
 from .errors import AromniError, InputError
 from .media import decode_images as _decode_images, image_codes as _image_codes, need as _need
 from .media import speech_codes as _speech_codes
@@ -254,8 +255,7 @@ def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = N
     """Texts -> ``n`` PIL images each (prompt-major order); row ``i * n + j`` uses seed ``seed + i * n + j``."""
     _need(omni, "image", "t2i")
     _need(omni, "text", "t2i")
-    if n < 1:
-        raise AromniError("--n must be at least 1")
+    check_number("n", n)
     opts = model_options(omni, opts, "t2i")
     v, ctx = omni.vocab, PromptContext.of(omni)
     prompts = []

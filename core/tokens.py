@@ -203,7 +203,9 @@ def write_tokens(stream: TokenStream, path: str, fmt: str | None = None, out: IO
         out.write(data)
         out.flush()
     else:
-        with open(path, "wb") as f:
+        from .outputs import atomic_file
+
+        with atomic_file(path) as f:
             f.write(data)
 
 

@@ -38,8 +38,9 @@ class VocabLayout:
         missing = [n for n in SPECIAL_NAMES if n not in self.specials]
         if missing:
             raise ValueError(f"vocab layout {self.name!r} lacks special tokens {missing}")
-        for lo, n, what in ((self.image_offset, self.image_codes, "image"), (self.audio_offset, self.audio_codes, "audio"),
-                            (self.text_start, self.text_end - self.text_start, "text")):
+        spans = ((self.image_offset, self.image_codes, "image"), (self.audio_offset, self.audio_codes, "audio"),
+                 (self.text_start, self.text_end - self.text_start, "text"))
+        for lo, n, what in spans:
             if lo < 0 or n < 0 or lo + n > self.vocab_size:
                 raise ValueError(f"{what} range [{lo}, {lo + n}) outside vocab of {self.vocab_size}")
 

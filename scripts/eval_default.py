@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="eval", help="directory for the JSON reports")
     ap.add_argument("--tasks", default=",".join(EVALUATORS), help="comma-separated tasks")
     ap.add_argument("--split", default="heldout")
-    ap.add_argument("--judge", default="whisper", help="tts judge(s): whisper, whisper:DIR, self, or several: whisper,self")
+    ap.add_argument("--judge", default="whisper",
+                    help="tts judge(s): whisper, whisper:DIR, self, or several: whisper,self")
     ap.add_argument("--clip-checkpoint", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")

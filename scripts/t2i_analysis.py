@@ -5,10 +5,10 @@
 
 ``attributes``: for every single-object item of an `aromni eval t2i|s2i` report whose image shows one object,
 how often the analyser's shape, colour, size and position equal the reference's. ``sweep``: on the first
-``--limit`` t2i prompts of ``--split`` (default heldout; seed 0), under several image decoding settings (each set explicitly, so a
-bundle's own defaults do not blur them; "best of N": the bundle's reranking by its own captioner), the share
-drawn with every attribute right and the share with shape, colour and position right. docs/default-model.md's T2I
-breakdown and the bundle's decode.yaml come from these commands.
+``--limit`` t2i prompts of ``--split`` (default heldout; seed 0), under several image decoding settings
+(each set explicitly, so a bundle's own defaults do not blur them; "best of N": the bundle's reranking by its
+own captioner), the share drawn with every attribute right and the share with shape, colour and position right.
+docs/default-model.md's T2I breakdown and the bundle's decode.yaml come from these commands.
 """
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ def upstream_sequence(rng: random.Random, task: str, lay) -> tuple[list[int], li
     """(discrete_code, response) shaped like AR-Omni pretraining lines: <bos> prompt response <eos>."""
     text = lambda n: [rng.randrange(lay.text_start, lay.text_end) for _ in range(n)]  # noqa: E731
     image = [lay.boi] + [lay.image_offset + rng.randrange(lay.image_codes) for _ in range(lay.image_tokens)] + [lay.eoi]
-    audio = [lay.boa] + [lay.audio_offset + rng.randrange(lay.audio_codes) for _ in range(rng.randint(3, 8))] + [lay.eoa]
+    n_audio = rng.randint(3, 8)
+    audio = [lay.boa] + [lay.audio_offset + rng.randrange(lay.audio_codes) for _ in range(n_audio)] + [lay.eoa]
     prompt = [lay.bos] + text(rng.randint(2, 6))
     if task == "image_caption":
         prompt += image + [lay.eoh]

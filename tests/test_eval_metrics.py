@@ -236,10 +236,12 @@ def test_markdown_summary_and_table_show_groups():
 def test_by_group_splits_rows_only_with_two_groups():
     from aromni.core.eval.runner import _asr_score, _by_group
 
-    rows = [{"ref": "a b", "hyp": "a b", "group": "train voices"}, {"ref": "a b", "hyp": "a c", "group": "held-out voice"}]
+    rows = [{"ref": "a b", "hyp": "a b", "group": "train voices"},
+            {"ref": "a b", "hyp": "a c", "group": "held-out voice"}]
     g = _by_group(rows, _asr_score)["by_group"]
     assert g["train voices"]["wer"] == 0 and g["held-out voice"]["wer"] == 0.5 and g["held-out voice"]["n"] == 1
-    assert _by_group(rows[:1], _asr_score) == {} and _by_group([{"ref": "a", "hyp": "a", "group": None}], _asr_score) == {}
+    assert _by_group(rows[:1], _asr_score) == {}
+    assert _by_group([{"ref": "a", "hyp": "a", "group": None}], _asr_score) == {}
 
 
 def test_manifest_voice_heldout_becomes_the_item_group(tmp_path):

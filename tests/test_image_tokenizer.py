@@ -371,7 +371,7 @@ def lightning_ckpt(tmp_path, monkeypatch):
 
 def test_load_vqgan_lightning_checkpoint(lightning_ckpt):
     src, yml, ckpt = lightning_ckpt
-    with pytest.raises(Exception):  # plain weights-only loading refuses the pickled callback
+    with pytest.raises(Exception):  # noqa: B017 - plain weights-only loading refuses the pickled callback
         torch.load(ckpt, weights_only=True)
     tok = load_vqgan(yml, ckpt)
     assert tok.cfg == src.cfg and tok.has_decoder

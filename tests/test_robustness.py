@@ -3,6 +3,7 @@ nothing written outside the output location; signals give 130/143 and no partial
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,28 @@ def test_streamed_wav_is_not_truncated():
 
     body = to_pcm16(np.zeros(1600, dtype=np.float32))
     assert len(load_audio(wav_header(None, 16000) + body, 16000)) == 1600
+
+
+@pytest.mark.parametrize("placeholder", [0x7FFFF000, 0x7FFFFFFF])
+def test_pipe_writers_placeholder_sizes_are_not_truncation(placeholder):
+    """espeak-ng --stdout (and other pipe writers) declare a huge placeholder size instead of the real one."""
+    import struct
+
+    from aromni.core.audio_io import load_audio, to_pcm16, wav_header
+
+    body = to_pcm16(np.zeros(1600, dtype=np.float32))
+    head = bytearray(wav_header(1600, 16000))
+    head[4:8] = struct.pack("<I", placeholder + 36)
+    head[40:44] = struct.pack("<I", placeholder)
+    assert len(load_audio(bytes(head) + body, 16000)) == 1600
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_espeak_ng_stdout_reads():
+    from aromni.core.audio_io import load_audio
+
+    wav = subprocess.run(["espeak-ng", "--stdout", "hello"], capture_output=True, check=True).stdout
+    assert len(load_audio(wav, 16000)) > 1600
 
 
 def test_truncated_wav_cli(tiny_bundle, tmp_path):

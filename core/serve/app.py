@@ -3,8 +3,6 @@ token endpoints. Shapes and examples: docs/server.md."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import io
 import json
 import shutil
@@ -23,11 +21,11 @@ from .. import tasks
 from ..decoding import TASKS
 from .batcher import Cancelled
 from .config import ServeConfig
-from .http import ApiError, Gate, as_api_error, field, parse_json
+from .http import ApiError, Gate, as_api_error, field, parse_json, seed_of
 from .metrics import Metrics
 from .registry import Entry, Registry
 from .runner import Runner
-from .wire import options_from_payload, pcm16
+from .wire import b64, options_from_payload, pcm16, png, unb64
 
 AUDIO_FORMATS = ("wav", "pcm", "flac")
 TRANSCRIPT_FORMATS = ("text", "json", "verbose_json")
@@ -107,43 +105,6 @@ class Server:
             raise ApiError(413, f"{name}: {secs:.0f}s of audio, more than {self.cfg.limits.audio_s:g}s",
                            "audio_too_long")
         return wav
-
-
-def seed_of(body: dict) -> int | None:
-    s = field(body, "seed", int)
-    if s is not None and not 0 <= s < 2**62:
-        raise ApiError(400, "'seed' must be in [0, 2^62)", "invalid_value", "seed")
-    return s
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def unb64(text: str, what: str) -> bytes:
-    """Base64 or a ``data:...;base64,`` URI -> bytes."""
-    if text.startswith("data:"):
-        head, sep, text = text.partition(",")
-        if not sep or not head.endswith(";base64"):
-            raise ApiError(400, f"{what}: expected a base64 data: URI", "invalid_data_uri")
-    elif text.startswith(("http://", "https://")):
-        raise ApiError(400, f"{what}: URLs are not fetched; send the bytes as a base64 data: URI", "url_not_supported")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"{what}: not valid base64", "invalid_base64") from None
-
-
-def png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def wav_bytes(wav, sr: int) -> bytes:
-    from ..audio_io import wav_header
-    data = pcm16(wav)
-    return wav_header(len(data) // 2, sr) + data
 
 
 def sse(obj) -> bytes:

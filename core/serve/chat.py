@@ -14,7 +14,8 @@ from dataclasses import dataclass, field as dc_field
 
 from ..chat import ChatSession
 from ..tokens import parse_response
-from .http import ApiError, field
+from .http import ApiError, field, seed_of
+from .wire import b64, pcm16, png, unb64, wav_bytes
 
 
 @dataclass
@@ -45,12 +46,11 @@ class ChatRequest:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def message(self, reply) -> dict:
-        from .app import b64, png, wav_bytes
         msg: dict = {"role": "assistant", "content": reply.text, "refusal": None}
         if reply.audio:
             import numpy as np
             wav = np.concatenate(reply.audio)
-            data = wav_bytes(wav, self.sample_rate) if self.audio_format == "wav" else tasks_pcm(wav)
+            data = wav_bytes(wav, self.sample_rate) if self.audio_format == "wav" else pcm16(wav)
             msg["audio"] = {"id": "audio_" + uuid.uuid4().hex[:24], "data": b64(data),
                             "expires_at": int(time.time()) + 3600, "transcript": reply.text}
         if reply.images:
@@ -86,11 +86,6 @@ class ChatRequest:
         return out
 
 
-def tasks_pcm(wav) -> bytes:
-    from .wire import pcm16
-    return pcm16(wav)
-
-
 def _parts(msg: dict, k: int) -> Turn:
     content = msg.get("content")
     if isinstance(content, str):
@@ -98,7 +93,6 @@ def _parts(msg: dict, k: int) -> Turn:
     if not isinstance(content, list):
         raise ApiError(400, f"messages[{k}].content must be a string or a list of parts", "invalid_type",
                        "messages")
-    from .app import unb64
     t = Turn()
     texts = []
     for j, p in enumerate(content):
@@ -198,7 +192,6 @@ def parse_chat(body: dict, server) -> ChatRequest:
         raise ApiError(400, "audio.format must be wav or pcm16", "unsupported_format", "audio")
     so = field(body, "stream_options", dict, {})
     model = body.get("model")
-    from .app import seed_of
     return ChatRequest(turns, server.options("chat", body.get("options"), **fixed), seed_of(body),
                        field(body, "stream", bool, False), fmt, bool(so.get("include_usage")),
                        model if isinstance(model, str) else "default", server=server)

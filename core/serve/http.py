@@ -170,3 +170,10 @@ class Gate:
         auth = headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
         return hmac.compare_digest(given.encode(), self.key)
+
+
+def seed_of(body: dict) -> int | None:
+    s = field(body, "seed", int)
+    if s is not None and not 0 <= s < 2**62:
+        raise ApiError(400, "'seed' must be in [0, 2^62)", "invalid_value", "seed")
+    return s

@@ -6,10 +6,15 @@ the server rebuilds exactly the options the command would have used in-process. 
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+
 import numpy as np
 
 from ..decoding import DecodeOptions, options_for
 from ..errors import InputError
+from .http import ApiError
 
 # options a request may not set: the server decides how it batches and compiles
 SERVER_OWNED = ("batch_size", "compile", "task")
@@ -71,3 +76,33 @@ def pcm16(wav: np.ndarray) -> bytes:
 def from_pcm16(data: bytes) -> np.ndarray:
     """s16le bytes -> float32 samples that ``to_pcm16`` writes back as the same bytes."""
     return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / np.float32(32767.0)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str, what: str) -> bytes:
+    """Base64 or a ``data:...;base64,`` URI -> bytes."""
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise ApiError(400, f"{what}: expected a base64 data: URI", "invalid_data_uri")
+    elif text.startswith(("http://", "https://")):
+        raise ApiError(400, f"{what}: URLs are not fetched; send the bytes as a base64 data: URI", "url_not_supported")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{what}: not valid base64", "invalid_base64") from None
+
+
+def png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wav_bytes(wav, sr: int) -> bytes:
+    from ..audio_io import wav_header
+    data = pcm16(wav)
+    return wav_header(len(data) // 2, sr) + data

@@ -60,7 +60,8 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 def _sample_rows(z: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     """n rows of z [M, D] chosen at random (with replacement only when M < n)."""
-    idx = torch.randperm(z.shape[0], generator=g)[:n] if z.shape[0] >= n else torch.randint(z.shape[0], (n,), generator=g)
+    m = z.shape[0]
+    idx = torch.randperm(m, generator=g)[:n] if m >= n else torch.randint(m, (n,), generator=g)
     return z[idx.to(z.device)]
 
 
@@ -172,8 +173,8 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
     """Train ``tok`` in place on PIL ``images``; returns the final metrics.
 
     ``on_step(step, metrics)`` is called after every step with the batch losses (``loss``, ``recon``, ``l1``,
-    ``l2``, ``grad``, ``commit``, ``codebook``, ``usage`` (distinct codes in the batch), ``restarted``, ``quantized`` (0 during
-    the autoencoder warm-up), ``lr``).
+    ``l2``, ``grad``, ``commit``, ``codebook``, ``usage`` (distinct codes in the batch), ``restarted``,
+    ``quantized`` (0 during the autoencoder warm-up), ``lr``).
     The result holds the mean of the last 10% of steps' losses, then ``mse``/``psnr``/``codes_used``/
     ``perplexity`` measured on (up to ``eval_images`` of) the training images, ``steps`` and ``seconds``.
     """
