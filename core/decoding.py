@@ -308,6 +308,9 @@ class Row:
     finish: str = ""  # "stop" | "length" | "image" | "speech" | "context"
     forced: list = field(default_factory=list)
     out: list = field(default_factory=list)
+    # per token of ``out``: its natural log-probability under the masked (and penalised / guided) logits at
+    # temperature 1, before top-k/top-p; None for a forced token (the model had no choice)
+    logprobs: list = field(default_factory=list)
 
 
 def initial_mode(prompt: list[int], vocab: VocabLayout) -> tuple[int, int]:
@@ -464,6 +467,7 @@ class Chooser:
                 continue
             if r.forced:
                 out[b] = r.forced.pop(0)
+                r.logprobs.append(None)
             else:
                 self.policy.update_selector(r)
                 pick.append(b)
@@ -497,8 +501,10 @@ class Chooser:
                 ps, p = per_row(o.image_top_p, o.top_p)
                 xs = apply_top_p(xs, p, min(ps))
                 tok[samp] = sample_rows(xs.softmax(dim=-1), [self.gens[pick[i]] for i in samp])
-            for b, t in zip(pick, tok.tolist()):
+            lp = x.gather(1, tok.view(-1, 1)).squeeze(1) - torch.logsumexp(x, dim=-1)
+            for b, t, p in zip(pick, tok.tolist(), lp.tolist()):
                 out[b] = t
+                rows[b].logprobs.append(p)
         for b, t in enumerate(out):
             if t is not None:
                 self.observe(b, t)

@@ -42,6 +42,8 @@ class Generation:
     first_token_s: float = 0.0
     steps: int = 0
     extra: dict = field(default_factory=dict)
+    # per row, per token: the chosen token's log-probability (None where it was forced); see decoding.Row
+    logprobs: list[list[float | None]] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -218,7 +220,7 @@ def generate(model: Transformer, vocab: VocabLayout, prompts: list[list[int]], o
 
     chooser = Chooser(vocab, opts, rows, prompts, seeds, dev)
     gen = Generation([r.out for r in rows], [r.finish for r in rows],
-                     prompt_tokens=sum(len(p) for p in prompts))
+                     prompt_tokens=sum(len(p) for p in prompts), logprobs=[r.logprobs for r in rows])
 
     # --- prefill -------------------------------------------------------------------------------
     logits = model(tokens.to(dev), state, last_only=True)[:, -1]  # [N, V]
