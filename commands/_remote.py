@@ -1,5 +1,8 @@
 """--host / --local: the commands that decode (tts, asr, caption, t2i, chat, generate) send their work to a
-running ``aromni serve`` when one is named, and write what they would have written in-process."""
+running ``aromni serve`` when one is named, and write what they would have written in-process.
+
+The remote path imports no model code: options are checked and sent as given (``request_options``), and the
+answers (PCM16 audio, PNG images, ids) are written as they come."""
 from __future__ import annotations
 
 from typing import Optional
@@ -25,10 +28,21 @@ def remote(host: Optional[str], local: bool, model: Optional[str]):
     return Client(h, model=model) if h else None
 
 
-def tts(client, text: str, opts, seed: Optional[int], output: str, raw: bool, quiet: bool) -> dict:
+def remote_options(params: dict, **extra) -> dict:
+    """The request's decoding options from a command's parameters (pass ``locals()``): the decoding options it
+    was given, ``compat`` and ``extra`` (e.g. chat's images/speech), checked as in-process (and its seed)."""
+    from aromni.commands._decode import given_decode
+    from aromni.core.checks import check_number
+    from aromni.core.client import request_options
+
+    check_number("seed", params.get("seed"))
+    return request_options({**given_decode(params), **extra}, bool(params.get("compat")))
+
+
+def tts(client, text: str, options: dict, seed: Optional[int], output: str, raw: bool, quiet: bool) -> dict:
     """Speech from the server, written as ``aromni tts`` writes it; returns the server's stats."""
     from aromni.commands._common import binary_output
-    from aromni.core.audio_io import AudioWriter
+    from aromni.core.wav_stream import Pcm16Writer
 
     with binary_output(output, "audio") as f:
         writer: list = []
@@ -36,10 +50,10 @@ def tts(client, text: str, opts, seed: Optional[int], output: str, raw: bool, qu
         def start(sr: int) -> None:
             if raw:
                 log(f"aromni: raw PCM s16le mono {sr} Hz", quiet)
-            writer.append(AudioWriter(f, sr, raw=raw))
+            writer.append(Pcm16Writer(f, sr, raw=raw))
 
-        res = client.tts(text, opts, seed, on_start=start, on_audio=lambda c: writer[0].write(c))
-        if not writer[0].n:  # nothing was written yet: no header-only file
+        res = client.tts(text, options, seed, on_start=start, on_audio=lambda c: writer[0].write(c))
+        if not writer or not writer[0].n:  # nothing was written yet: no header-only file
             raise AromniError("the model produced no speech for this text")
         writer[0].close()
     return res

@@ -11,7 +11,7 @@ from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Se
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      load_model, one_line, options_from, print_line)
 from aromni.core.checks import check_number
-from aromni.commands._remote import Host, Local, remote
+from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError
 
 
@@ -48,9 +48,6 @@ def run(
       aromni asr speech.wav
       cat speech.wav | aromni asr | aromni t2i > picture.png
     """
-    from aromni.core import tasks
-    from aromni.core.audio_io import load_audio
-
     if batch is not None:
         if audio:
             raise AromniError("give either audio files or --batch, not both")
@@ -60,13 +57,18 @@ def run(
     if paths.count("-") > 1:
         raise AromniError("stdin (-) can be given only once")
     check_number("window_s", window)
-    opts = options_from("asr", locals())
-    data = [input_bytes(p, "audio") for p in paths]  # read (and fail on missing files) before loading the model
     client = remote(host, local, model)
     if client is not None:
-        for (_, name), t in zip(data, client.asr(data, opts, seed, window)):
+        options = remote_options(locals())
+        data = [input_bytes(p, "audio") for p in paths]
+        for (_, name), t in zip(data, client.asr(data, options, seed, window)):
             print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
         return
+    from aromni.core import tasks
+    from aromni.core.audio_io import load_audio
+
+    opts = options_from("asr", locals())
+    data = [input_bytes(p, "audio") for p in paths]  # read (and fail on missing files) before loading the model
     omni = load_model(model, device, dtype, quiet, seed, quant)
     if omni.speech is None:
         raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")

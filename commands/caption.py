@@ -10,7 +10,7 @@ from typing_extensions import Annotated
 from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Seed, Threads, batch_items, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      load_model, one_line, options_from, print_line)
-from aromni.commands._remote import Host, Local, remote
+from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError
 
 
@@ -44,9 +44,6 @@ def run(
 ) -> None:
     """Image -> text: one caption per line (JSON lines with --json), all inputs decoded together in batches.
     --batch FILE.jsonl takes {"image": path} per line."""
-    from aromni.core import tasks
-    from aromni.core.image_tokenizer import open_image
-
     if batch is not None:
         if images:
             raise AromniError("give either image files or --batch, not both")
@@ -55,15 +52,20 @@ def run(
         paths = list(images or ["-"])
     if paths.count("-") > 1:
         raise AromniError("stdin (-) can be given only once")
-    opts = options_from("caption", locals())
-    data = [input_bytes(p, "image") for p in paths]
-    pil = [open_image(b, name, exif_transpose=exif_transpose) for b, name in data]
     client = remote(host, local, model)
-    if client is not None:
-        texts = client.caption([b for b, _ in data], opts, seed, instruction, exif_transpose)
+    if client is not None:  # the server checks the images; its messages name the files
+        options = remote_options(locals())
+        data = [input_bytes(p, "image") for p in paths]
+        texts = client.caption(data, options, seed, instruction, exif_transpose)
         for (_, name), t in zip(data, texts):
             print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
         return
+    from aromni.core import tasks
+    from aromni.core.image_tokenizer import open_image
+
+    opts = options_from("caption", locals())
+    data = [input_bytes(p, "image") for p in paths]
+    pil = [open_image(b, name, exif_transpose=exif_transpose) for b, name in data]
     omni = load_model(model, device, dtype, quiet, seed, quant)
     if instruction is not None:
         omni.prompts = dict(omni.prompts or {})

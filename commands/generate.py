@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 from aromni.commands._common import Device, Dtype, Model, Output, Quant, Quiet, Seed, Threads, log
 from aromni.commands._decode import (BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, RepPenalty, Temperature, TopK, TopP, decode_options, load_model)
-from aromni.commands._remote import Host, Local, remote
+from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError
 
 
@@ -119,10 +119,6 @@ def run(
       echo "a red circle" | aromni tokenize-text | aromni generate --task t2i | aromni detok -o x.png
       aromni tokenize-image cat.png | aromni generate --task caption | aromni detok
     """
-    from aromni.core.generate import generate
-    from aromni.core.decoding import with_model_defaults
-    from aromni.core.prompts import PromptContext, task_prompt
-    from aromni.core.tasks import base_seed
     from aromni.core.tokens import LineWriter, TokenStream, cut_at_stop, read_tokens, write_tokens
 
     fmt = fmt or ("npy" if output.endswith(".npy") else "json" if output.endswith(".json") else "lines")
@@ -133,21 +129,33 @@ def run(
         refuse_tty("NPY data")
     if tokens == "-" and (sys.stdin is None or sys.stdin.isatty()):
         raise AromniError("no token stream given: pass a file or pipe it on stdin")
-    opts = decode_options(task, compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
-                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg=cfg, cfg_text=cfg_text,
-                          cfg_image=cfg_image, image_temperature=image_temperature,
-                          image_greedy=image_greedy, batch_size=batch_size,
-                          compile=compile)
-    stream_file = None if tokens == "-" else read_tokens(tokens)  # parse errors before the model loads
     client = remote(host, local, model)
-    if client is not None:  # the server applies the model's defaults and builds the prompts
-        v, ctx = client.vocab(), None
+    if client is None:
+        opts = decode_options(task, compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
+                              top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg=cfg,
+                              cfg_text=cfg_text, cfg_image=cfg_image, image_temperature=image_temperature,
+                              image_greedy=image_greedy, batch_size=batch_size, compile=compile)
     else:
+        options = remote_options(locals())
+    stream_file = None if tokens == "-" else read_tokens(tokens)  # parse errors before the model loads
+    if client is not None:  # the server applies the model's defaults and builds the prompts
+        from aromni.core.client import fresh_seed
+
+        v, ctx = client.vocab(), None
+        s0 = seed if seed is not None else fresh_seed()
+        decode = partial(client.generate, v.fingerprint, task, options=options)
+    else:
+        from aromni.core.decoding import with_model_defaults
+        from aromni.core.generate import generate
+        from aromni.core.prompts import PromptContext
+        from aromni.core.rows import base_seed
+
         omni = load_model(model, device, dtype, quiet, seed, quant)
         opts = with_model_defaults(opts, omni.decode)
         v = omni.vocab
         ctx = None if raw_prompt or omni.text is None else PromptContext.of(omni)
-    s0 = base_seed(seed)
+        s0 = base_seed(seed)
+        decode = partial(generate, omni.model, v, opts=opts)
     collected: list[list[int]] = []
     out = None
     if fmt == "lines":
@@ -162,6 +170,8 @@ def run(
         if ctx is None:
             raise AromniError(f"{omni.source or 'model'}: has no text tokenizer to build a {task} prompt; "
                               "pass --raw-prompt to send the ids as they are")
+        from aromni.core.prompts import task_prompt
+
         return task_prompt(ctx, task, seq, compat, source)
 
     def decode_batch(inputs: list[list[int]], first: int, source: str) -> None:
@@ -169,9 +179,8 @@ def run(
         prompts = [p for p, _ in wrapped]
         heads = [p if echo else opened for p, opened in wrapped]
         lines = OrderedLines(writer, len(prompts), heads) if writer else None
-        run = client.generate if client is not None else partial(generate, omni.model)
-        g = run(v, prompts, opts, seeds=[s0 + first + k for k in range(len(prompts))],
-                on_token=lines.token if lines else None, on_finish=lines.finish if lines else None)
+        g = decode(prompts, seeds=[s0 + first + k for k in range(len(prompts))],
+                   on_token=lines.token if lines else None, on_finish=lines.finish if lines else None)
         if writer is None:
             collected.extend([h + t for h, t in zip(heads, g.tokens)])
         for k, (seq, toks) in enumerate(zip(inputs, g.tokens)):

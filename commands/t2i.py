@@ -15,7 +15,7 @@ from aromni.commands._common import (IMAGE_SUFFIXES, Device, Dtype, Json, Model,
 from aromni.commands._decode import (Batch, BatchSize, Candidates, Cfg, CfgImage, CfgText, Compat, Compile,
                                      ImageGreedy, ImageTemp, MaxNew, OutDir, load_model, options_from, print_line)
 from aromni.core.checks import check_number
-from aromni.commands._remote import Host, Local, remote
+from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError
 
 
@@ -39,6 +39,12 @@ def output_paths(count: int, output: str, out_dir: Optional[str], names: Optiona
     for p in paths:
         check_suffix(p, IMAGE_SUFFIXES, "an image")
     return paths
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def run(
@@ -79,8 +85,6 @@ def run(
       aromni t2i "a large red circle on the left" > circle.png
       aromni t2i --n 4 -o cat_{i}.png "a cat"
     """
-    from aromni.core import tasks
-
     check_number("n", n)
     names = None
     if batch is not None:
@@ -97,22 +101,25 @@ def run(
         raise AromniError("--json prints the result on stdout; write the image with -o FILE or --out-dir")
     if paths == ["-"]:
         refuse_tty("a PNG image")
-    opts = options_from("t2i", locals())
-    if out_dir is not None:
-        make_dir(out_dir)
     client = remote(host, local, model)
     if client is not None:
-        images = client.t2i(texts, n, opts, seed)
+        options = remote_options(locals())
+        if out_dir is not None:
+            make_dir(out_dir)
+        pngs = client.t2i(texts, n, options, seed)  # the PNG files the in-process path writes
     else:
+        from aromni.core import tasks
+
+        opts = options_from("t2i", locals())
+        if out_dir is not None:
+            make_dir(out_dir)
         omni = load_model(model, device, dtype, quiet, seed, quant)
-        images = tasks.t2i(omni, texts, n=n, opts=opts, seed=seed)
-    for i, (img, path) in enumerate(zip(images, paths)):
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
+        pngs = [_png(img) for img in tasks.t2i(omni, texts, n=n, opts=opts, seed=seed)]
+    for i, (data, path) in enumerate(zip(pngs, paths)):
         if path != "-":
             make_dir(os.path.dirname(path) or ".")
         with binary_output(path, "a PNG image") as f:
-            f.write(buf.getvalue())
+            f.write(data)
         if json_out:
             print_line(json.dumps({"text": texts[i // n], "output": path}))
         elif path != "-" and len(paths) > 1:

@@ -15,7 +15,7 @@ from aromni.commands._common import (Device, Dtype, Json, Model, Output, Quiet, 
 from aromni.commands._decode import (Batch, BatchSize, Candidates, ChunkWords, Compat, Compile, Greedy, LeadIn, MaxNew,
                                      OutDir, RepPenalty, SpeechPad, Stats, Temperature, TopK, TopP, load_model,
                                      options_from, print_line)
-from aromni.commands._remote import Host, Local, remote
+from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.commands._remote import tts as remote_tts
 from aromni.core.errors import AromniError
 
@@ -25,6 +25,26 @@ def _stats_lines(st: dict) -> str:
     rtf = f"{st['rtf']:.3f}" if st.get("rtf") is not None else "n/a"
     return (f"aromni: first audio {fa}, {st['tokens_per_s']:.1f} tokens/s, real-time factor {rtf} "
             f"({st['audio_s']:.2f}s of audio, {st['tokens']} tokens, {st['sentences']} sentence(s) or piece(s))")
+
+
+def _single_checks(text: Optional[str], output: str, raw: bool, suffixes: tuple, json_out: bool) -> str:
+    """The text of a one-text call, after the checks on its output."""
+    if json_out and output == "-":
+        raise AromniError("--json prints the result on stdout; write the audio with -o FILE")
+    check_suffix(output, suffixes, "--raw audio" if raw else "WAV audio")
+    return text_arg(text, "text")
+
+
+def _remote_run(client, options: dict, text: Optional[str], output: str, raw: bool, seed: Optional[int],
+                suffixes: tuple, stats: bool, json_out: bool, quiet: bool) -> None:
+    res = remote_tts(client, _single_checks(text, output, raw, suffixes, json_out), options, seed, output, raw,
+                     quiet)
+    if stats:
+        log(_stats_lines(res["stats"]))
+    if json_out:
+        json.dump({"output": output, "sample_rate": res["sample_rate"], "codes": res["codes"], **res["stats"]},
+                  sys.stdout)
+        print_line("")
 
 
 def run(
@@ -77,11 +97,15 @@ def run(
       aromni tts --raw "Hello" | aplay -r 16000 -f S16_LE -t raw -   # the bundled model's rate
       echo "Read me." | aromni tts -o speech.wav --stats
     """
+    suffixes = (".pcm", ".raw") if raw else (".wav",)
+    client = None if batch is not None else remote(host, local, model)
+    if client is not None:
+        _remote_run(client, remote_options(locals()), text, output, raw, seed, suffixes, stats, json_out, quiet)
+        return
     from aromni.core import tasks
     from aromni.core.audio_io import AudioWriter
 
     opts = options_from("tts", locals())
-    suffixes = (".pcm", ".raw") if raw else (".wav",)
     if batch is not None:
         if text is not None:
             raise AromniError("give either TEXT or --batch, not both")
@@ -110,20 +134,7 @@ def run(
                 log(_stats_lines(r.stats))
         return
 
-    if json_out and output == "-":
-        raise AromniError("--json prints the result on stdout; write the audio with -o FILE")
-    check_suffix(output, suffixes, "--raw audio" if raw else "WAV audio")
-    text = text_arg(text, "text")
-    client = None if batch is not None else remote(host, local, model)
-    if client is not None:
-        res = remote_tts(client, text, opts, seed, output, raw, quiet)
-        if stats:
-            log(_stats_lines(res["stats"]))
-        if json_out:
-            json.dump({"output": output, "sample_rate": res["sample_rate"], "codes": res["codes"], **res["stats"]},
-                      sys.stdout)
-            print_line("")
-        return
+    text = _single_checks(text, output, raw, suffixes, json_out)
     omni = load_model(model, device, dtype, quiet, seed, quant)
     sr = omni.speech.sample_rate if omni.speech is not None else 0
     if raw:
