@@ -15,7 +15,9 @@ from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Se
 from aromni.commands._decode import (Batch, BatchSize, Cfg, CfgImage, CfgText, Compat, Compile, Greedy, ImageGreedy,
                                      ImageTemp, MaxNew, OutDir, RepPenalty, Temperature, TopK, TopP, decode_options,
                                      load_model, make_dir, one_line, print_line, resolve_rel)
+from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError, InputError
+
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name))[:80] or "dialog"
@@ -41,6 +43,33 @@ def save_reply(omni, reply, out_dir: str, stem: str) -> dict:
     if reply.trimmed:
         rec["trimmed_turns"] = reply.trimmed
     return rec
+
+
+def save_remote_reply(reply, out_dir: str, stem: str) -> dict:
+    """``save_reply`` for a server's reply (its PNG and WAV files as bytes): the same files and record."""
+    from aromni.core.outputs import atomic_file
+
+    rec = {"text": reply.text, "transcript": reply.transcript, "images": [], "audio": [], "tokens": len(reply.tokens)}
+    for kind, ext, files in (("img", "png", reply.images), ("audio", "wav", reply.audio)):
+        for k, data in enumerate(files):
+            path = os.path.join(out_dir, f"{stem}_{kind}{k}.{ext}")
+            with atomic_file(path) as f:
+                f.write(data)
+            rec["images" if kind == "img" else "audio"].append(path)
+    if reply.trimmed:
+        rec["trimmed_turns"] = reply.trimmed
+    return rec
+
+
+def _read(path: str) -> bytes:
+    """A file's bytes (a chat image or clip sent to a server); errors as the in-process loaders word them."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError("no such file", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror or e})", path) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,17 +208,93 @@ def run_batch(omni, opts, dialogs: list[Dialog], out_dir: str, seed: Optional[in
         log(f"aromni: round {r + 1}: {len(todo)} replies", quiet)
 
 
+def run_batch_remote(client, options: dict, dialogs: list[Dialog], out_dir: str, seed: Optional[int],
+                     quiet: bool, workers: int = 8) -> None:
+    """``run_batch`` through a server: each dialog's turns in order, several dialogs at once (the server
+    batches their decoding), the same seeds, files and records. A turn the server refuses (or a file that
+    cannot be read) ends its dialog with ``error``; an unreachable server stops the command."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aromni.core.client import ServerError, fresh_seed
+    from aromni.core.remote_chat import RemoteChat
+
+    s0 = seed if seed is not None else fresh_seed()
+
+    def one(d: Dialog) -> None:
+        chat = RemoteChat(client, options, s0 + d.ordinal)
+        for r, act in enumerate(d.actions):
+            if act["reset"]:
+                chat.reset()
+            t = act["turn"]
+            try:
+                turn = {"text": t["text"], "images": [_read(p) for p in t["images"]] or None,
+                        "audio": _read(t["audio"]) if t["audio"] else None}
+                if act["reply"] is not None:
+                    chat.replay(act["reply"], **turn)
+                    d.records.append({"text": act["reply"], "given": True})
+                    continue
+                reply = chat.say(**turn)
+            except (ServerError, InputError) as e:
+                if isinstance(e, ServerError) and e.status >= 500:
+                    raise
+                d.error = f"line {d.line}, turn {act['k']}: {_why(e)}"
+                return
+            d.records.append(save_remote_reply(reply, out_dir, f"{_safe(d.id)}_t{r}"))
+
+    with ThreadPoolExecutor(max(1, min(workers, len(dialogs)))) as pool:
+        for _ in pool.map(one, dialogs):
+            pass
+    log(f"aromni: {len(dialogs)} dialog(s) answered by {client.host}", quiet)
+
+
 # ----------------------------------------------------------------------------------------------
 # interactive
 # ----------------------------------------------------------------------------------------------
-class Repl:
-    """The REPL's state; each slash command is a method in ``SLASH`` that returns a turn to send, or None."""
+class LocalTalk:
+    """The REPL's conversation in-process: a ChatSession on a loaded model."""
 
-    def __init__(self, omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: bool, tty: bool):
+    def __init__(self, omni, opts, seed: Optional[int]):
         from aromni.core.chat import ChatSession
 
-        self.omni, self.out_dir, self.json_out, self.quiet, self.tty = omni, out_dir, json_out, quiet, tty
-        self.session = ChatSession(omni, opts, seed=seed)
+        self.omni, self.session = omni, ChatSession(omni, opts, seed=seed)
+        self.say, self.reset = self.session.say, self.session.reset
+
+    def image(self, path: str):
+        from aromni.core.image_tokenizer import open_image
+
+        return open_image(path)
+
+    def audio(self, path: str):
+        from aromni.core.audio_io import load_audio
+
+        if self.omni.speech is None:
+            raise AromniError("this model has no speech tokenizer")
+        return load_audio(path, self.omni.speech.sample_rate)
+
+    def save(self, reply, out_dir: str, stem: str) -> dict:
+        return save_reply(self.omni, reply, out_dir, stem)
+
+
+class RemoteTalk:
+    """The REPL's conversation through a server (core.remote_chat): images and audio go as file bytes."""
+
+    def __init__(self, client, options: dict, seed: Optional[int]):
+        from aromni.core.remote_chat import RemoteChat
+
+        self.session = RemoteChat(client, options, seed)
+        self.say, self.reset = self.session.say, self.session.reset
+        self.image = self.audio = _read
+
+    def save(self, reply, out_dir: str, stem: str) -> dict:
+        return save_remote_reply(reply, out_dir, stem)
+
+
+class Repl:
+    """The REPL's state; each slash command is a method in ``SLASH`` that returns a turn to send, or None.
+    ``talk`` holds the conversation (:class:`LocalTalk` or :class:`RemoteTalk`)."""
+
+    def __init__(self, talk, out_dir: str, json_out: bool, quiet: bool, tty: bool):
+        self.talk, self.out_dir, self.json_out, self.quiet, self.tty = talk, out_dir, json_out, quiet, tty
         self.images: list = []
         self.image_paths: list[str] = []
         self.log_turns: list[dict] = []  # the conversation as --batch turns (/save)
@@ -199,29 +304,23 @@ class Repl:
         log(HELP)
 
     def reset(self, arg: str) -> None:
-        self.session.reset()
+        self.talk.reset()
         self.images, self.image_paths = [], []
         self.log_turns.append({"reset": True})
         log("aromni: conversation reset", self.quiet)
 
     def image(self, arg: str) -> None:
-        from aromni.core.image_tokenizer import open_image
-
         if not arg:
             raise AromniError("/image needs a path")
-        self.images.append(open_image(arg))
+        self.images.append(self.talk.image(arg))
         self.image_paths.append(os.path.abspath(arg))
         log(f"aromni: image queued ({len(self.images)})", self.quiet)
 
     def audio(self, arg: str) -> tuple[dict, dict]:
-        from aromni.core.audio_io import load_audio
-
         path, _, text = arg.partition(" ")
         if not path:
             raise AromniError("/audio needs a path")
-        if self.omni.speech is None:
-            raise AromniError("this model has no speech tokenizer")
-        turn = {"audio": load_audio(path, self.omni.speech.sample_rate), "text": text.strip() or None}
+        turn = {"audio": self.talk.audio(path), "text": text.strip() or None}
         return turn, {"wav_path": os.path.abspath(path), **({"text": text.strip()} if text.strip() else {})}
 
     def save(self, arg: str) -> None:
@@ -252,13 +351,13 @@ class Repl:
         if self.images:
             turn["images"] = self.images
             rec_turn["image_paths"] = self.image_paths
-        reply = self.session.say(**turn)
+        reply = self.talk.say(**turn)
         if self.log_turns and self.log_turns[-1] == {"reset": True}:
             self.log_turns.pop()
             rec_turn["reset"] = True
         self.images, self.image_paths = [], []
         self.log_turns.append(rec_turn)
-        rec = save_reply(self.omni, reply, self.out_dir, f"chat_t{self.replies}")
+        rec = self.talk.save(reply, self.out_dir, f"chat_t{self.replies}")
         self.replies += 1
         if self.json_out:
             print_line(json.dumps(rec))
@@ -284,11 +383,11 @@ HELP = "commands:\n" + "\n".join(f"  {u:<20}{w}" for u, w in [("TEXT", "send a t
                                   + [(u, w) for _, u, w in SLASH.values()] + [("/quit, /exit", "leave")])
 
 
-def repl(omni, opts, out_dir: str, seed: Optional[int], json_out: bool, quiet: bool) -> int:
+def repl(talk, out_dir: str, json_out: bool, quiet: bool) -> int:
     """Read lines from the terminal or stdin until EOF or /quit; returns how many lines failed (each is
     reported on stderr and the next line is read)."""
     tty = sys.stdin.isatty()
-    state = Repl(omni, opts, out_dir, seed, json_out, quiet, tty)
+    state = Repl(talk, out_dir, json_out, quiet, tty)
     if tty:
         log("aromni chat: type a message, /help for commands, /quit to leave", quiet)
     failed, n = 0, 0
@@ -341,6 +440,8 @@ def run(
     quiet: Quiet = False,
     quant: Quant = "none",
     threads: Threads = None,
+    host: Host = None,
+    local: Local = False,
 ) -> None:
     """Multi-turn chat. Interactive: type text, /image PATH, /audio PATH, /save, /reset (/help); replies are
     printed, images and speech saved to --out-dir (default: the current directory). Lines piped on stdin are
@@ -353,19 +454,29 @@ def run(
     chat_out). A bad line (invalid JSON, a malformed dialog, a missing image or clip, a turn too long for the
     context) is reported with its line number, its result holds "error", the other dialogs run, and the exit
     status is 2 at the end.
+
+    With --host or $AROMNI_HOST a running 'aromni serve' decodes the turns: each request carries the whole
+    conversation (with the replies' token ids), so the replies and files are the same as in-process for the
+    same --seed; --batch sends several dialogs at once.
     """
-    opts = decode_options("chat", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
-                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg=cfg, cfg_text=cfg_text,
-                          cfg_image=cfg_image, image_temperature=image_temperature,
-                          image_greedy=image_greedy, images=images_out,
-                          speech=speech_out, batch_size=batch_size, compile=compile)
+    client = remote(host, local, model)
+    if client is not None:
+        opts = remote_options(locals(), images=images_out, speech=speech_out)
+    else:
+        opts = decode_options("chat", compat, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
+                              top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, cfg=cfg,
+                              cfg_text=cfg_text, cfg_image=cfg_image, image_temperature=image_temperature,
+                              image_greedy=image_greedy, images=images_out, speech=speech_out,
+                              batch_size=batch_size, compile=compile)
     if batch is not None:
         dialogs, bad = read_dialogs(batch)
         src = "<stdin>" if batch == "-" else batch
         if dialogs:
             d = make_dir(out_dir or "chat_out")
-            omni = load_model(model, device, dtype, quiet, seed, quant)
-            run_batch(omni, opts, dialogs, d, seed, quiet)
+            if client is not None:
+                run_batch_remote(client, opts, dialogs, d, seed, quiet)
+            else:
+                run_batch(load_model(model, device, dtype, quiet, seed, quant), opts, dialogs, d, seed, quiet)
         results = [(d.line, {"dialog_id": d.id, "line": d.line, "turns": d.records}
                     | ({"error": d.error} if d.error else {})) for d in dialogs]
         results += [(n, {"line": n, "error": msg}) for n, msg in bad]
@@ -381,7 +492,10 @@ def run(
     if sys.stdin is None:
         raise AromniError("chat needs a terminal or lines on stdin")
     d = make_dir(out_dir or ".")
-    omni = load_model(model, device, dtype, quiet, seed, quant)
-    failed = repl(omni, opts, d, seed, json_out, quiet)
+    if client is not None:
+        talk = RemoteTalk(client, opts, seed)
+    else:
+        talk = LocalTalk(load_model(model, device, dtype, quiet, seed, quant), opts, seed)
+    failed = repl(talk, d, json_out, quiet)
     if failed:
         raise AromniError(f"{failed} input line(s) failed (reported above); the others were processed")
