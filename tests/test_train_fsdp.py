@@ -221,3 +221,37 @@ def test_kill_9_during_sharded_saves_leaves_a_loadable_checkpoint(tmp_path, lm):
            "checkpoint.keep=2", "--resume")
     assert _metrics(out)[-1]["step"] == step + 1
     assert not [n for n in os.listdir(root) if n.startswith(C.TMP_PREFIX)]
+
+
+@pytest.mark.slow
+def test_async_save_and_resume_equal_sync_save_and_resume(tmp_path, lm):
+    import torch.distributed.checkpoint as dcp
+
+    cfg, cb = lm
+    args = [cb, "train.precision=fp32", "data.batch_size=1", "train.max_steps=6", "checkpoint.every=2",
+            "checkpoint.keep=5"]
+    runs = {}
+    for mode in ("false", "true"):
+        out = str(tmp_path / f"async-{mode}")
+        _train(cfg, out, 2, *args, f"checkpoint.async={mode}", "train.stop_at=4")
+        _train(cfg, out, 2, *args, f"checkpoint.async={mode}", "--resume")
+        runs[mode] = out
+    sync, bg = (_metrics(runs[m]) for m in ("false", "true"))
+    assert [m["step"] for m in bg] == list(range(1, 7))
+    for a, b in zip(sync, bg):
+        assert (a["loss"], a["grad_norm"], a["tokens"]) == (b["loss"], b["grad_norm"], b["tokens"])
+    # every checkpoint (written in the background while later steps ran) equals the synchronous one bitwise
+    for step in (2, 4, 6):
+        states = []
+        for mode in ("false", "true"):
+            ck = os.path.join(runs[mode], "checkpoints", f"step-{step:08d}")
+            meta = dcp.FileSystemReader(ck).read_metadata().state_dict_metadata
+            state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+                     if hasattr(m, "size") and hasattr(m, "properties")}
+            dcp.load(state, storage_reader=dcp.FileSystemReader(ck), no_dist=True)
+            states.append(state)
+        assert states[0].keys() == states[1].keys() and len(states[0]) > 10
+        for k in states[0]:
+            assert torch.equal(states[0][k], states[1][k]), (step, k)
+    with open(os.path.join(runs["true"], "checkpoints", "latest")) as f:
+        assert f.read().strip() == "step-00000006"

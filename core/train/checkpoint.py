@@ -92,6 +92,18 @@ def save_sharded(root: str, step: int, write: Callable[[str], None], *, main: bo
     does the main rank rename it into place and point ``latest`` at it, so a kill at any moment leaves the
     previous checkpoint the latest complete one.
     """
+    tmp, final = begin_sharded(root, step, main=main, barrier=barrier)
+    write(tmp)
+    barrier()
+    if main:
+        publish(root, tmp, final, keep)
+    barrier()
+    return final
+
+
+def begin_sharded(root: str, step: int, *, main: bool, barrier: Callable[[], None]) -> tuple[str, str]:
+    """(temporary, final) directory of sharded checkpoint ``step``; the temporary one exists on return
+    (collective). Publish it with :func:`publish` once every rank has written its files."""
     final = os.path.join(root, step_name(step))
     tmp = os.path.join(root, f"{TMP_PREFIX}{step_name(step)}")
     if main:
@@ -99,12 +111,7 @@ def save_sharded(root: str, step: int, write: Callable[[str], None], *, main: bo
         clean_partial(root)
         os.makedirs(tmp)
     barrier()
-    write(tmp)
-    barrier()
-    if main:
-        publish(root, tmp, final, keep)
-    barrier()
-    return final
+    return tmp, final
 
 
 def publish(root: str, tmp: str, final: str, keep: int) -> None:

@@ -99,6 +99,9 @@ class CheckpointSection:
     resume_from: str | None = None  # a checkpoint dir (``--resume`` picks the newest under out_dir)
     export_bundle: bool = True  # out_dir/bundle: aromni's native bundle (at the end)
     export_hf: bool = False  # out_dir/hf: mainline-transformers Chameleon layout (core/convert.py)
+    # YAML key ``async``: sharded checkpoints are written in the background (the step loop only waits for the
+    # copy of the state); a checkpoint still appears only once complete
+    async_: bool = False
 
 
 @dataclass
@@ -127,7 +130,7 @@ class TrainConfig:
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _yaml_keys(asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
@@ -136,6 +139,17 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------
 # dict <-> dataclass with type checks
 # ----------------------------------------------------------------------------------------------
+# Python field name -> YAML key, where the YAML key is a Python keyword
+YAML_KEYS = {"async_": "async"}
+_FIELDS = {v: k for k, v in YAML_KEYS.items()}
+
+
+def _yaml_keys(d):
+    if isinstance(d, dict):
+        return {YAML_KEYS.get(k, k): _yaml_keys(v) for k, v in d.items()}
+    return d
+
+
 def _type_ok(value, tp) -> tuple[bool, Any]:
     """Check (and gently coerce) ``value`` against annotation ``tp``; returns (ok, value)."""
     if tp is Any:
@@ -170,12 +184,13 @@ def _build(cls, d: dict, where: str):
     if not isinstance(d, dict):
         raise AromniError(f"config: {where or 'top level'} must be a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
+    known = {YAML_KEYS.get(f.name, f.name): f for f in fields(cls)}
     kwargs = {}
     for k, v in d.items():
         key = f"{where}.{k}" if where else str(k)
         if k not in known:
             raise AromniError(f"config: unknown key {key!r} (known: {', '.join(known)})")
+        k = _FIELDS.get(k, k)
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             kwargs[k] = _build(tp, v if v is not None else {}, key)

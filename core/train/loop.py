@@ -164,6 +164,15 @@ class Trainer:
         self._setup_data()
         self._setup_optim()
         self.ckpt_root = os.path.join(cfg.out_dir, CKPT_DIR)
+        self.background = None
+        if cfg.checkpoint.async_:
+            if self.info.strategy == "fsdp":
+                from .async_save import BackgroundSave
+
+                self.background = BackgroundSave(self.ckpt_root, cfg.checkpoint.keep, self.info.main)
+            else:
+                self.log("checkpoint.async applies to sharded checkpoints (train.strategy fsdp on several ranks); "
+                         "this run saves synchronously")
 
     # -- setup ------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -399,14 +408,24 @@ class Trainer:
         mine = {"rng": rng_state(self.device), "data": list(self.batcher.pos)}
         info = self.info
 
-        def write(tmp: str) -> None:
-            dcp.save({"model": msd, "optim": osd}, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+        def write_small(tmp: str) -> None:
             ckpt.write_file(os.path.join(tmp, f"rank-{info.rank:05d}.pt"), mine)
             if info.main:
                 ckpt.write_file(os.path.join(tmp, "trainer.pt"), {
                     "step": self.step, "scheduler": self.sched.state_dict(), "world": info.world})
                 ckpt.write_file(os.path.join(tmp, "config.yaml"), self.cfg.to_yaml())
 
+        def write(tmp: str) -> None:
+            dcp.save({"model": msd, "optim": osd}, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+            write_small(tmp)
+
+        if self.background is not None:  # published once written (poll, finish_saves)
+            self.background.wait()
+            tmp, final = ckpt.begin_sharded(self.ckpt_root, self.step, main=info.main,
+                                            barrier=lambda: D.barrier(info))
+            write_small(tmp)
+            self.background.start({"model": msd, "optim": osd}, tmp, final)
+            return final
         return ckpt.save_sharded(self.ckpt_root, self.step, write, main=info.main,
                                  barrier=lambda: D.barrier(info), keep=self.cfg.checkpoint.keep)
 
@@ -453,6 +472,11 @@ class Trainer:
                 keep=self.cfg.checkpoint.keep)
         D.barrier(self.info)
         return path
+
+    def finish_saves(self) -> None:
+        """Wait for a checkpoint being written in the background and publish it."""
+        if self.background is not None:
+            self.background.wait()
 
     def resume(self, path: str) -> None:
         """Continue from checkpoint ``path``: model, optimizer, schedule, RNG and data position."""
@@ -657,6 +681,8 @@ class Trainer:
                         or self.step >= end:
                     path = self.save()
                     saved_at = self.step
+                if self.background is not None:
+                    self.background.poll()
                 if stop:
                     break
         finally:
@@ -666,6 +692,7 @@ class Trainer:
                 signal.signal(s, h)
         if saved_at != self.step:
             path = self.save()
+        self.finish_saves()
         res = TrainResult(self.step, cfg.out_dir, path, last=last)
         if self.stop_signal is not None:
             res.interrupted = signal.Signals(self.stop_signal).name
