@@ -1,5 +1,6 @@
-"""The commands against a server (core/client.py, core/remote_chat.py): no model code imported, options sent as
-in-process, the same bytes written, chat (REPL and --batch) the same as in-process for the same seed."""
+"""The commands against a server (core/client.py, core/remote_chat.py): no torch, numpy or model code imported,
+options sent as in-process, the same bytes written, chat (REPL and --batch) the same as in-process for the same
+seed."""
 from __future__ import annotations
 
 import io
@@ -14,7 +15,7 @@ from _server import aromni, start_server, stop
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-HEAVY = ("torch", "numpy", "PIL", "httpx", "aromni.core.decoding", "aromni.core.model")
+HEAVY = ("torch", "numpy", "httpx", "aromni.core.decoding", "aromni.core.model")  # model and array code
 
 
 def png_bytes() -> bytes:
