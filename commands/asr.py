@@ -11,6 +11,7 @@ from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Se
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      load_model, one_line, options_from, print_line)
 from aromni.core.checks import check_number
+from aromni.commands._confidence import print_answer
 from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError
 
@@ -43,6 +44,11 @@ def run(
     """Speech -> text: one line per input (JSON lines with --json). All inputs, and the windows of long
     inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
 
+    With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
+    first and lowest log-probability of the chosen tokens) and low_confidence. Without it, an answer below the
+    bundled model's calibrated threshold gets a "low confidence" warning on stderr (the input may be outside what
+    the model knows).
+
     \b
     Examples:
       aromni asr speech.wav
@@ -74,6 +80,6 @@ def run(
         raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")
     wavs = [load_audio(b, omni.speech.sample_rate, source=name, resampler=omni.speech.resampler)
             for b, name in data]
-    texts = tasks.asr(omni, wavs, opts, seed=seed, window_s=window)
-    for (_, name), t in zip(data, texts):
-        print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
+    answers = tasks.asr_answers(omni, wavs, opts, seed=seed, window_s=window)
+    for (_, name), a in zip(data, answers):
+        print_answer(name, a, json_out)

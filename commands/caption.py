@@ -10,6 +10,7 @@ from typing_extensions import Annotated
 from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Seed, Threads, batch_items, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
                                      load_model, one_line, options_from, print_line)
+from aromni.commands._confidence import print_answer
 from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError
 
@@ -43,7 +44,12 @@ def run(
     threads: Threads = None,
 ) -> None:
     """Image -> text: one caption per line (JSON lines with --json), all inputs decoded together in batches.
-    --batch FILE.jsonl takes {"image": path} per line."""
+    --batch FILE.jsonl takes {"image": path} per line.
+
+    With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
+    first and lowest log-probability of the chosen tokens) and low_confidence. Without it, a caption below the
+    bundled model's calibrated threshold gets a "low confidence" warning on stderr (the image may be outside what
+    the model knows)."""
     if batch is not None:
         if images:
             raise AromniError("give either image files or --batch, not both")
@@ -70,6 +76,6 @@ def run(
     if instruction is not None:
         omni.prompts = dict(omni.prompts or {})
         omni.prompts["instructions"] = {**(omni.prompts.get("instructions") or {}), "caption": instruction}
-    texts = tasks.caption(omni, pil, opts, seed=seed)
-    for (_, name), t in zip(data, texts):
-        print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
+    answers = tasks.caption_answers(omni, pil, opts, seed=seed)
+    for (_, name), a in zip(data, answers):
+        print_answer(name, a, json_out)

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import rerank
 from .bundle import Omni
+from .confidence import Confidence, answer_logprobs, is_low, rule, summarize
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
 from .errors import AromniError, InputError
@@ -26,6 +27,15 @@ from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
 from .segmenting import split_at_pauses, split_sentences, split_words
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
+
+
+@dataclass
+class Answer:
+    """A text answer (asr, caption) with the model's confidence in it."""
+
+    text: str
+    confidence: Confidence
+    low: bool  # below the model's calibrated threshold (core/confidence.py)
 
 
 @dataclass
@@ -213,8 +223,14 @@ def asr_windows(omni: Omni, wav: np.ndarray, opts: DecodeOptions, window_s: floa
 
 def asr(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None,
         window_s: float = ASR_WINDOW_S) -> list[str]:
-    """Speech -> text, one string per clip. Long clips are cut at silences into windows that are transcribed as
-    one batch and joined."""
+    """Speech -> text, one string per clip (see ``asr_answers``)."""
+    return [a.text for a in asr_answers(omni, wavs, opts, seed, window_s)]
+
+
+def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None,
+                window_s: float = ASR_WINDOW_S) -> list[Answer]:
+    """Speech -> text with confidence, one answer per clip. Long clips are cut at silences into windows that are
+    transcribed as one batch and joined; a clip's confidence covers the tokens of all its windows."""
     _need(omni, "speech", "asr")
     _need(omni, "text", "asr")
     opts = model_options(omni, opts, "asr")
@@ -227,25 +243,45 @@ def asr(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, s
         for w in asr_windows(omni, wav, opts, window_s):
             owner.append(k)
             prompts.append(asr_prompt(ctx, _speech_codes(omni, w)))
-    rows, _ = decode_rows(omni, prompts, opts, seed)
+    rows, gens = decode_rows(omni, prompts, opts, seed)
     texts: list[list[str]] = [[] for _ in wavs]
-    for o, r in zip(owner, rows):
+    lps: list[list[float]] = [[] for _ in wavs]
+    for o, r, lp in zip(owner, rows, _row_logprobs(gens, rows)):
         t = decode_text(omni, r)
         if t:
             texts[o].append(t)
-    return [" ".join(t) for t in texts]
+        lps[o] += answer_logprobs(r, lp, omni.vocab)
+    return _answers(omni, "asr", [" ".join(t) for t in texts], lps)
+
+
+def _row_logprobs(gens: list, rows: list[list[int]]) -> list[list[float | None]]:
+    """Per row, its tokens' log-probabilities (an engine that records none: no evidence, empty lists)."""
+    out = [lp for g in gens for lp in (g.logprobs or [[] for _ in g.tokens])]
+    return out if len(out) == len(rows) else [[] for _ in rows]
+
+
+def _answers(omni: Omni, task: str, texts: list[str], lps: list[list[float]]) -> list[Answer]:
+    limit = rule(task, omni.source)
+    return [Answer(t, c, is_low(c, limit)) for t, c in zip(texts, map(summarize, lps))]
 
 
 def caption(omni: Omni, images: list, opts: DecodeOptions | None = None, seed: int | None = None) -> list[str]:
     """Images (PIL, paths or bytes) -> one caption each."""
+    return [a.text for a in caption_answers(omni, images, opts, seed)]
+
+
+def caption_answers(omni: Omni, images: list, opts: DecodeOptions | None = None,
+                    seed: int | None = None) -> list[Answer]:
+    """Images (PIL, paths or bytes) -> one caption each, with confidence."""
     _need(omni, "image", "caption")
     _need(omni, "text", "caption")
     opts = model_options(omni, opts, "caption")
     ctx = PromptContext.of(omni)
     codes = _image_codes(omni, images)
     prompts = [caption_prompt(ctx, c.tolist()) for c in codes]
-    rows, _ = decode_rows(omni, prompts, opts, seed)
-    return [decode_text(omni, r) for r in rows]
+    rows, gens = decode_rows(omni, prompts, opts, seed)
+    lps = [answer_logprobs(r, lp, omni.vocab) for r, lp in zip(rows, _row_logprobs(gens, rows))]
+    return _answers(omni, "caption", [decode_text(omni, r) for r in rows], lps)
 
 
 # ----------------------------------------------------------------------------------------------

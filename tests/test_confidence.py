@@ -1,11 +1,16 @@
 """Confidence: per-token log-probabilities recorded by the decoder, and their summary for a text answer."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from aromni.core.confidence import BUNDLED, RULES, answer_logprobs, is_low, rule, summarize
 from aromni.core.decoding import build_masks, options_for
 from aromni.core.generate import generate
 from aromni.core.model import build_model, get_config
@@ -58,3 +63,79 @@ def test_sampled_logprobs_are_per_row_and_batch_independent(model):
     b = generate(model, V, [P(1, 2, 3, 4), P(7, 8)], opts, seeds=[9, 3])
     assert a.tokens[0] == b.tokens[1]
     assert a.logprobs[0] == pytest.approx(b.logprobs[1], abs=1e-4)
+
+
+# --- summaries and rules ------------------------------------------------------------------------
+def test_answer_logprobs_stop_at_the_first_stop_and_skip_forced():
+    toks = [V.text_start + 1, V.text_start + 2, V.eos, V.text_start + 3]
+    assert answer_logprobs(toks, [-0.1, None, -0.3, -9.0], V) == [-0.1, -0.3]
+    c = summarize([-0.1, -0.5, -0.3])
+    assert c.avg_logprob == pytest.approx(-0.3) and c.first_logprob == -0.1 and c.min_logprob == -0.5
+    assert c.tokens == 3 and c.to_dict() == {"avg_logprob": -0.3, "first_logprob": -0.1, "min_logprob": -0.5}
+    empty = summarize([])
+    assert empty.to_dict() == {"avg_logprob": None, "first_logprob": None, "min_logprob": None}
+    assert not is_low(empty, ("avg_logprob", 0.0))
+
+
+def test_rules_apply_to_the_bundled_model_only(tmp_path):
+    measure, limit = RULES["asr"]
+    assert rule("asr", BUNDLED) == (measure, limit)
+    assert rule("asr", str(tmp_path)) is None and rule("asr", "") is None
+    assert limit < 0
+    below, above = summarize([2 * limit]), summarize([limit / 2])  # one token: every measure equals it
+    assert is_low(below, rule("asr", BUNDLED)) and not is_low(above, rule("asr", BUNDLED))
+    assert not is_low(below, None)
+
+
+# --- the bundled model through the CLI ----------------------------------------------------------
+def cli(*args, input=None):
+    env = {k: v for k, v in os.environ.items() if k != "AROMNI_MODEL"} | {"OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "aromni", *args, "-q"], input=input, capture_output=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """A held-out scene of the corpus (in domain) and noise (out of domain)."""
+    import numpy as np
+    from PIL import Image
+
+    from aromni.core.corpus import scenes
+
+    d = tmp_path_factory.mktemp("pics")
+    combos = scenes.heldout_combos(0)  # the bundled model's corpus seed: scenes it never saw
+    scenes.draw(scenes.sample_scene(np.random.default_rng(0), 0.0, combos), 64).save(d / "scene.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / "noise.png")
+    return d
+
+
+@pytest.mark.slow
+def test_caption_reports_confidence_and_warns_out_of_domain(pictures):
+    scene, noise = str(pictures / "scene.png"), str(pictures / "noise.png")
+    lines = [json.loads(x) for x in cli("caption", "--json", scene, noise).stdout.decode().splitlines()]
+    assert [x["input"] for x in lines] == [scene, noise]
+    assert lines[0]["low_confidence"] is False and lines[1]["low_confidence"] is True
+    assert lines[0]["avg_logprob"] > lines[1]["avg_logprob"]
+    assert all(x["min_logprob"] <= x["avg_logprob"] <= 0 for x in lines)
+    plain = cli("caption", scene, noise)
+    assert plain.stdout.decode().splitlines() == [" ".join(x["text"].split()) for x in lines]
+    warn = [w for w in plain.stderr.decode().splitlines() if "low confidence" in w]
+    assert len(warn) == 1 and noise in warn[0] and scene not in warn[0]
+
+
+@pytest.mark.slow
+def test_asr_json_carries_confidence(tmp_path):
+    from aromni.core.corpus import speech
+
+    if speech.espeak_path() is None:
+        pytest.skip("espeak-ng is not installed")
+    from aromni.core.audio_io import write_wav
+
+    wav = speech.synthesize("the cat is sleeping", speech.Voice("en-us+m3", 165), 16000)
+    write_wav(str(tmp_path / "a.wav"), wav, 16000)
+    line = json.loads(cli("asr", "--json", str(tmp_path / "a.wav")).stdout)
+    assert line["text"] == "the cat is sleeping" and line["low_confidence"] is False
+    assert -1.0 < line["avg_logprob"] <= 0 and line["first_logprob"] <= 0

@@ -1,0 +1,25 @@
+"""Output of text answers that carry a confidence (asr, caption): JSON fields, or a stderr warning."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from aromni.commands._decode import one_line, print_line
+
+if TYPE_CHECKING:  # the tasks module imports torch: not at CLI start-up
+    from aromni.core.tasks import Answer
+
+
+def print_answer(name: str, answer: "Answer", json_out: bool) -> None:
+    """One answer for input ``name``: a JSON line with its confidence, or the text with a
+    one-line warning on stderr when the model was unsure (below its calibrated threshold)."""
+    if json_out:
+        print_line(json.dumps({"input": name, "text": answer.text, **answer.confidence.to_dict(),
+                               "low_confidence": answer.low}))
+        return
+    if answer.low:
+        c = answer.confidence
+        print(f"aromni: low confidence: {name}: token log-probability first {c.first_logprob:.2f}, average "
+              f"{c.avg_logprob:.2f}; the input may be outside what the model knows", file=sys.stderr, flush=True)
+    print_line(one_line(answer.text))

@@ -1,0 +1,196 @@
+"""Calibrate the low-confidence thresholds of `aromni asr` and `aromni caption` (core/confidence.py).
+
+    python scripts/confidence_calibration.py [--model DIR] [--n 120] [--out calib.json]
+
+In-domain: held-out lines of the model's own corpus recipe (`aromni corpus --preset default --seed 0`: held-out
+sentences and spoken captions, espeak-ng, train voices and the held-out voice; held-out scenes for captions),
+synthesised and drawn here. Out-of-domain (evaluation only, never used to set a threshold): real human speech from
+Debian packages (core/eval/real_speech.py), everyday sentences outside the corpus said by a training voice, and
+for captions pictures found on this machine (matplotlib's sample data, /usr/share/doc) plus procedural pictures
+(noise, gradients, stripes, text). The in-domain items are split in two halves: the threshold is the 5th
+percentile of the first half's score (the task's measure in core/confidence.py RULES); the report gives the share
+flagged in the second half and in each out-of-domain group, the AUROC of each measure (in-domain vs
+out-of-domain) and the in-domain share a threshold flagging 80 % of out-of-domain items would flag.
+Prints a Markdown table; --out writes every item's scores.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from aromni.core.confidence import RULES
+from aromni.core.corpus import build as B
+from aromni.core.corpus import scenes as S
+from aromni.core.corpus import speech as P
+from aromni.core.eval import real_speech
+
+EVERYDAY = (
+    "open the door and the window", "what time is it now", "please call me back tomorrow morning",
+    "i would like a cup of coffee", "turn off the lights in the kitchen", "where is the nearest train station",
+    "the meeting starts at half past nine", "can you help me with my homework", "it is going to rain this afternoon",
+    "my phone number is five five five one two three four", "set an alarm for seven thirty",
+    "how much does this jacket cost", "we are out of milk and eggs", "the children are playing in the garden",
+    "send the report to the manager", "i lost my keys somewhere in the house", "the bus is late again today",
+    "play some music in the living room", "remind me to buy flowers for my mother", "the soup is too hot to eat",
+)
+
+
+def auroc(ind: list[float], ood: list[float]) -> float:
+    """P(an in-domain score > an out-of-domain score), ties counted half (higher score = more confident)."""
+    a, b = np.asarray(ind)[:, None], np.asarray(ood)[None, :]
+    return float(((a > b).sum() + 0.5 * (a == b).sum()) / (a.size * b.size))
+
+
+def heldout_lines(tasks: tuple[str, ...]) -> list[dict]:
+    cfg = B.PRESETS["default"]
+    builders, _ = B.plan("", cfg, 0, 16000, True)
+    return [ln for ln in builders[1].lines if ln["task"] in tasks]
+
+
+def sample(items: list, n: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(items))[:n]
+    return [items[int(i)] for i in sorted(idx)]
+
+
+def asr_sets(n: int, sr: int) -> dict[str, list[tuple[str, np.ndarray]]]:
+    from aromni.core.audio_io import load_audio
+
+    lines = sample(heldout_lines(("asr",)), n, 1)
+    ind = [(ln["text"], P.synthesize(ln["text"], P.Voice(ln["voice"], ln["speed"]), sr)) for ln in lines]
+    sets = {"in-domain (held-out corpus clips)": ind}
+    voice = P.Voice(P.INPUT_VOICES[0], 165)
+    sets["espeak-ng, everyday sentences"] = [(s, P.synthesize(s, voice, sr)) for s in EVERYDAY]
+    for g in real_speech.GROUPS:
+        clips = [c for c in real_speech.clips((g,))]
+        clips = sample(clips, n, 2)
+        sets[f"real speech, {g}"] = [(c.text, load_audio(c.audio, sr, source=c.audio)) for c in clips]
+    return sets
+
+
+def procedural(n: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        kind = k % 4
+        if kind == 0:
+            a = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        elif kind == 1:
+            x = np.linspace(0, 1, 64)
+            c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            a = (c0[None, None] * (1 - x)[None, :, None] + c1[None, None] * x[None, :, None]).repeat(64, 0)
+            a = a.astype(np.uint8)
+        elif kind == 2:
+            w = int(rng.integers(2, 9))
+            a = ((np.indices((64, 64)).sum(0) // w) % 2)[..., None] * rng.integers(0, 256, 3)
+            a = a.astype(np.uint8)
+        else:
+            im = Image.new("RGB", (64, 64), tuple(int(v) for v in rng.integers(0, 256, 3)))
+            ImageDraw.Draw(im).text((4, 24), "".join(chr(int(c)) for c in rng.integers(65, 91, 6)),
+                                    fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+            out.append(im)
+            continue
+        out.append(Image.fromarray(a))
+    return out
+
+
+def found_images(n: int) -> list[tuple[str, Image.Image]]:
+    import matplotlib
+
+    pats = [os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "*.[pj]*g"),
+            "/usr/share/doc/**/*.png", "/usr/share/doc/**/*.jpg"]
+    paths = sorted({p for pat in pats for p in glob.glob(pat, recursive=True) if os.path.getsize(p) > 8000})
+    out = []
+    for p in sample(paths, n, 3):
+        try:
+            out.append((p, Image.open(p).convert("RGB")))
+        except OSError:
+            continue
+    return out
+
+
+def caption_sets(n: int) -> dict[str, list[tuple[str, Image.Image]]]:
+    lines = sample(heldout_lines(("caption",)), n, 4)
+    size = B.PRESETS["default"].image_size
+    return {"in-domain (held-out scenes)": [(ln["text"], S.draw(ln["attrs"], size)) for ln in lines],
+            "pictures found on this machine": found_images(n),
+            "procedural (noise, gradients, stripes, text)": [("", im) for im in procedural(min(n, 40), 5)]}
+
+
+MEASURES = ("avg_logprob", "first_logprob", "min_logprob")
+
+
+def report(task: str, answers: dict, quantile: float) -> tuple[list[str], dict]:
+    """Threshold from in-domain half A (the task's measure, core/confidence.py RULES); shares flagged in half B and
+    in each out-of-domain group; AUROC of every measure; the in-domain share flagged if 80 % of out-of-domain were."""
+    measure = RULES[task][0]
+    ind_name = next(iter(answers))
+    ind = answers[ind_name]
+    cal, test = ind[0::2], ind[1::2]
+
+    def score(a, key=measure):
+        return getattr(a.confidence, key)
+
+    thr = float(np.quantile([score(a) for a in cal if a.confidence.tokens], quantile))
+    rows = [f"| {task} | threshold on {measure} ({100 * quantile:.0f}th percentile of in-domain half A) "
+            f"| {thr:.3f} | {len(cal)} |"]
+    ood_all = [a for k, v in answers.items() if k != ind_name for a in v]
+    for key in MEASURES:
+        rows.append(f"| {task} | AUROC in-domain vs out-of-domain, {key} | "
+                    f"{auroc([score(a, key) for a in ind], [score(a, key) for a in ood_all]):.3f} | "
+                    f"{len(ind)} / {len(ood_all)} |")
+    t80 = float(np.quantile([score(a) for a in ood_all], 0.8))
+    share = sum(score(a) < t80 for a in ind) / max(1, len(ind))
+    rows.append(f"| {task} | in-domain flagged if the threshold flagged 80% of out-of-domain ({measure} < "
+                f"{t80:.3f}) | {100 * share:.1f}% | {len(ind)} |")
+    out = {"measure": measure, "threshold": thr, "groups": {}}
+    for name, group in [(f"{ind_name}, half B", test)] + [(k, v) for k, v in answers.items() if k != ind_name]:
+        flagged = sum(score(a) < thr for a in group)
+        rows.append(f"| {task} | flagged: {name} | {100 * flagged / max(1, len(group)):.1f}% | {len(group)} |")
+        out["groups"][name] = {"n": len(group), "flagged": flagged, "text": [a.text for a in group],
+                               **{k: [round(score(a, k), 4) for a in group] for k in MEASURES}}
+    return rows, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    ap.add_argument("--n", type=int, default=120, help="items per group (at most)")
+    ap.add_argument("--quantile", type=float, default=0.05, help="share of in-domain half A below the threshold")
+    ap.add_argument("--tasks", default="asr,caption")
+    ap.add_argument("--out", default=None, help="JSON with every item's scores")
+    a = ap.parse_args()
+    why = real_speech.available()
+    if why:
+        print(f"confidence_calibration: {why}", file=sys.stderr)
+        return 2
+    from aromni.core import tasks
+    from aromni.core.api import load
+
+    omni = load(a.model)
+    rows = ["| task | measure | value | items |", "|---|---|---|---|"]
+    out = {}
+    for task in a.tasks.split(","):
+        if task == "asr":
+            sets = asr_sets(a.n, omni.speech.sample_rate)
+            answers = {k: tasks.asr_answers(omni, [w for _, w in v], seed=0) for k, v in sets.items()}
+        else:
+            sets = caption_sets(a.n)
+            answers = {k: tasks.caption_answers(omni, [im for _, im in v], seed=0) for k, v in sets.items()}
+        r, out[task] = report(task, answers, a.quantile)
+        rows += r
+    print("\n".join(rows))
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
