@@ -89,8 +89,12 @@ class Client:
     so one client may be used from several threads."""
 
     def __init__(self, host: str, model: str | None = None, api_key: str | None = None, timeout: float = 3600.0):
-        u = urlsplit(host)
-        if u.scheme not in ("http", "https") or not u.hostname:
+        try:
+            u = urlsplit(host)
+            ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or u.port > 0)
+        except ValueError:  # a malformed address or port
+            ok = False
+        if not ok:
             raise AromniError(f"{host}: not a server URL (e.g. http://127.0.0.1:8180)")
         self.host, self.model, self.timeout = host.rstrip("/"), model, timeout
         self._scheme, self._netloc, self._base = u.scheme, u.netloc, u.path.rstrip("/")

@@ -111,6 +111,15 @@ def test_pcm16_writer_writes_the_bytes_of_audio_writer(raw, seekable, tmp_path):
     assert outs[0] == outs[1] and len(outs[0]) > 2000
 
 
+@pytest.mark.parametrize("host", ["http://[bad", "localhost:abc", "ftp://x", "http://127.0.0.1:9"])
+def test_bad_or_unreachable_host_is_one_line(host, tmp_path):
+    out = tmp_path / "x.wav"
+    r = aromni("tts", "hi", "-o", str(out), host=host)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and not out.exists(), r.stderr.decode()
+    assert ("cannot reach" if host.endswith(":9") else "not a server URL") in lines[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # the remote path imports no model code
 # ----------------------------------------------------------------------------------------------
