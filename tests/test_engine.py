@@ -104,3 +104,52 @@ def test_bad_request_fails_alone(model):
         Request(model, V, [[V.bos, 10**6]], CHAT)
     with pytest.raises(InputError):
         Request(model, V, [[]], CHAT)
+
+
+# ----------------------------------------------------------------------------------------------
+# the server's decoding thread
+# ----------------------------------------------------------------------------------------------
+def test_batcher_joins_calls_between_steps_and_drops_cancelled_rows(model):
+    """A seeded call that arrives while another decodes joins its batch (one step holds both) and decodes what
+    it decodes alone; a call whose client goes away leaves the batch at the next step."""
+    import threading
+    import time
+
+    from aromni.core.serve.batcher import Batcher, Cancelled
+
+    opts = options_for("chat", max_new_tokens=150, images=False, speech=False, stop=(), controls=())
+    long_p, join_p = [P(1, 2, 3)], [P(*range(20, 60)), P(6)]
+    want_long, want_join = alone(model, long_p, opts, [1]), alone(model, join_p, opts, [2, 3])
+    cancel = threading.Event()
+    gate = threading.Event()
+    b = Batcher(max_rows=8, cancel_of=lambda: cancel if threading.current_thread().name == "gone" else None)
+    out: dict = {}
+
+    def go(name, prompts, seeds, on_token=None):
+        try:
+            out[name] = b(model, V, prompts, opts, seeds=seeds, on_token=on_token).tokens
+        except Cancelled as e:
+            out[name] = e
+
+    first = threading.Thread(target=go, args=("long", long_p, [1], lambda r, t: gate.set()))
+    first.start()
+    gate.wait(30)  # decoding has begun
+    threads = [threading.Thread(target=go, args=("join", join_p, [2, 3])),
+               threading.Thread(target=go, args=("gone", [P(7, 8)], [4]), name="gone")]
+    for t in threads:
+        t.start()
+    t0 = time.time()
+    while b.stats.running_rows < 4 and time.time() - t0 < 30:
+        time.sleep(0.001)
+    assert b.stats.running_rows == 4  # all three calls' rows decode in one batch
+    cancel.set()
+    t0 = time.time()
+    while b.stats.running_rows > 3 and time.time() - t0 < 30:
+        time.sleep(0.001)
+    assert b.stats.running_rows <= 3  # the cancelled row left while the others decode
+    for t in [first, *threads]:
+        t.join(60)
+    b.close()
+    assert isinstance(out["gone"], Cancelled)
+    assert out["long"] == want_long and out["join"] == want_join
+    assert b.stats.max_rows == 4 and b.stats.running_rows == 0 and b.cache_rows == 0

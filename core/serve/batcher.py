@@ -1,42 +1,47 @@
-"""One thread owns a model and decodes every request's rows: decode calls that arrive while a batch runs are
-merged into the next batch.
+"""One thread owns a model and its decoding :class:`~aromni.core.engine.Engine`: decode calls that arrive while
+others decode join the running batch at its next step, and each row leaves as soon as it finishes.
 
 A :class:`Batcher` has ``generate``'s signature, so it is attached to an Omni as ``omni.engine`` and the task
-functions (tts, asr, caption, t2i, chat) decode through it unchanged. Calls with equal options are merged into
-one ``generate`` call (up to ``max_rows`` rows); each row keeps its own seed, so a seeded request gives the same
-output alone or beside others. Rows join between batches, not between steps: a row that arrives while a batch
-decodes waits for that batch to finish.
+functions (tts, asr, caption, t2i, chat) decode through it unchanged. Between two steps the thread admits the
+queued calls (up to ``max_rows`` live rows; calls of any options share steps), drops the rows of requests whose
+client went away, and hands finished calls their :class:`Generation`. Each row keeps its own seed, so a seeded
+request gives the same output alone or beside others. An engine on the compiled static step
+(``static_step``) keeps one shape per batch: calls join it between batches. ``join="batch"`` makes every call
+wait for an idle engine (batch-level joining: calls with equal options merged into the next batch).
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..generate import Generation, generate
+import torch
+
+from ..engine import Engine, Generation, Request
 
 
 class Cancelled(Exception):
-    """Raised in a request's own thread when its client went away; the rows already queued are dropped."""
+    """Raised in a request's own thread when its client went away; its rows are dropped."""
 
 
 @dataclass
 class _Call:
+    req: Request
     model: object
-    vocab: object
-    prompts: list
-    opts: object
-    seeds: list
-    on_token: Callable | None
-    on_finish: Callable | None
     cancel: threading.Event | None
+    static: bool | None
     done: threading.Event = field(default_factory=threading.Event)
     result: Generation | None = None
     error: BaseException | None = None
 
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
     def key(self) -> tuple:
-        return id(self.model), id(self.vocab), self.opts
+        return id(self.model), id(self.req.vocab), self.req.opts
 
 
 @dataclass
@@ -45,23 +50,30 @@ class Stats:
 
     queued_rows: int = 0
     running_rows: int = 0
-    batches: int = 0
+    batches: int = 0  # decoding steps
     tokens: int = 0
     decode_s: float = 0.0
     last_tokens_per_s: float = 0.0
-    rows: int = 0  # rows decoded, over all batches
-    max_rows: int = 0  # the largest batch so far
+    rows: int = 0  # rows decoded, summed over steps (rows / batches: the mean batch size)
+    max_rows: int = 0  # the most rows in one step so far
 
 
 class Batcher:
     """A decoding thread for one model. ``batcher(model, vocab, prompts, opts, seeds=, on_token=, on_finish=)``
     blocks the calling thread until its rows are decoded and returns their :class:`Generation`."""
 
-    def __init__(self, max_rows: int = 16, cancel_of: Callable[[], threading.Event | None] | None = None):
+    def __init__(self, max_rows: int = 16, cancel_of: Callable[[], threading.Event | None] | None = None,
+                 join: str = "step"):
+        if join not in ("step", "batch"):
+            raise ValueError(f"join must be 'step' or 'batch' (got {join!r})")
         self.max_rows = max(1, int(max_rows))
         self.cancel_of = cancel_of or (lambda: None)
+        self.join = join
         self.stats = Stats()
         self._pending: list[_Call] = []
+        self._running: list[_Call] = []
+        self._engine: Engine | None = None
+        self._recent: deque = deque()  # (time, tokens) of the last second's steps
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="aromni-batcher", daemon=True)
@@ -72,8 +84,9 @@ class Batcher:
         cancel = self.cancel_of()
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
-        call = _Call(model, vocab, [list(p) for p in prompts], opts, seeds, on_token, on_finish, cancel)
+        if not prompts:
+            return Generation([], [])
+        call = _Call(Request(model, vocab, prompts, opts, seeds, on_token, on_finish), model, cancel, static)
         with self._cv:
             if self._stop:
                 raise Cancelled()
@@ -83,15 +96,16 @@ class Batcher:
         call.done.wait()
         if call.error is not None:
             raise call.error
-        if cancel is not None and cancel.is_set():
+        if call.cancelled:
             raise Cancelled()
         return call.result
 
     def close(self) -> None:
-        """Stop after the running batch; queued calls fail with :class:`Cancelled`."""
+        """Stop admitting: queued calls fail with :class:`Cancelled`, running ones decode to their end."""
         with self._cv:
             self._stop = True
             pending, self._pending = self._pending, []
+            self.stats.queued_rows = 0
             self._cv.notify()
         for c in pending:
             c.error = Cancelled()
@@ -99,112 +113,123 @@ class Batcher:
         self._thread.join(timeout=60)
 
     @property
+    def cache_rows(self) -> int:
+        """KV cache rows held by live streams (a CFG row holds three)."""
+        with self._cv:
+            return self._engine.cache_rows if self._engine is not None else 0
+
+    @property
     def busy(self) -> bool:
         with self._cv:
-            return bool(self._pending) or self.stats.running_rows > 0
+            return bool(self._pending) or bool(self._running)
 
     # ------------------------------------------------------------------------------------------
     def _take(self) -> list[_Call] | None:
-        """The oldest call and every queued call with the same options that fits beside it."""
+        """The queued calls to admit now (None: stop). Waits while there is nothing to do."""
         with self._cv:
-            while not self._pending and not self._stop:
+            while not self._pending and not self._running and not self._stop:
                 self._cv.wait()
-            if self._stop:
+            if self._stop and not self._running:
                 return None
-            first = self._pending.pop(0)
-            group, rows, rest = [first], len(first.prompts), []
+            eng = self._engine
+            idle = eng is None or eng.idle
+            if self.join == "batch" and not idle:
+                return []
+            live = eng.live_rows if eng is not None else 0
+            take, rows, rest = [], live, []
             for c in self._pending:
-                if c.key() == first.key() and rows + len(c.prompts) <= self.max_rows:
-                    group.append(c)
-                    rows += len(c.prompts)
+                n = len(c.req.rows)
+                if c.cancelled:
+                    c.error = Cancelled()
+                    c.done.set()
+                    self.stats.queued_rows -= n
+                    continue
+                fits = rows + n <= self.max_rows or (idle and not take)
+                if self.join == "batch":
+                    ok = fits and (not take or c.key() == take[0].key())
+                else:  # first come, first served: a call that cannot join now holds the ones behind it
+                    ok = (fits and not rest and (idle or (c.model is eng.model and eng.accepts(c.req.opts)))
+                          and (not take or c.model is take[0].model))
+                if ok:
+                    take.append(c)
+                    rows += n
+                    self.stats.queued_rows -= n
                 else:
                     rest.append(c)
             self._pending = rest
-            live = [c for c in group if not (c.cancel is not None and c.cancel.is_set())]
-            for c in group:
-                if c not in live:
-                    c.error = Cancelled()
-                    c.done.set()
-            n = sum(len(c.prompts) for c in group)
-            self.stats.queued_rows -= n
-            self.stats.running_rows = sum(len(c.prompts) for c in live)
-            return live
+            return take
 
+    @torch.no_grad()
     def _loop(self) -> None:
         while True:
-            group = self._take()
-            if group is None:
+            take = self._take()
+            if take is None:
                 return
-            if not group:
-                continue
-            try:
-                self._run(group)
-            finally:
-                with self._cv:
-                    self.stats.running_rows = 0
-                for c in group:
-                    c.done.set()
-
-    def _run(self, group: list[_Call]) -> None:
-        if len(group) == 1:
-            self._run_one(group[0])
-            return
-        first = group[0]
-        owner: list[tuple[_Call, int]] = [(c, b) for c in group for b in range(len(c.prompts))]
-        failed: set[int] = set()
-
-        def relay(attr: str):
-            def cb(row: int, *args) -> None:
-                c, b = owner[row]
-                fn = getattr(c, attr)
-                if fn is None or id(c) in failed:
-                    return
+            t0 = time.perf_counter()
+            if take:
+                self._admit(take)
+            ended: list[Request] = []
+            tokens = 0
+            if self._engine is not None and not self._engine.idle:
+                before = sum(c.req.gen.new_tokens for c in self._running)
+                live = self._engine.live_rows
                 try:
-                    fn(b, *args)
-                except BaseException as e:  # noqa: BLE001 - one request's callback must not stop the others
-                    failed.add(id(c))
-                    c.error = e
-            return cb
+                    ended = self._engine.step()
+                except Exception as e:  # noqa: BLE001 - the engine's own failure fails every running call
+                    for c in self._running:
+                        c.req.error = e
+                    ended = [c.req for c in self._running]
+                    self._engine = None
+                tokens = sum(c.req.gen.new_tokens for c in self._running) - before
+                self._account(live, tokens, time.perf_counter() - t0)
+            self._settle(ended)
 
-        t0 = time.perf_counter()
+    def _admit(self, take: list[_Call]) -> None:
+        model = take[0].model
+        if self._engine is None or (self._engine.idle and self._engine.model is not model):
+            self._engine = Engine(model)
         try:
-            g = generate(first.model, first.vocab, [p for c in group for p in c.prompts], first.opts,
-                         seeds=[s for c in group for s in c.seeds], on_token=relay("on_token"),
-                         on_finish=relay("on_finish"))
-        except Exception:  # noqa: BLE001 - an input error of one call: decode each call alone to find whose
-            for c in group:
-                if id(c) not in failed:
-                    c.error = None
-                    self._run_one(c)
-            return
-        self._account(g, time.perf_counter() - t0)
-        k = 0
+            self._engine.admit([c.req for c in take], take[0].static)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: these calls fail, the running ones go on
+            for c in take:
+                c.req.error = e
+                c.req.finished = True
+            if self._engine.idle:
+                self._engine = None
         with self._cv:
-            self.stats.max_rows = max(self.stats.max_rows, len(owner))
-            self.stats.rows += len(owner) - 1  # _account counted one
-        for c in group:
-            n = len(c.prompts)
-            c.result = Generation(g.tokens[k: k + n], g.finish[k: k + n], prompt_tokens=sum(map(len, c.prompts)),
-                                  new_tokens=sum(len(t) for t in g.tokens[k: k + n]), prefill_s=g.prefill_s,
-                                  decode_s=g.decode_s, first_token_s=g.first_token_s, steps=g.steps)
-            k += n
+            self._running += take
+        self._settle([c.req for c in take if c.req.finished])
 
-    def _run_one(self, c: _Call) -> None:
-        t0 = time.perf_counter()
-        try:
-            g = generate(c.model, c.vocab, c.prompts, c.opts, seeds=c.seeds, on_token=c.on_token,
-                         on_finish=c.on_finish)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            c.error = e
+    def _settle(self, ended: list[Request]) -> None:
+        """Hand ended calls their results; drop the rows of calls whose client went away."""
+        done = {id(r) for r in ended}
+        for c in self._running:
+            if id(c.req) not in done and c.cancelled:
+                self._engine.cancel(c.req)
+                c.req.error = Cancelled()
+                done.add(id(c.req))
+        if not done:
             return
-        self._account(g, time.perf_counter() - t0)
-        c.result = g
-
-    def _account(self, g: Generation, wall: float) -> None:
         with self._cv:
-            self.stats.batches += 1
-            self.stats.rows += 1
-            self.stats.max_rows = max(self.stats.max_rows, 1)
-            self.stats.tokens += g.new_tokens
-            self.stats.decode_s += wall
-            self.stats.last_tokens_per_s = g.new_tokens / wall if wall > 0 else 0.0
+            finished = [c for c in self._running if id(c.req) in done]
+            self._running = [c for c in self._running if id(c.req) not in done]
+            self.stats.running_rows = self._engine.live_rows if self._engine is not None else 0
+        for c in finished:
+            c.error, c.result = c.req.error, c.req.gen
+            c.done.set()
+
+    def _account(self, rows: int, tokens: int, wall: float) -> None:
+        now = time.perf_counter()
+        with self._cv:
+            s = self.stats
+            s.batches += 1
+            s.rows += rows
+            s.max_rows = max(s.max_rows, rows)
+            s.tokens += tokens
+            s.decode_s += wall
+            s.running_rows = self._engine.live_rows if self._engine is not None else 0
+            self._recent.append((now, tokens))
+            while self._recent and now - self._recent[0][0] > 1.0:
+                self._recent.popleft()
+            span = now - self._recent[0][0] + wall if self._recent else 0.0
+            s.last_tokens_per_s = sum(t for _, t in self._recent) / span if span > 0 else 0.0
