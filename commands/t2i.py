@@ -61,6 +61,16 @@ def run(
     image_greedy: ImageGreedy = None,
     image_top_p: Annotated[Optional[float], typer.Option("--image-top-p", help="Image nucleus mass.")] = None,
     image_top_k: Annotated[Optional[int], typer.Option("--image-top-k", help="Image top-k (0 = off).")] = None,
+    scale: Annotated[Optional[int], typer.Option(
+        "--scale", help="Write the picture this many times larger (1: the model's own pixels). Default: the "
+                        "smallest whole factor giving at least 256 px (8x for the bundled model's 32 px pictures).",
+        show_default=False)] = None,
+    size: Annotated[Optional[int], typer.Option(
+        "--size", help="Write the picture with its longer side this many pixels (instead of --scale).",
+        show_default=False)] = None,
+    upscale_filter: Annotated[str, typer.Option(
+        "--upscale", help="How to enlarge: nearest (each pixel a sharp block, exactly as generated) or lanczos "
+                          "(smooth).")] = "nearest",
     max_new_tokens: MaxNew = None,
     compat: Compat = False,
     batch_size: BatchSize = 8,
@@ -78,14 +88,19 @@ def run(
 ) -> None:
     """Text -> PNG image(s). One image goes to stdout or -o FILE; several (--n, --batch) to -o with a {i}
     pattern or to --out-dir. Image i samples with seed --seed + i; CFG runs its three streams in one batch.
+    Small pictures are written enlarged to at least 256 px (--scale, --size, --upscale).
     --batch FILE.jsonl takes {"text": ..., "output"?: name} per line (a name must stay inside --out-dir).
 
     \b
     Examples:
       aromni t2i "a large red circle on the left" > circle.png
       aromni t2i --n 4 -o cat_{i}.png "a cat"
+      aromni t2i --scale 1 "a small blue square" > native.png
     """
     check_number("n", n)
+    from aromni.core import upscale
+
+    upscale.check(scale, size, upscale_filter)
     names = None
     if batch is not None:
         if text is not None:
@@ -115,6 +130,7 @@ def run(
             make_dir(out_dir)
         omni = load_model(model, device, dtype, quiet, seed, quant)
         pngs = [_png(img) for img in tasks.t2i(omni, texts, n=n, opts=opts, seed=seed)]
+    pngs = [upscale.upscale_png(d, scale, size, upscale_filter) for d in pngs]
     for i, (data, path) in enumerate(zip(pngs, paths)):
         if path != "-":
             make_dir(os.path.dirname(path) or ".")

@@ -122,7 +122,15 @@ def test_t2i_stdout_patterns_and_seeds(tiny_bundle, tmp_path):
 
     one = aromni(tiny_bundle, "t2i", "a red square", "--seed", "5").stdout
     im = Image.open(io.BytesIO(one))
-    assert im.format == "PNG" and im.size == (16, 16)
+    assert im.format == "PNG" and im.size == (256, 256)  # the tiny model's 16 px, enlarged 16x by default
+    native = Image.open(io.BytesIO(aromni(tiny_bundle, "t2i", "a red square", "--seed", "5", "--scale", "1").stdout))
+    assert native.size == (16, 16)
+    assert native.resize((256, 256), Image.Resampling.NEAREST).tobytes() == im.convert(native.mode).tobytes()
+    smooth = aromni(tiny_bundle, "t2i", "a red square", "--seed", "5", "--size", "100", "--upscale", "lanczos")
+    assert Image.open(io.BytesIO(smooth.stdout)).size == (100, 100)
+    for bad in (["--scale", "0"], ["--scale", "2", "--size", "64"], ["--upscale", "bicubic"]):
+        r = aromni(tiny_bundle, "t2i", "a red square", "-o", str(tmp_path / "bad.png"), *bad, check=False)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and not (tmp_path / "bad.png").exists()
     aromni(tiny_bundle, "t2i", "a red square", "--n", "2", "-o", str(tmp_path / "x_{i}.png"), "--seed", "5",
            "--batch-size", "1")
     a, b = (tmp_path / "x_0.png").read_bytes(), (tmp_path / "x_1.png").read_bytes()
