@@ -156,6 +156,10 @@ class Trainer:
         dev = D.local_device(resolve_device(cfg.train.device))
         self.info = D.init(cfg.train.strategy, dev)
         self.device = dev
+        if dev.type == "cpu" and cfg.train.release_memory:
+            from .malloc import release_freed_tensors
+
+            release_freed_tensors()
         self.vocab = omni.vocab
         self.stop_signal: int | None = None
         self.step = 0
