@@ -227,6 +227,50 @@ def test_generate_endpoint_streams_ids(server):
     assert whole["tokens"] == done["tokens"]
 
 
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_rows_join_mid_decode_and_a_disconnected_client_leaves(server):
+    """A request that arrives while another decodes joins its batch at once (its first tokens come while the
+    other is still decoding); when its client goes away its rows leave at the next step, long before their budget,
+    and the request beside them ends with the tokens it gives alone."""
+    opts = {"max_new_tokens": 300, "stop": [], "controls": ["ins", "res"], "images": False, "speech": False}
+    first = {"sequences": [[0, 5, 6, 7]], "task": "text", "seed": 4, "stream": False, "options": opts}
+    alone = httpx.post(server + "/v1/aromni/generate", json=first, timeout=300).json()["tokens"]
+    assert len(alone[0]) == 300  # nothing ends these rows but their budget
+    got: dict = {}
+    a = threading.Thread(target=lambda: got.setdefault("a", httpx.post(
+        server + "/v1/aromni/generate", json=first, timeout=300).json()["tokens"]))
+    tokens0 = metric(server, "aromni_generated_tokens_total")
+    a.start()
+    t0 = time.time()
+    while metric(server, "aromni_running_rows") < 1 and time.time() - t0 < 30:
+        time.sleep(0.01)
+    second = {"sequences": [[0, 8, 9], [0, 3, 4]], "task": "text", "seed": 5, "options": opts}
+    most = 0
+    with httpx.stream("POST", server + "/v1/aromni/generate", json=second, timeout=300) as r:
+        assert r.status_code == 200
+        n = 0
+        for line in r.iter_lines():
+            n += bool(line)
+            most = max(most, metric(server, "aromni_running_rows"))
+            if n >= 6:
+                break
+        assert a.is_alive()  # the second request's tokens came while the first decodes
+    assert most == 3  # one batch: 1 + 2 rows
+    while metric(server, "aromni_running_rows") > 1 and time.time() - t0 < 60:
+        time.sleep(0.01)
+    assert a.is_alive()  # the disconnected rows left while the first request still decodes
+    a.join(300)
+    assert got["a"] == alone
+    generated = metric(server, "aromni_generated_tokens_total") - tokens0 - 300
+    assert generated < 300, generated  # the two rows stopped long before their 2 x 300 tokens
+
+
 # ----------------------------------------------------------------------------------------------
 # bad requests: the right 4xx in OpenAI's shape, and the server keeps serving
 # ----------------------------------------------------------------------------------------------
