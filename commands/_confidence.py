@@ -19,7 +19,6 @@ def print_answer(name: str, answer: "Answer", json_out: bool) -> None:
                                "low_confidence": answer.low}))
         return
     if answer.low:
-        c = answer.confidence
-        print(f"aromni: low confidence: {name}: token log-probability first {c.first_logprob:.2f}, average "
-              f"{c.avg_logprob:.2f}; the input may be outside what the model knows", file=sys.stderr, flush=True)
+        print(f"aromni: low confidence: {name}: {answer.why_low}; the input may be outside what the model knows",
+              file=sys.stderr, flush=True)
     print_line(one_line(answer.text))

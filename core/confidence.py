@@ -63,6 +63,18 @@ def rule(task: str, source: str) -> tuple[str, float] | None:
     return RULES.get(task)
 
 
+LABELS = {"avg_logprob": "average token log-probability", "first_logprob": "first token's log-probability",
+          "min_logprob": "lowest token log-probability"}
+
+
+def why_low(c: Confidence, limit: tuple[str, float] | None) -> str:
+    """Why ``c`` is low under ``limit`` ("" when it is not)."""
+    if not is_low(c, limit):
+        return ""
+    measure, value = limit
+    return f"{LABELS[measure]} {getattr(c, measure):.2f} is below {value:.3f}"
+
+
 def is_low(c: Confidence, limit: tuple[str, float] | None) -> bool:
     """Whether ``c`` falls below ``limit`` (an answer with no chosen token is never flagged)."""
     return limit is not None and c.tokens > 0 and getattr(c, limit[0]) < limit[1]

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import rerank
 from .bundle import Omni
-from .confidence import Confidence, answer_logprobs, is_low, rule, summarize
+from .confidence import Confidence, answer_logprobs, rule, summarize, why_low
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
 from .errors import AromniError, InputError
@@ -35,7 +35,11 @@ class Answer:
 
     text: str
     confidence: Confidence
-    low: bool  # below the model's calibrated threshold (core/confidence.py)
+    why_low: str = ""  # why the confidence is below the model's calibrated rule (core/confidence.py); "" if not
+
+    @property
+    def low(self) -> bool:
+        return bool(self.why_low)
 
 
 @dataclass
@@ -262,7 +266,7 @@ def _row_logprobs(gens: list, rows: list[list[int]]) -> list[list[float | None]]
 
 def _answers(omni: Omni, task: str, texts: list[str], lps: list[list[float]]) -> list[Answer]:
     limit = rule(task, omni.source)
-    return [Answer(t, c, is_low(c, limit)) for t, c in zip(texts, map(summarize, lps))]
+    return [Answer(t, c, why_low(c, limit)) for t, c in zip(texts, map(summarize, lps))]
 
 
 def caption(omni: Omni, images: list, opts: DecodeOptions | None = None, seed: int | None = None) -> list[str]:
