@@ -34,7 +34,7 @@ COMMANDS = [
     ("serve", "serve", "Serve models over an OpenAI-compatible HTTP API (models stay loaded)."),
 ]
 
-app = typer.Typer(
+_app = typer.Typer(
     name="aromni",
     help="AR-Omni toolkit: one autoregressive transformer over text, image and speech tokens.",
     add_completion=False,
@@ -52,18 +52,41 @@ def _unavailable(name: str, err: BaseException):
     return run
 
 
-def _register() -> None:
+_registered: set[str] = set()
+
+
+def _register(only: str | None = None) -> None:
     # A command whose module cannot import a dependency stays listed and says why; any other error in a
-    # command's module is a bug and fails loudly.
+    # command's module is a bug and fails loudly. ``only``: register just that command (a run of one command
+    # imports no other command's module and builds no other command's parameters).
     for name, module, short in COMMANDS:
+        if (only is not None and name != only) or name in _registered:
+            continue
         try:
             fn = importlib.import_module(f"aromni.commands.{module}").run
         except ImportError as e:
             fn = _unavailable(name, e)
-        app.command(name=name, help=(fn.__doc__ or short), short_help=short)(fn)
+        _app.command(name=name, help=(fn.__doc__ or short), short_help=short)(fn)
+        _registered.add(name)
 
 
-_register()
+def _command_of(args: list[str]) -> str | None:
+    """The command named by a command line (its first argument that is not a root option), if it is one."""
+    for a in args:
+        if a in ("-h", "--help", "--version"):
+            return None
+        if not a.startswith("-"):
+            return a if a in {c[0] for c in COMMANDS} else None
+    return None
+
+
+def __getattr__(name: str):
+    # ``app`` with every command, for callers that use the app object itself (man pages, tests)
+    if name == "app":
+        _register()
+        globals()["app"] = _app
+        return _app
+    raise AttributeError(name)
 
 
 def _version(value: bool) -> None:
@@ -72,7 +95,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@_app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.", envvar="AROMNI_DEBUG"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
@@ -139,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not the main thread (embedded use): leave signals alone
         pass
     try:
-        rv = app(args=argv, prog_name="aromni", standalone_mode=False)
+        _register(_command_of(sys.argv[1:] if argv is None else argv))
+        rv = _app(args=argv, prog_name="aromni", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
     except SystemExit:
         if "PacifyFlushWrapper" in type(sys.stdout).__name__:  # click turned a BrokenPipeError into exit 1
