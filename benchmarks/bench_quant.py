@@ -137,62 +137,124 @@ def step_times(config: str, rounds: int, steps: int = 32) -> tuple[float, float,
     return statistics.median(fp), statistics.median(i8), statistics.median(f / t for f, t in zip(fp, i8))
 
 
-def agreement(kernels=("int_mm", "dequant")) -> dict[str, tuple[float, float]]:
-    """Greedy TTS, T2I and caption runs of the bundled model on held-out prompts, fp32 vs int8 with each CPU
-    kernel: (share of fp32's tokens the int8 run reproduces position by position, share of fp32's greedy
-    steps where int8 picks the same next token given fp32's history)."""
-    import copy
+def eval_prompts(data: str | None, n: int) -> dict[str, list]:
+    """Held-out prompts of an ``aromni corpus`` manifest, up to ``n`` per task: TTS texts (the held-out
+    sentences), T2I texts and caption images. ``data`` None: a corpus without speech is built in a temporary
+    folder (``preset="ci"`` with 48 held-out scenes, seed 0)."""
+    import json
     import os
-    import sys
+    import tempfile
 
+    from PIL import Image
+
+    from aromni.core.corpus.build import build_corpus
+
+    tmp = None
+    if data is None:
+        tmp = tempfile.TemporaryDirectory()
+        build_corpus(tmp.name, seed=0, preset="ci", speech=False, heldout_scenes=48, max_sentences=200)
+        data = os.path.join(tmp.name, "heldout.jsonl")
+    with open(data) as f:
+        rows = [json.loads(line) for line in f]
+    rows = [r for r in rows if r.get("split", "heldout") == "heldout"]
+    out = {"tts": [r["text"] for r in rows if r["task"] == "text"][:n],
+           "t2i": [r["text"] for r in rows if r["task"] == "t2i"][:n],
+           "caption": [Image.open(os.path.join(os.path.dirname(data), r["image"])).convert("RGB")
+                       for r in rows if r["task"] == "caption"][:n]}
+    if tmp is not None:
+        tmp.cleanup()
+    return out
+
+
+def greedy_runs(omni, prompts: dict[str, list]) -> list[tuple[str, list[int], list[int]]]:
+    """(task, prompt, response) of every greedy decode (one candidate) of TTS, T2I and caption on ``prompts``."""
     from aromni.core import tasks
-    from aromni.core.api import load
-    from aromni.core.corpus import scenes
     from aromni.core.decoding import options_for
     from aromni.core.generate import generate
-    from aromni.core.quant import Int8Linear, quantize
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from test_default_model import HELDOUT_SCENES
+    log: list = []
+    task = [""]
 
-    texts = ["a small green triangle in the centre", "a small yellow star on the left",
-             "a large green star on the right"]
+    def engine(model, vocab, ps, opts, **kw):
+        g = generate(model, vocab, ps, opts, **kw)
+        log.extend((task[0], list(p), list(t)) for p, t in zip(ps, g.tokens))
+        return g
+    omni.engine = engine
+    task[0] = "tts"
+    for t in prompts["tts"]:
+        tasks.tts(omni, t, options_for("tts", greedy=True, candidates=1), seed=0)
+    task[0] = "t2i"
+    tasks.t2i(omni, prompts["t2i"], opts=options_for("t2i", image_greedy=True, candidates=1), seed=0)
+    task[0] = "caption"
+    tasks.caption(omni, prompts["caption"], options_for("caption", greedy=True), seed=0)
+    return log
 
-    def run(omni) -> list:
-        log: list = []
 
-        def engine(model, vocab, prompts, opts, **kw):
-            g = generate(model, vocab, prompts, opts, **kw)
-            log.extend((list(p), list(t)) for p, t in zip(prompts, g.tokens))
-            return g
-        omni.engine = engine
-        for t in texts:
-            tasks.tts(omni, t, options_for("tts", greedy=True), seed=0)
-        tasks.t2i(omni, texts, opts=options_for("t2i", image_greedy=True), seed=0)
-        tasks.caption(omni, [scenes.draw(x) for x in HELDOUT_SCENES], options_for("caption", greedy=True), seed=0)
-        return log
+def agreement_of(fp, q, ref: list, got: list) -> dict[str, tuple[float, float, int]]:
+    """Per task and ``"all"``: (share of fp32's tokens the quantised run reproduces position by position,
+    share of fp32's greedy steps where the quantised model picks the same next token given fp32's history,
+    fp32's token count)."""
+    acc: dict[str, list[int]] = {}
+    with torch.inference_mode():
+        for (task, p, t), (_, _, t8) in zip(ref, got):
+            ids = torch.tensor([p + t])
+            a = fp.model(ids)[0, len(p) - 1:-1].argmax(-1)
+            b = q.model(ids)[0, len(p) - 1:-1].argmax(-1)
+            for k in (task, "all"):
+                r = acc.setdefault(k, [0, 0, 0])
+                r[0] += sum(x == y for x, y in zip(t, t8))
+                r[1] += int((a == b).sum())
+                r[2] += len(t)
+    return {k: (f / n, s / n, n) for k, (f, s, n) in acc.items()}
 
+
+def agreement(variants: list[str], data: str | None = None, n: int = 48) -> dict[str, dict]:
+    """Greedy agreement of each int8 ``variants`` (see ``quant_variants``) with fp32 on the bundled model."""
+    import copy
+
+    from aromni.core.api import load
+    from quant_variants import build as build_variant
+
+    prompts = eval_prompts(data, n)
     fp = load(None, device="cpu", dtype="fp32")
-    ref = run(fp)
+    ref = greedy_runs(fp, prompts)
     out = {}
-    for k in kernels:
+    for v in variants:
         q = copy.copy(fp)
-        q.model = quantize(copy.deepcopy(fp.model), "int8")
-        for m in q.model.modules():
-            if isinstance(m, Int8Linear):
-                m.kernel = k
-        got = run(q)
-        same = free = total = 0
-        with torch.inference_mode():
-            for (p, t), (_, t8) in zip(ref, got):
-                ids = torch.tensor([p + t])
-                a = fp.model(ids)[0, len(p) - 1:-1].argmax(-1)
-                b = q.model(ids)[0, len(p) - 1:-1].argmax(-1)
-                same += int((a == b).sum())
-                free += sum(x == y for x, y in zip(t, t8))
-                total += len(t)
-        out[k] = (free / total, same / total)
+        q.model = build_variant(v, copy.deepcopy(fp.model))
+        out[v] = agreement_of(fp, q, ref, greedy_runs(q, prompts))
     return out
+
+
+def variant_steps(variants: list[str], rounds: int, steps: int = 32) -> dict[str, tuple[float, float]]:
+    """Bundled model batch-1 decode step of fp32 and each variant, interleaved: {name: (median ms, median
+    per-round speed-up over fp32)}."""
+    import copy
+
+    from aromni.core.api import load
+    from quant_variants import build as build_variant
+
+    m = load(None, device="cpu", dtype="fp32", tokenizers=False).model
+    models = {"fp32": m} | {v: build_variant(v, copy.deepcopy(m)) for v in variants}
+    ids = torch.randint(0, m.cfg.vocab_size, (1, steps + 8), generator=torch.Generator().manual_seed(0))
+
+    def run(model) -> float:
+        st = model.setup_cache(1, steps + 8)
+        model(ids[:, :8], st)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            model(ids[:, 8 + i: 9 + i], st)
+        return (time.perf_counter() - t0) / steps * 1000
+
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for mod in models.values():
+            run(mod)
+        for _ in range(rounds):
+            for k, mod in models.items():
+                times[k].append(run(mod))
+    return {k: (statistics.median(ts), statistics.median(f / t for f, t in zip(times["fp32"], ts)))
+            for k, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,6 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-time", type=float, default=0.02, help="seconds per timed sample")
     ap.add_argument("--no-kernels", action="store_true", help="skip the kernel table")
     ap.add_argument("--agreement", action="store_true", help="also the bundled model's greedy agreement (slow)")
+    ap.add_argument("--variants", default="int8",
+                    help="comma-separated int8 variants for --agreement and their decode step (quant_variants.py)")
+    ap.add_argument("--data", default=None, help="held-out manifest for --agreement (default: a corpus built here)")
+    ap.add_argument("--prompts", type=int, default=48, help="held-out prompts per task for --agreement")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -215,9 +281,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# {cfg} batch-1 decode step, {a.threads} thread(s): fp32 {fp:.2f} ms, int8 {i8:.2f} ms "
               f"({ratio:.2f}x)", flush=True)
     if a.agreement:
-        for k, (free, forced) in agreement().items():
-            print(f"# bundled model greedy, int8 kernel {k}: {free:.3f} of fp32's tokens reproduced, "
-                  f"{forced:.3f} of its next-token choices (teacher-forced)", flush=True)
+        names = a.variants.split(",")
+        steps = variant_steps(names, max(3, a.rounds))
+        print(f"# bundled model, greedy, {a.prompts} held-out prompts per task; free-running = fp32 tokens "
+              f"reproduced, forced = same next-token choice given fp32's history; step: batch-1 decode, "
+              f"{a.threads} thread(s), interleaved, fp32 {steps['fp32'][0]:.2f} ms", flush=True)
+        print("| variant | tts free / forced | t2i free / forced | caption free / forced | all free / forced "
+              "| step ms (speed-up) |")
+        print("|---|---|---|---|---|---|")
+        for v, res in agreement(names, a.data, a.prompts).items():
+            cells = [f"{res[k][0]:.1%} / {res[k][1]:.1%}" for k in ("tts", "t2i", "caption", "all")]
+            print(f"| {v} | " + " | ".join(cells) + f" | {steps[v][0]:.2f} ({steps[v][1]:.2f}x) |", flush=True)
     if a.no_kernels:
         return
     print(f"# {a.threads} thread(s), {a.rounds} interleaved rounds, torch {torch.__version__}")

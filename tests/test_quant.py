@@ -1,5 +1,5 @@
 """core/quant.py: int8 and int4 linear layers, ``load(quant=...)``, ``--quant`` on the CLI, and the bundled model's
-greedy decisions in int8 against fp32."""
+greedy output in int8 against fp32."""
 from __future__ import annotations
 
 import copy
@@ -96,47 +96,65 @@ def test_cli_quant_option(tiny_bundle, tmp_path):
     assert QUANT_CHOICES == QUANTS
 
 
-@pytest.mark.slow
-def test_bundled_model_int8_greedy_decisions_match_fp32():
-    """Greedy TTS, T2I and caption runs of fp32 on held-out prompts; int8 (load(quant="int8")) must pick the same
-    next token on >= 95 % of those steps (teacher-forced), and its own free-running output must share most of
-    fp32's tokens."""
+def _greedy_runs(omni, prompts: dict) -> list[tuple[str, list[int], list[int]]]:
+    """(task, prompt, response) of every greedy decode (one candidate) of TTS, T2I and caption on ``prompts``."""
     from aromni.core import tasks
-    from aromni.core.api import load
-    from aromni.core.corpus import scenes
     from aromni.core.decoding import options_for
     from aromni.core.generate import generate
-    from test_default_model import HELDOUT_SCENES
 
-    texts = ["a small green triangle in the centre", "a small yellow star on the left"]
+    log: list = []
+    task = [""]
 
-    def run(omni) -> list[tuple[list[int], list[int]]]:
-        log: list = []
+    def engine(model, vocab, ps, opts, **kw):
+        g = generate(model, vocab, ps, opts, **kw)
+        log.extend((task[0], list(p), list(t)) for p, t in zip(ps, g.tokens))
+        return g
+    omni.engine = engine
+    task[0] = "tts"
+    for t in prompts["tts"]:
+        tasks.tts(omni, t, options_for("tts", greedy=True, candidates=1), seed=0)
+    task[0] = "t2i"
+    tasks.t2i(omni, prompts["t2i"], opts=options_for("t2i", image_greedy=True, candidates=1), seed=0)
+    task[0] = "caption"
+    tasks.caption(omni, prompts["caption"], options_for("caption", greedy=True), seed=0)
+    return log
 
-        def engine(model, vocab, prompts, opts, **kw):
-            g = generate(model, vocab, prompts, opts, **kw)
-            log.extend((list(p), list(t)) for p, t in zip(prompts, g.tokens))
-            return g
-        omni.engine = engine
-        for t in texts:
-            tasks.tts(omni, t, options_for("tts", greedy=True), seed=0)
-        tasks.t2i(omni, texts, opts=options_for("t2i", image_greedy=True), seed=0)
-        tasks.caption(omni, [scenes.draw(a) for a in HELDOUT_SCENES[:2]], options_for("caption", greedy=True), seed=0)
-        return log
 
+def test_bundled_model_int8_greedy_output_against_fp32(tmp_path):
+    """Greedy TTS, T2I and caption of the bundled model on held-out prompts of the synthetic corpus, int8
+    (load(quant="int8")) against fp32. Measured on 24 prompts per task (docs/performance.md): TTS and caption
+    reproduce every fp32 token; T2I reproduces 76 % of fp32's image codes free-running (a greedy image that
+    departs once continues differently) and makes the same choice at 98 % of fp32's steps; on the 8 prompts
+    here 65 % and 97 % (6 s on one core)."""
+    import json
+
+    from PIL import Image
+
+    from aromni.core.api import load
+    from aromni.core.corpus.build import build_corpus
+
+    build_corpus(str(tmp_path), seed=0, preset="ci", speech=False, heldout_scenes=8, max_sentences=40)
+    rows = [json.loads(line) for line in (tmp_path / "heldout.jsonl").read_text().splitlines()]
+    prompts = {"tts": [r["text"] for r in rows if r["task"] == "text"][:3],
+               "t2i": [r["text"] for r in rows if r["task"] == "t2i"][:8],
+               "caption": [Image.open(tmp_path / r["image"]).convert("RGB") for r in rows if r["task"] == "caption"]}
     fp = load(None, device="cpu", dtype="fp32")
     q8 = load(None, device="cpu", dtype="fp32", quant="int8")
     assert any(isinstance(m, Int8Linear) for m in q8.model.modules())
-    ref, got = run(fp), run(q8)
-    same = total = free = 0
+    ref, got = _greedy_runs(fp, prompts), _greedy_runs(q8, prompts)
+    acc: dict[str, list[int]] = {}
     with torch.inference_mode():
-        for (p, t), (_, t8) in zip(ref, got):
+        for (task, p, t), (_, _, t8) in zip(ref, got):
             ids = torch.tensor([p + t])
             a = fp.model(ids)[0, len(p) - 1:-1].argmax(-1)
             b = q8.model(ids)[0, len(p) - 1:-1].argmax(-1)
-            same += int((a == b).sum())
-            total += len(t)
-            free += sum(x == y for x, y in zip(t, t8))
-    assert total > 200
-    assert same / total >= 0.95, same / total
-    assert free / total >= 0.7, free / total
+            r = acc.setdefault(task, [0, 0, 0])
+            r[0] += sum(x == y for x, y in zip(t, t8))
+            r[1] += int((a == b).sum())
+            r[2] += len(t)
+    free = {k: f / n for k, (f, _, n) in acc.items()}
+    forced = {k: s / n for k, (_, s, n) in acc.items()}
+    assert acc["t2i"][2] >= 8 * 64 and acc["tts"][2] > 50 and acc["caption"][2] > 30, acc
+    assert free["tts"] >= 0.95 and free["caption"] >= 0.95, free
+    assert forced["t2i"] >= 0.95, forced
+    assert free["t2i"] >= 0.5, free
