@@ -57,8 +57,8 @@ _registered: set[str] = set()
 
 def _register(only: str | None = None) -> None:
     # A command whose module cannot import a dependency stays listed and says why; any other error in a
-    # command's module is a bug and fails loudly. ``only``: register just that command (a run of one command
-    # imports no other command's module and builds no other command's parameters).
+    # command's module is a bug and fails loudly. ``only``: register just that command, "" none (a run of one
+    # command imports no other command's module and builds no other command's parameters).
     for name, module, short in COMMANDS:
         if (only is not None and name != only) or name in _registered:
             continue
@@ -71,9 +71,12 @@ def _register(only: str | None = None) -> None:
 
 
 def _command_of(args: list[str]) -> str | None:
-    """The command named by a command line (its first argument that is not a root option), if it is one."""
+    """The command a command line runs: its first argument that is not a root option, if that is a command;
+    ``""`` (none) for ``--version``; None (all of them: help or an error lists them) otherwise."""
     for a in args:
-        if a in ("-h", "--help", "--version"):
+        if a == "--version":
+            return ""
+        if a in ("-h", "--help"):
             return None
         if not a.startswith("-"):
             return a if a in {c[0] for c in COMMANDS} else None
