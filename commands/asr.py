@@ -45,7 +45,8 @@ def run(
     inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
 
     With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
-    first and lowest log-probability of the chosen tokens) and low_confidence. Without it, an answer below the
+    first and lowest log-probability of the chosen tokens), codec_error (how badly the speech codec represents
+    the audio) and low_confidence. Without it, an answer below the
     bundled model's calibrated threshold gets a "low confidence" warning on stderr (the input may be outside what
     the model knows).
 

@@ -1,12 +1,14 @@
 """How sure the model was of a text answer, from the log-probabilities of the tokens it chose (like Whisper's
-``avg_logprob``), and the per-task rule below which an answer is flagged as low confidence.
+``avg_logprob``) and, for ASR, how well its codec covers the audio (codec_fit.py); and the per-task rules under
+which an answer is flagged as low confidence.
 
 The rules were calibrated on the bundled model (scripts/confidence_calibration.py, docs/evaluation.md,
-"Confidence"): each task's most separating measure, with its threshold at the 5th percentile of held-out in-domain
-answers, so about one in twenty in-domain answers is flagged. For ASR that measure is the first token's
-log-probability: this model picks a whole corpus sentence with its first words, and out-of-domain speech shows as
-doubt there, while the rest of a wrong sentence follows confidently. The rules hold for that model only: other
-models' answers carry their confidence but are never flagged.
+"Confidence"): each task's most separating measures, with thresholds at percentiles of held-out in-domain answers
+so that about one in twenty in-domain answers is flagged. For ASR these are the first token's log-probability
+(this model picks a whole corpus sentence with its first words: foreign input shows as doubt there, while the
+rest of a wrong sentence follows confidently) and the codec error (real human speech fits a codec trained on
+synthetic voices badly). The rules hold for that model only: other models' answers carry their numbers but are
+never flagged.
 """
 from __future__ import annotations
 
@@ -17,23 +19,32 @@ from dataclasses import dataclass
 from .vocab import VocabLayout
 
 BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "default")
-# task -> (Confidence field, threshold): below it, "low confidence" (bundled model; docs/evaluation.md)
-RULES: dict[str, tuple[str, float]] = {"asr": ("first_logprob", -0.861), "caption": ("avg_logprob", -0.036)}
+# task -> rules (Confidence field, "<" or ">", threshold); any rule that holds flags the answer (bundled model)
+RULES: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "asr": (("first_logprob", "<", -0.8735), ("codec_error", ">", 0.0169)),
+    "caption": (("avg_logprob", "<", -0.0364),),
+}
+LABELS = {"avg_logprob": "average token log-probability", "first_logprob": "first token's log-probability",
+          "min_logprob": "lowest token log-probability", "codec_error": "codec error"}
 
 
 @dataclass(frozen=True)
 class Confidence:
-    """Summary of the chosen tokens of one answer (forced tokens excluded)."""
+    """Summary of the chosen tokens of one answer (forced tokens excluded), and for speech the codec's fit."""
 
     avg_logprob: float  # mean natural log-probability per token
     first_logprob: float  # the first token's
     min_logprob: float  # the least likely token's
     tokens: int  # tokens the summary covers
+    codec_error: float | None = None  # speech input: relative quantisation error (codec_fit.py)
 
     def to_dict(self) -> dict:
-        """JSON fields (None where no token was chosen)."""
+        """JSON fields (log-probabilities None where no token was chosen; codec_error only for speech)."""
         keys = ("avg_logprob", "first_logprob", "min_logprob")
-        return {k: round(getattr(self, k), 4) if self.tokens else None for k in keys}
+        out = {k: round(getattr(self, k), 4) if self.tokens else None for k in keys}
+        if self.codec_error is not None:
+            out["codec_error"] = round(self.codec_error, 4)
+        return out
 
 
 def answer_logprobs(tokens: list[int], logprobs: list[float | None], vocab: VocabLayout) -> list[float]:
@@ -48,33 +59,28 @@ def answer_logprobs(tokens: list[int], logprobs: list[float | None], vocab: Voca
     return out
 
 
-def summarize(logprobs: list[float]) -> Confidence:
+def summarize(logprobs: list[float], codec_error: float | None = None) -> Confidence:
     """Confidence of an answer from its tokens' log-probabilities (an empty list: no evidence, -inf)."""
     if not logprobs:
-        return Confidence(-math.inf, -math.inf, -math.inf, 0)
-    return Confidence(sum(logprobs) / len(logprobs), logprobs[0], min(logprobs), len(logprobs))
+        return Confidence(-math.inf, -math.inf, -math.inf, 0, codec_error)
+    return Confidence(sum(logprobs) / len(logprobs), logprobs[0], min(logprobs), len(logprobs), codec_error)
 
 
-def rule(task: str, source: str) -> tuple[str, float] | None:
-    """The low-confidence rule (measure, threshold) for ``task`` of the model loaded from ``source``: the
-    calibrated one for the bundled model, None (never flagged) for any other."""
+def rules(task: str, source: str) -> tuple[tuple[str, str, float], ...]:
+    """The low-confidence rules for ``task`` of the model loaded from ``source``: the calibrated ones for the
+    bundled model, none (never flagged) for any other."""
     if not source or os.path.realpath(source) != os.path.realpath(BUNDLED):
-        return None
-    return RULES.get(task)
+        return ()
+    return RULES.get(task, ())
 
 
-LABELS = {"avg_logprob": "average token log-probability", "first_logprob": "first token's log-probability",
-          "min_logprob": "lowest token log-probability"}
-
-
-def why_low(c: Confidence, limit: tuple[str, float] | None) -> str:
-    """Why ``c`` is low under ``limit`` ("" when it is not)."""
-    if not is_low(c, limit):
-        return ""
-    measure, value = limit
-    return f"{LABELS[measure]} {getattr(c, measure):.2f} is below {value:.3f}"
-
-
-def is_low(c: Confidence, limit: tuple[str, float] | None) -> bool:
-    """Whether ``c`` falls below ``limit`` (an answer with no chosen token is never flagged)."""
-    return limit is not None and c.tokens > 0 and getattr(c, limit[0]) < limit[1]
+def why_low(c: Confidence, limits: tuple[tuple[str, str, float], ...]) -> str:
+    """Why ``c`` is low under ``limits`` (the first rule that holds), or "" when none does. A measure without a
+    value (no chosen token, no audio) holds no rule."""
+    for measure, op, value in limits:
+        x = getattr(c, measure)
+        if x is None or (measure != "codec_error" and not c.tokens):
+            continue
+        if (x < value) if op == "<" else (x > value):
+            return f"{LABELS[measure]} {x:.3f} is {'below' if op == '<' else 'above'} {value:.3f}"
+    return ""

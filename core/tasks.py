@@ -14,7 +14,8 @@ import numpy as np
 
 from . import rerank
 from .bundle import Omni
-from .confidence import Confidence, answer_logprobs, rule, summarize, why_low
+from .codec_fit import codec_error
+from .confidence import Confidence, answer_logprobs, rules, summarize, why_low
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
 from .errors import AromniError, InputError
@@ -234,12 +235,14 @@ def asr(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, s
 def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None,
                 window_s: float = ASR_WINDOW_S) -> list[Answer]:
     """Speech -> text with confidence, one answer per clip. Long clips are cut at silences into windows that are
-    transcribed as one batch and joined; a clip's confidence covers the tokens of all its windows."""
+    transcribed as one batch and joined; a clip's confidence covers the tokens of all its windows, its codec error
+    is the windows' mean weighted by their length."""
     _need(omni, "speech", "asr")
     _need(omni, "text", "asr")
     opts = model_options(omni, opts, "asr")
     ctx = PromptContext.of(omni)
     owner, prompts = [], []
+    fit = np.zeros((len(wavs), 2))  # per clip: sum of window length * codec error, total length (0: no error)
     for k, wav in enumerate(wavs):
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)
         if wav.size == 0:
@@ -247,6 +250,9 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
         for w in asr_windows(omni, wav, opts, window_s):
             owner.append(k)
             prompts.append(asr_prompt(ctx, _speech_codes(omni, w)))
+            e = codec_error(omni.speech, w)
+            if e is not None:
+                fit[k] += (w.size * e, w.size)
     rows, gens = decode_rows(omni, prompts, opts, seed)
     texts: list[list[str]] = [[] for _ in wavs]
     lps: list[list[float]] = [[] for _ in wavs]
@@ -255,7 +261,8 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
         if t:
             texts[o].append(t)
         lps[o] += answer_logprobs(r, lp, omni.vocab)
-    return _answers(omni, "asr", [" ".join(t) for t in texts], lps)
+    errors = [float(a / n) if n else None for a, n in fit]
+    return _answers(omni, "asr", [" ".join(t) for t in texts], lps, errors)
 
 
 def _row_logprobs(gens: list, rows: list[list[int]]) -> list[list[float | None]]:
@@ -264,9 +271,11 @@ def _row_logprobs(gens: list, rows: list[list[int]]) -> list[list[float | None]]
     return out if len(out) == len(rows) else [[] for _ in rows]
 
 
-def _answers(omni: Omni, task: str, texts: list[str], lps: list[list[float]]) -> list[Answer]:
-    limit = rule(task, omni.source)
-    return [Answer(t, c, why_low(c, limit)) for t, c in zip(texts, map(summarize, lps))]
+def _answers(omni: Omni, task: str, texts: list[str], lps: list[list[float]],
+             codec_errors: list[float | None] | None = None) -> list[Answer]:
+    limits = rules(task, omni.source)
+    errors = codec_errors or [None] * len(texts)
+    return [Answer(t, c, why_low(c, limits)) for t, c in zip(texts, map(summarize, lps, errors))]
 
 
 def caption(omni: Omni, images: list, opts: DecodeOptions | None = None, seed: int | None = None) -> list[str]:

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from aromni.core.confidence import BUNDLED, RULES, answer_logprobs, is_low, rule, summarize
+from aromni.core.confidence import BUNDLED, RULES, answer_logprobs, rules, summarize, why_low
 from aromni.core.decoding import build_masks, options_for
 from aromni.core.generate import generate
 from aromni.core.model import build_model, get_config
@@ -74,17 +74,22 @@ def test_answer_logprobs_stop_at_the_first_stop_and_skip_forced():
     assert c.tokens == 3 and c.to_dict() == {"avg_logprob": -0.3, "first_logprob": -0.1, "min_logprob": -0.5}
     empty = summarize([])
     assert empty.to_dict() == {"avg_logprob": None, "first_logprob": None, "min_logprob": None}
-    assert not is_low(empty, ("avg_logprob", 0.0))
+    assert why_low(empty, (("avg_logprob", "<", 0.0),)) == ""
 
 
 def test_rules_apply_to_the_bundled_model_only(tmp_path):
-    measure, limit = RULES["asr"]
-    assert rule("asr", BUNDLED) == (measure, limit)
-    assert rule("asr", str(tmp_path)) is None and rule("asr", "") is None
-    assert limit < 0
-    below, above = summarize([2 * limit]), summarize([limit / 2])  # one token: every measure equals it
-    assert is_low(below, rule("asr", BUNDLED)) and not is_low(above, rule("asr", BUNDLED))
-    assert not is_low(below, None)
+    asr = rules("asr", BUNDLED)
+    assert asr == RULES["asr"] and rules("asr", str(tmp_path)) == () and rules("asr", "") == ()
+    (m1, op1, t1), (m2, op2, t2) = asr
+    assert (m1, op1, m2, op2) == ("first_logprob", "<", "codec_error", ">") and t1 < 0 < t2
+    ok = summarize([t1 / 2], codec_error=t2 / 2)
+    assert why_low(ok, asr) == "" and why_low(summarize([2 * t1], codec_error=t2 / 2), asr).startswith("first token")
+    assert why_low(summarize([t1 / 2], codec_error=2 * t2), asr).startswith("codec error")
+    # no chosen token: the log-probability rules stay silent, the codec rule still speaks
+    assert why_low(summarize([], codec_error=t2 / 2), asr) == ""
+    assert why_low(summarize([], codec_error=2 * t2), asr).startswith("codec error")
+    assert why_low(summarize([2 * t1]), ()) == ""
+    assert summarize([-0.1], codec_error=0.01234).to_dict()["codec_error"] == 0.0123
 
 
 # --- the bundled model through the CLI ----------------------------------------------------------
@@ -138,4 +143,17 @@ def test_asr_json_carries_confidence(tmp_path):
     write_wav(str(tmp_path / "a.wav"), wav, 16000)
     line = json.loads(cli("asr", "--json", str(tmp_path / "a.wav")).stdout)
     assert line["text"] == "the cat is sleeping" and line["low_confidence"] is False
-    assert -1.0 < line["avg_logprob"] <= 0 and line["first_logprob"] <= 0
+    assert -1.0 < line["avg_logprob"] <= 0 and line["first_logprob"] <= 0 and 0 < line["codec_error"] < 0.0169
+
+
+@pytest.mark.slow
+def test_asr_warns_on_real_human_speech():
+    from aromni.core.eval import real_speech
+
+    if real_speech.available():
+        pytest.skip(real_speech.available())
+    clip = next(c for c in real_speech.clips(("librivox",)))
+    r = cli("asr", clip.audio)
+    warn = [w for w in r.stderr.decode().splitlines() if "low confidence" in w]
+    assert len(warn) == 1 and clip.audio in warn[0] and "codec error" in warn[0]
+    assert r.stdout.decode().strip()  # the transcript is still printed
