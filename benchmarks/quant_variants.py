@@ -12,7 +12,9 @@
   weight error, then as ``int8``;
 - ``smooth-w2``: SmoothQuant (alpha 0.5) on the input of ``w2``, from the per-channel maxima of a forward pass
   over random tokens; folded into ``w3``'s rows and ``w2``'s columns (no cost per call), then as ``int8``;
-- ``w16a16``: two int8 planes per weight (value + residual, 2 bytes a weight) and ``act2`` activations.
+- ``w16a16``: two int8 planes per weight (value + residual, 2 bytes a weight) and ``act2`` activations;
+- ``bf16-weights``: a reference, not a quantisation: every linear weight rounded to bf16 (8-bit mantissa),
+  computed in fp32.
 """
 from __future__ import annotations
 
@@ -141,6 +143,14 @@ def _smooth_w2(model: nn.Module, alpha: float = 0.5, tokens: int = 256) -> nn.Mo
     return quantize(model, "int8")
 
 
+def _bf16_weights(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m) is nn.Linear:
+                m.weight.copy_(m.weight.bfloat16().float())
+    return model
+
+
 def _dequant(weight: torch.Tensor) -> Int8Linear:
     lin = Int8Linear(weight)
     lin.kernel = "dequant"
@@ -157,6 +167,7 @@ VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mse-clip": lambda m: _replace(m, lambda n, w: _mse_clip(w)),
     "smooth-w2": _smooth_w2,
     "w16a16": lambda m: _replace(m, lambda n, w: W16A16Linear(w)),
+    "bf16-weights": _bf16_weights,
 }
 
 
