@@ -14,7 +14,7 @@ import numpy as np
 
 from . import rerank
 from .bundle import Omni
-from .codec_fit import codec_error
+from .codec_fit import encode_with_error
 from .confidence import Confidence, answer_logprobs, rules, summarize, why_low
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
@@ -249,8 +249,8 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
             raise InputError(f"clip {k + 1} holds no samples")
         for w in asr_windows(omni, wav, opts, window_s):
             owner.append(k)
-            prompts.append(asr_prompt(ctx, _speech_codes(omni, w)))
-            e = codec_error(omni.speech, w)
+            codes, e = encode_with_error(omni.speech, w)
+            prompts.append(asr_prompt(ctx, codes))
             if e is not None:
                 fit[k] += (w.size * e, w.size)
     rows, gens = decode_rows(omni, prompts, opts, seed)

@@ -157,3 +157,20 @@ def test_asr_warns_on_real_human_speech():
     warn = [w for w in r.stderr.decode().splitlines() if "low confidence" in w]
     assert len(warn) == 1 and clip.audio in warn[0] and "codec error" in warn[0]
     assert r.stdout.decode().strip()  # the transcript is still printed
+
+
+def test_codec_error_comes_with_the_same_codes():
+    import numpy as np
+
+    from aromni.core.api import load
+    from aromni.core.codec_fit import codec_error, encode_with_error
+    from aromni.core.errors import InputError
+
+    omni = load(None)
+    t = np.arange(16000) / 16000
+    wav = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    codes, err = encode_with_error(omni.speech, wav)
+    assert codes == omni.speech.encode(wav).tolist()
+    assert err == codec_error(omni.speech, wav) and 0 < err < 1
+    with pytest.raises(InputError):
+        encode_with_error(omni.speech, np.full(800, np.nan, dtype=np.float32))
