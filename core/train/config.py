@@ -86,7 +86,8 @@ class TrainSection:
     precision: str = "auto"  # auto: bf16 where native (GPU; CPU with avx512_bf16/amx_bf16), else fp32 | bf16 | fp32
     strategy: str = "auto"  # auto: ddp when launched on several ranks | none | ddp | fsdp
     compile: bool = False  # torch.compile each transformer block
-    release_memory: bool = True  # CPU: freed tensors leave the resident memory at once (core/train/malloc.py)
+    release_memory: bool = False  # CPU: freed tensors leave the resident memory at once (core/train/malloc.py):
+    #                               a lower peak RSS, slower steps (see docs/training.md)
     lora: dict | None = None  # {rank: 16, alpha: 32, dropout: 0, targets: [wq, wk, wv, wo, w1, w2, w3]}: base frozen
     log_every: int = 1
     eval_every: int = 0  # 0: validate only at the end (when data.heldout is set)
