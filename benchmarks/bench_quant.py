@@ -17,7 +17,11 @@ per-round speed-up over fp32, plus its relative output error ``|y - y_fp32| / |y
     python benchmarks/bench_quant.py --threads 2 --rounds 20
 
 It also prints the 7B model's weight memory per format (from shapes), the int8 logits drift of a random
-100M-shaped model, and the batch-1 decode step of the bundled and the 100M model in fp32 and int8.
+100M-shaped model, and the batch-1 decode step of the bundled and the 100M model in fp32 and int8. With
+``--agreement`` it compares the bundled model's greedy output (TTS, T2I, caption on held-out corpus prompts) of
+fp32 and each int8 variant of ``--variants`` (``quant_variants.py``), with each variant's decode-step speed-up:
+
+    python benchmarks/bench_quant.py --agreement --no-kernels --prompts 24 --variants int8,int8-no-w2,w16a16
 """
 from __future__ import annotations
 
