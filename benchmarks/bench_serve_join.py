@@ -1,12 +1,16 @@
-"""Per-step joining vs batch-level joining in `aromni serve`: N seeded TTS requests arriving staggered.
+"""Per-step joining vs batch-level joining in `aromni serve`: N seeded requests arriving staggered.
 
 Two servers run the bundled model side by side: one as shipped (a request's rows join the running batch at its
 next step) and one whose decoding thread admits calls only into an idle engine (``Batcher(join="batch")``: the
 rows of a call that arrives while a batch decodes wait for that batch to end, calls with equal options merged).
 Runs alternate between them (A B, B A, ...); each run sends N requests ``--gap`` seconds apart and times from the
-first send to the last answer. Both servers must return the same bytes for the same seed.
+first send to the last answer. Both servers must return the same audio bytes or token ids for the same seed.
 
-    python benchmarks/bench_serve_join.py [--runs 3] [--n 16] [--gap 0.2]
+``--task tts``: request i speaks a short sentence (the bundled model speaks three words per decode call, so a
+request is a few short calls). ``--task text``: request i decodes ``--tokens`` text tokens from a 4-token prompt
+through /v1/aromni/generate (one long call; no stop token).
+
+    python benchmarks/bench_serve_join.py [--task tts|text] [--runs 3] [--n 16] [--gap 0.2] [--tokens 200]
 """
 from __future__ import annotations
 
@@ -61,14 +65,24 @@ def start(mode: str) -> tuple[subprocess.Popen, str]:
     return p, url
 
 
-def burst(url: str, texts: list[str], gap: float) -> tuple[float, list[bytes], float]:
+def request(task: str, i: int, text: str, tokens: int) -> tuple[str, dict]:
+    if task == "tts":
+        return "/v1/audio/speech", {"input": text, "seed": i, "response_format": "pcm"}
+    opts = {"max_new_tokens": tokens, "stop": [], "controls": ["ins", "res"], "images": False, "speech": False}
+    return "/v1/aromni/generate", {"sequences": [[0, 5 + i % 50, 6, 7]], "task": "text", "seed": i, "stream": False,
+                                   "options": opts}
+
+
+def burst(url: str, reqs: list[tuple[str, dict]], gap: float) -> tuple[float, list[bytes], float]:
     """Wall seconds from the first send to the last answer, the answers, and the mean batch size."""
-    out: list = [None] * len(texts)
+    out: list = [None] * len(reqs)
 
     def one(i: int) -> None:
-        r = httpx.post(url + "/v1/audio/speech", json={"input": texts[i], "seed": i, "response_format": "pcm"},
-                       timeout=600)
-        out[i] = r.content if r.status_code == 200 else r.status_code
+        r = httpx.post(url + reqs[i][0], json=reqs[i][1], timeout=600)
+        if r.status_code != 200:
+            out[i] = r.status_code
+        else:  # the audio, or the token ids (the answer also holds timings)
+            out[i] = r.content if reqs[i][0] == "/v1/audio/speech" else str(r.json()["tokens"]).encode()
 
     def metric(name: str) -> float:
         for ln in httpx.get(url + "/metrics").text.splitlines():
@@ -77,7 +91,7 @@ def burst(url: str, texts: list[str], gap: float) -> tuple[float, list[bytes], f
         return 0.0
 
     b0, r0 = metric("aromni_batches_total"), metric("aromni_batched_rows_total")
-    th = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+    th = [threading.Thread(target=one, args=(i,)) for i in range(len(reqs))]
     t0 = time.perf_counter()
     for i, t in enumerate(th):
         time.sleep(max(0.0, t0 + i * gap - time.perf_counter()))
@@ -94,8 +108,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--gap", type=float, default=0.2)
+    ap.add_argument("--task", choices=("tts", "text"), default="tts")
+    ap.add_argument("--tokens", type=int, default=200)
     a = ap.parse_args()
     texts = (TEXTS * ((a.n + len(TEXTS) - 1) // len(TEXTS)))[: a.n]
+    reqs = [request(a.task, i, t, a.tokens) for i, t in enumerate(texts)]
     servers = {m: start(m) for m in ("step", "batch")}
     walls: dict = {"step": [], "batch": []}
     rows: dict = {"step": [], "batch": []}
@@ -103,7 +120,7 @@ def main() -> None:
     try:
         for run in range(a.runs):
             for mode in (("step", "batch") if run % 2 == 0 else ("batch", "step")):
-                wall, out, mean_rows = burst(servers[mode][1], texts, a.gap)
+                wall, out, mean_rows = burst(servers[mode][1], reqs, a.gap)
                 bad = [x for x in out if not isinstance(x, bytes)]
                 if bad:
                     raise SystemExit(f"{mode}: failed requests {bad}")
@@ -117,7 +134,9 @@ def main() -> None:
     same = answers["step"] == answers["batch"]
     ratios = [b / s for s, b in zip(walls["step"], walls["batch"])]
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores visible), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print(f"{a.n} seeded TTS requests {a.gap:g}s apart, {a.runs} interleaved pairs; same bytes in both modes: {same}")
+    what = "TTS" if a.task == "tts" else f"text ({a.tokens} tokens)"
+    print(f"{a.n} seeded {what} requests {a.gap:g}s apart, {a.runs} interleaved pairs; same outputs in both modes: "
+          f"{same}")
     for m in ("step", "batch"):
         print(f"  join per {m:5s}: wall {statistics.median(walls[m]):.2f}s median {[round(x, 2) for x in walls[m]]}, "
               f"{a.n / statistics.median(walls[m]):.2f} requests/s, mean rows per step "

@@ -167,6 +167,9 @@ class Engine:
         """Prefill ``reqs`` and make their rows decode from the next step. Into an idle engine: one left-padded
         batch, decoded with the static step when ``static`` (default: ``static_step`` of the first request's
         options); into a running one: prefilled apart and placed in free cache rows ending at ``L``."""
+        t0 = time.perf_counter()
+        for r in reqs:
+            r.t0 = t0
         reqs = [r for r in reqs if not self._finish_if_empty(r)]
         if not reqs:
             return
