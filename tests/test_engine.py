@@ -153,3 +153,18 @@ def test_batcher_joins_calls_between_steps_and_drops_cancelled_rows(model):
     assert isinstance(out["gone"], Cancelled)
     assert out["long"] == want_long and out["join"] == want_join
     assert b.stats.max_rows == 4 and b.stats.running_rows == 0 and b.cache_rows == 0
+
+
+def test_static_step_batch_equals_eager_and_admits_only_when_idle(model):
+    """The fixed-shape step (the one torch.compile captures) over the whole cache, finished rows idling: the same
+    tokens as the eager engine; such an engine takes no rows until its batch ends."""
+    prompts = [P(1, 2, 3), P(4, 5, 6, 7, 8, 9, tail=[V.boa]), P(7, 7, tail=[V.eoh, V.boi])]
+    for opts in (CHAT, T2I, options_for("asr", max_new_tokens=12)):
+        eager = generate(model, V, prompts, opts, seeds=[1, 2, 3], static=False).tokens
+        assert generate(model, V, prompts, opts, seeds=[1, 2, 3], static=True).tokens == eager
+    eng = Engine(model)
+    with torch.no_grad():
+        eng.admit([Request(model, V, prompts[:1], CHAT, seeds=[1])], static=True)
+        eng.step()
+    assert eng.static and not eng.accepts(CHAT)
+    assert Engine(model).accepts(CHAT.replace(compile=True))
