@@ -72,7 +72,8 @@ def test_text_pipeline_composes_into_an_image_and_speech(tmp_path):
     png = (tmp_path / "x.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # one candidate of t2i decodes the same prompt with the same seed: the same picture
-    aromni("t2i", "a red circle", "--candidates", "1", "--seed", "3", "-o", "t.png", "-q", cwd=tmp_path)
+    aromni("t2i", "a red circle", "--candidates", "1", "--seed", "3", "--scale", "1", "-o", "t.png", "-q",
+           cwd=tmp_path)
     assert (tmp_path / "t.png").read_bytes() == png
     r = shell('aromni tokenize-text "i have three cats" | aromni generate --task tts | aromni detok -o s.wav',
               tmp_path)

@@ -19,6 +19,13 @@ def current_cancel() -> threading.Event | None:
     return getattr(_local, "cancel", None)
 
 
+def _retrieve(f: asyncio.Future) -> None:
+    """Mark a job's error as seen: a request that stopped waiting (client gone, timeout) must not make asyncio
+    print the abandoned job's traceback; the request's own answer already says what happened."""
+    if not f.cancelled():
+        f.exception()
+
+
 class Runner:
     def __init__(self, max_active: int, max_queue: int):
         self.max_active, self.max_queue = max_active, max_queue
@@ -49,7 +56,9 @@ class Runner:
                 with self._lock:
                     self.active -= 1
 
-        return asyncio.wrap_future(self.pool.submit(job))
+        fut = asyncio.wrap_future(self.pool.submit(job))
+        fut.add_done_callback(_retrieve)
+        return fut
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
