@@ -354,7 +354,7 @@ class Engine:
         for r in list(self.requests):
             try:
                 self._choose(r, feed)
-            except BaseException as e:  # noqa: BLE001 - a callback's error ends its own request only
+            except Exception as e:  # noqa: BLE001 - a callback's error ends its own request only (Ctrl-C ends all)
                 r.error = e
             if r.error is not None or not r.live_rows:
                 self._retire(r)

@@ -249,11 +249,18 @@ def test_usage_errors_are_one_line():
 
 
 # --- signals -----------------------------------------------------------------------------------
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal. A test run started in the background inherits SIGINT ignored,
+    and Python then leaves it ignored (as it should), so the child would never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_leaves_no_partial_file(tmp_path, sig, code):
     out = tmp_path / "speech.wav"
     p = subprocess.Popen([sys.executable, "-m", "aromni", "tts", "-o", str(out), "--max-speech-tokens", "1000",
-                          "--sample"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT)
+                          "--sample"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT,
+                         preexec_fn=default_sigint)
     p.stdin.write(("This sentence is spoken. " * 40).encode())
     p.stdin.close()
     deadline = time.time() + 90
@@ -274,7 +281,7 @@ def test_asr_of_several_files_interrupted_is_not_success(tiny_bundle, tmp_path):
         paths.append(tmp_path / f"{i}.wav")
         sf.write(paths[-1], (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 16000)
     p = subprocess.Popen([sys.executable, "-m", "aromni", "asr", "-m", tiny_bundle, *map(str, paths)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT, preexec_fn=default_sigint)
     line = p.stderr.readline()  # "loaded ..." once the model is in memory
     assert b"loaded" in line
     p.send_signal(signal.SIGINT)
