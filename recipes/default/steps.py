@@ -711,6 +711,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--decode", required=True, help="decode.yaml: its tts section sets how the LM speaks")
     p.add_argument("--limit", type=int, default=None, help="at most N texts (the first of a seeded shuffle)")
+    p = sub.add_parser("codec-corpus", help="many-voice, augmented training clips for the speech codec")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=3000, help="clips")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("rerun-compare")
     p.add_argument("a")
     p.add_argument("b")
@@ -735,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
         write_ceilings(a.heldout, a.out, dict(t.split("=", 1) for t in a.tokenizers), a.judge, a.limit)
     elif a.cmd == "self-asr":
         write_self_asr(a.bundle, a.train, a.out, a.decode, a.limit)
+    elif a.cmd == "codec-corpus":
+        from aromni.core.corpus.codec_data import CodecCorpusConfig, write_codec_corpus
+
+        print(write_codec_corpus(a.out, CodecCorpusConfig(n_clips=a.n, seed=a.seed)))
     elif a.cmd == "rerun-compare":
         res = rerun_compare(a.a, a.b)
         if a.out:
