@@ -22,8 +22,7 @@ from aromni.core.eval import real_speech
 
 def synthetic_clips(out: str, voices: list[str], n: int) -> list:
     """``n`` held-out corpus sentences (the first of the held-out split) said by each voice, as WAV clips."""
-    import soundfile as sf
-
+    from aromni.core.audio_io import write_wav
     from aromni.core.corpus import sentences, voices as V
 
     _, held = sentences.split_sentences(0)
@@ -33,7 +32,7 @@ def synthetic_clips(out: str, voices: list[str], n: int) -> list:
         for i, text in enumerate(held[:n]):
             path = os.path.join(out, f"{v.replace(':', '_')}_{i:03d}.wav")
             if not os.path.exists(path):
-                sf.write(path, V.synthesize(v, sentences.written(text), 16000), 16000)
+                write_wav(path, V.synthesize(v, sentences.written(text), 16000), 16000)
             items.append(real_speech.Clip(path, text, f"voice {v}"))
     return items
 

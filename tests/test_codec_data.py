@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import soundfile as sf
 
 from aromni.core.corpus import codec_data as C
+from aromni.core.corpus.augment import augment
 from aromni.core.corpus.voices import Voice
 
 VOICES = [Voice("espeak-ng", "en-us"), Voice("espeak-ng", "en-gb+f3"), Voice("flite", "slt"), Voice("flite", "rms"),
@@ -27,6 +29,10 @@ def test_plan_is_seeded_mixes_engines_words_and_augmentation_and_never_uses_held
     assert all(set(it["text"].split()) <= set(words) and 4 <= len(it["text"].split()) <= 12 for it in said_words)
     aug = sum(it["augment_seed"] is not None for it in a) / 400
     assert 0.65 < aug < 0.85 and all(0.85 <= it["speed"] <= 1.2 for it in a)
+    # the manifest's chain is the one render applies
+    wav = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    for it in [x for x in a if x["augment_seed"] is not None][:5]:
+        assert C.chain_of(it) == augment(wav, 16000, it["augment_seed"])[1].to_dict()
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")

@@ -1,7 +1,7 @@
 """Training clips for the speech codec: many voices, many words, the distortions of real recordings.
 
 A codec trained only on the corpus's espeak-ng voices cannot pass a human voice through (docs/default-model.md,
-"Real speech"). ``write_codec_corpus`` renders clips of training sentences and of random word strings, each said
+"Codec variants"). ``write_codec_corpus`` renders clips of training sentences and of random word strings, each said
 by a voice drawn from every installed engine (``voices.list_voices``, the held-out voices left out), then put
 through a random ``augment`` chain (speed, pitch, reverberation, noise at 10-30 dB SNR, telephone band, level).
 The clip list and every clip are fixed by the seed; the manifest lines are ``{"id", "audio", "voice", "text",
@@ -15,9 +15,10 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 
+from ..audio_io import write_wav
 from ..errors import AromniError
+from ..outputs import atomic_file
 from . import augment as A
 from . import sentences as S
 from . import voices as V
@@ -83,43 +84,38 @@ def plan(cfg: CodecCorpusConfig, voices: list[V.Voice], texts: list[str], words:
     return out
 
 
-def render(item: dict, sample_rate: int) -> tuple[np.ndarray, dict]:
-    """One planned clip -> (float32 samples, the augment chain applied as a dict)."""
+def render(item: dict, sample_rate: int) -> np.ndarray:
+    """One planned clip -> float32 samples (said, then through its augment chain)."""
     wav = V.synthesize(item["voice"], item["text"], sample_rate, speed=item["speed"], seed=item["augment_seed"] or 0)
     if item["augment_seed"] is None:
-        return wav, {}
-    y, chain = A.augment(wav, sample_rate, item["augment_seed"])
-    return y, chain.to_dict()
+        return wav
+    return A.augment(wav, sample_rate, item["augment_seed"])[0]
+
+
+def chain_of(item: dict) -> dict:
+    """The augment chain ``render`` applies to a planned clip (drawn from its seed, as ``augment.augment`` does)."""
+    if item["augment_seed"] is None:
+        return {}
+    return A.draw(np.random.default_rng(item["augment_seed"])).to_dict()
 
 
 def write_codec_corpus(out_dir: str, cfg: CodecCorpusConfig = CodecCorpusConfig(), *, quiet: bool = False) -> str:
     """Render the clips into ``out_dir/wav/`` and write ``out_dir/train.jsonl``; clips already there are kept
-    (an interrupted run resumes). Returns the manifest path."""
+    (an interrupted run resumes: each clip is written all or nothing). Returns the manifest path."""
     train, _ = S.split_sentences(cfg.seed)
     items = plan(cfg, V.list_voices(), train, lexicon_words())
-    wav_dir = os.path.join(out_dir, "wav")
-    os.makedirs(wav_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "wav"), exist_ok=True)
     lines = []
     for n, it in enumerate(items):
         rel = os.path.join("wav", it["id"] + ".wav")
         path = os.path.join(out_dir, rel)
-        meta_path = path + ".json"
-        if os.path.exists(path) and os.path.exists(meta_path):
-            with open(meta_path, encoding="utf-8") as f:
-                chain = json.load(f)
-        else:
-            y, chain = render(it, cfg.sample_rate)
-            sf.write(path + ".tmp.wav", y, cfg.sample_rate, subtype="PCM_16")
-            os.replace(path + ".tmp.wav", path)
-            with open(meta_path, "w", encoding="utf-8") as f:
-                json.dump(chain, f)
+        if not os.path.exists(path):
+            write_wav(path, render(it, cfg.sample_rate), cfg.sample_rate)
         lines.append({"id": it["id"], "task": "codec", "split": "train", "audio": rel, "voice": it["voice"],
-                      "text": it["text"], "speed": it["speed"], "augment": chain})
+                      "text": it["text"], "speed": it["speed"], "augment": chain_of(it)})
         if not quiet and (n + 1) % 100 == 0:
             print(f"codec corpus: {n + 1}/{len(items)} clips", flush=True)
     manifest = os.path.join(out_dir, "train.jsonl")
-    with open(manifest + ".tmp", "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(json.dumps(line) + "\n")
-    os.replace(manifest + ".tmp", manifest)
+    with atomic_file(manifest) as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines).encode())
     return manifest
