@@ -49,3 +49,13 @@ def test_write_renders_clips_resumes_and_writes_a_codec_manifest(tmp_path, monke
     assert C.write_codec_corpus(str(tmp_path), cfg, quiet=True) == m  # resumed: the clips are kept as they are
     assert (tmp_path / lines[0]["audio"]).read_bytes() == first
     assert [json.loads(x) for x in open(m)] == lines
+
+
+def test_plan_refuses_no_voices_and_no_sentences():
+    from aromni.core.errors import AromniError
+
+    cfg = C.CodecCorpusConfig(n_clips=4)
+    with pytest.raises(AromniError, match="no voices installed"):
+        C.plan(cfg, [Voice("flite", "rms")], ["hello"], [])  # the only voice is held out
+    with pytest.raises(AromniError, match="no sentences"):
+        C.plan(cfg, VOICES, [], [])
