@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING
 from aromni.commands._decode import one_line, print_line
 
 if TYPE_CHECKING:  # the tasks module imports torch: not at CLI start-up
-    from aromni.core.tasks import Answer
+    from aromni.core.confidence import Answer
 
 
 def print_answer(name: str, answer: "Answer", json_out: bool) -> None:
     """One answer for input ``name``: a JSON line with its confidence, or the text with a
     one-line warning on stderr when the model was unsure (below its calibrated threshold)."""
     if json_out:
-        print_line(json.dumps({"input": name, "text": answer.text, **answer.confidence.to_dict(),
-                               "low_confidence": answer.low}))
+        print_line(json.dumps({"input": name, **answer.to_dict()}))
         return
     if answer.low:
         print(f"aromni: low confidence: {name}: {answer.why_low}; the input may be outside what the model knows",

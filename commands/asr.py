@@ -1,7 +1,6 @@
 """`aromni asr`: speech -> text."""
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 import typer
@@ -9,7 +8,7 @@ from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Seed, Threads, batch_items, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
-                                     load_model, one_line, options_from, print_line)
+                                     load_model, options_from)
 from aromni.core.checks import check_number
 from aromni.commands._confidence import print_answer
 from aromni.commands._remote import Host, Local, remote, remote_options
@@ -68,8 +67,8 @@ def run(
     if client is not None:
         options = remote_options(locals())
         data = [input_bytes(p, "audio") for p in paths]
-        for (_, name), t in zip(data, client.asr(data, options, seed, window)):
-            print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
+        for (_, name), a in zip(data, client.asr(data, options, seed, window)):
+            print_answer(name, a, json_out)
         return
     from aromni.core import tasks
     from aromni.core.audio_io import load_audio

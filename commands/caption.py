@@ -1,7 +1,6 @@
 """`aromni caption`: image -> text."""
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 import typer
@@ -9,7 +8,7 @@ from typing_extensions import Annotated
 
 from aromni.commands._common import Device, Dtype, Json, Model, Quant, Quiet, Seed, Threads, batch_items, input_bytes
 from aromni.commands._decode import (Batch, BatchSize, Compat, Greedy, MaxNew, RepPenalty, Temperature, TopK, TopP,
-                                     load_model, one_line, options_from, print_line)
+                                     load_model, options_from)
 from aromni.commands._confidence import print_answer
 from aromni.commands._remote import Host, Local, remote, remote_options
 from aromni.core.errors import AromniError
@@ -62,9 +61,8 @@ def run(
     if client is not None:  # the server checks the images; its messages name the files
         options = remote_options(locals())
         data = [input_bytes(p, "image") for p in paths]
-        texts = client.caption(data, options, seed, instruction, exif_transpose)
-        for (_, name), t in zip(data, texts):
-            print_line(json.dumps({"input": name, "text": t}) if json_out else one_line(t))
+        for (_, name), a in zip(data, client.caption(data, options, seed, instruction, exif_transpose)):
+            print_answer(name, a, json_out)
         return
     from aromni.core import tasks
     from aromni.core.image_tokenizer import open_image

@@ -47,6 +47,46 @@ def _remote_run(client, options: dict, text: Optional[str], output: str, raw: bo
         print_line("")
 
 
+def _batch_run(params: dict, suffixes: tuple, client) -> None:
+    """``--batch``: every item decoded together (in-process, or by the server ``client`` talks to); WAVs (raw PCM
+    with --raw) written to --out-dir."""
+    from aromni.core.wav_stream import Pcm16Writer
+
+    if params["text"] is not None:
+        raise AromniError("give either TEXT or --batch, not both")
+    quiet, seed = params["quiet"], params["seed"]
+    d = params["out_dir"] or "."
+    items = batch_items(params["batch"], "TTS items", "text", out_dir=d)
+    paths = [it.output or os.path.join(d, f"tts_{n:04d}{suffixes[0]}") for n, it in enumerate(items)]
+    for path in paths:
+        check_suffix(path, suffixes, "audio")
+    texts = [it.value for it in items]
+    if client is not None:
+        sr, results = client.tts_batch(texts, remote_options(params), seed)
+    else:
+        from aromni.core import tasks
+        from aromni.core.audio_io import to_pcm16
+
+        opts = options_from("tts", params)
+        omni = load_model(params["model"], params["device"], params["dtype"], quiet, seed, params["quant"])
+        sr = omni.speech.sample_rate if omni.speech is not None else 0
+        results = [{"pcm": to_pcm16(r.wav), "codes": len(r.codes), "stats": r.stats}
+                   for r in tasks.tts_batch(omni, texts, opts, seed=seed)]
+    make_dir(d)
+    for it, r, path in zip(items, results, paths):
+        if not r["pcm"]:
+            log(f"aromni: warning: line {it.line}: the model produced no speech; {path} not written", quiet)
+            continue
+        make_dir(os.path.dirname(path) or ".")
+        with atomic_file(path) as f:
+            w = Pcm16Writer(f, sr, raw=params["raw"])
+            w.write(r["pcm"])
+            w.close()
+        print_line(json.dumps({"text": it.value, "output": path, **r["stats"]}) if params["json_out"] else path)
+        if params["stats"]:
+            log(_stats_lines(r["stats"]))
+
+
 def run(
     text: Annotated[Optional[str], typer.Argument(help="Text to speak; missing or - reads stdin.")] = None,
     output: Output = "-",
@@ -98,7 +138,10 @@ def run(
       echo "Read me." | aromni tts -o speech.wav --stats
     """
     suffixes = (".pcm", ".raw") if raw else (".wav",)
-    client = None if batch is not None else remote(host, local, model)
+    client = remote(host, local, model)
+    if batch is not None:
+        _batch_run(locals(), suffixes, client)
+        return
     if client is not None:
         _remote_run(client, remote_options(locals()), text, output, raw, seed, suffixes, stats, json_out, quiet)
         return
@@ -106,34 +149,6 @@ def run(
     from aromni.core.audio_io import AudioWriter
 
     opts = options_from("tts", locals())
-    if batch is not None:
-        if text is not None:
-            raise AromniError("give either TEXT or --batch, not both")
-        d = out_dir or "."
-        items = batch_items(batch, "TTS items", "text", out_dir=d)
-        paths = [it.output or os.path.join(d, f"tts_{n:04d}{suffixes[0]}") for n, it in enumerate(items)]
-        for path in paths:
-            check_suffix(path, suffixes, "audio")
-        make_dir(d)
-        omni = load_model(model, device, dtype, quiet, seed, quant)
-        results = tasks.tts_batch(omni, [it.value for it in items], opts, seed=seed)
-        for it, r, path in zip(items, results, paths):
-            if len(r.wav) == 0:
-                log(f"aromni: warning: line {it.line}: the model produced no speech; {path} not written", quiet)
-                continue
-            make_dir(os.path.dirname(path) or ".")
-            with atomic_file(path) as f:
-                w = AudioWriter(f, omni.speech.sample_rate, raw=raw)
-                w.write(r.wav)
-                w.close()
-            if json_out:
-                print_line(json.dumps({"text": it.value, "output": path, **r.stats}))
-            else:
-                print_line(path)
-            if stats:
-                log(_stats_lines(r.stats))
-        return
-
     text = _single_checks(text, output, raw, suffixes, json_out)
     omni = load_model(model, device, dtype, quiet, seed, quant)
     sr = omni.speech.sample_rate if omni.speech is not None else 0

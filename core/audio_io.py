@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import IO
 
 import numpy as np
 
 from .outputs import atomic_file
+from .wav_stream import Pcm16Writer
 from .errors import InputError
 
 MAX_CHANNELS = 8
@@ -160,45 +160,15 @@ def wav_header(n_samples: int | None, sample_rate: int, channels: int = 1) -> by
             sample_rate * block, block, 16) + b"data" + struct.pack("<I", data))
 
 
-class AudioWriter:
-    """Writes mono PCM16 progressively as WAV or raw s16le.
+class AudioWriter(Pcm16Writer):
+    """Writes mono float audio progressively as PCM16 WAV or raw s16le (``wav_stream.Pcm16Writer`` over
+    ``to_pcm16``): nothing before the first samples (or ``close``), so a caller that finds no audio can fail
+    without leaving a header-only file; on a seekable file the WAV header is patched with the exact size at
+    close, on a pipe it carries the unknown-length sizes."""
 
-    Nothing is written before the first samples (or ``close``), so a caller that finds no audio can fail
-    without leaving a header-only file. On a seekable file the WAV header is patched with the exact size at
-    close; on a pipe the header carries the unknown-length sizes.
-    """
-
-    def __init__(self, out: IO[bytes], sample_rate: int, raw: bool = False):
-        self.out, self.sr, self.raw = out, sample_rate, raw
-        self.n = 0
-        self.started = False
-        try:
-            self.seekable = out.seekable()
-        except (AttributeError, ValueError, OSError):
-            self.seekable = False
-
-    def _start(self) -> None:
-        if not self.started and not self.raw:
-            self.start = self.out.tell() if self.seekable else 0
-            self.out.write(wav_header(0 if self.seekable else None, self.sr))
-        self.started = True
-
-    def write(self, wav: np.ndarray) -> None:
-        if len(wav) == 0:
-            return
-        self._start()
-        self.out.write(to_pcm16(wav))
-        self.out.flush()
-        self.n += len(wav)
-
-    def close(self) -> None:
-        self._start()
-        if not self.raw and self.seekable:
-            end = self.out.tell()
-            self.out.seek(self.start)
-            self.out.write(wav_header(self.n, self.sr))
-            self.out.seek(end)
-        self.out.flush()
+    def write(self, wav: np.ndarray) -> None:  # type: ignore[override]
+        if len(wav):
+            super().write(to_pcm16(wav))
 
 
 def write_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 from .checks import RANGES, check_number
+from .confidence import Answer
 from .errors import AromniError
 
 HOST_ENV = "AROMNI_HOST"
@@ -214,21 +215,28 @@ class Client:
             raise self._cut_off()
         return done.get("aromni") or {}
 
-    def asr(self, data: list[tuple[bytes, str]], options: dict, seed: int | None, window: float) -> list[str]:
-        """Transcripts of audio files (bytes, name), as ``aromni asr`` makes them."""
+    def tts_batch(self, texts: list[str], options: dict, seed: int | None) -> tuple[int, list[dict]]:
+        """``aromni tts --batch`` on the server: (sample rate, per text {"pcm": s16le bytes, "codes", "stats"})."""
+        out = self._post("/v1/aromni/speech/batch", self._body(options, seed, inputs=texts))
+        return int(out["sample_rate"]), [{"pcm": base64.b64decode(it["audio"]), "codes": it["codes"],
+                                          "stats": it["stats"]} for it in out["items"]]
+
+    def asr(self, data: list[tuple[bytes, str]], options: dict, seed: int | None, window: float) -> list[Answer]:
+        """Transcripts of audio files (bytes, name) with their confidence, as ``aromni asr`` makes them."""
         fields = {k: str(v) for k, v in self._body(None, seed, window=window).items()}
         fields["options"] = json.dumps(options)
         body, ctype = multipart(fields, [("file", os.path.basename(name) or "audio", b) for b, name in data])
         out = self._post("/v1/audio/transcriptions", data=body, content_type=ctype)
-        return out.get("texts") or [out["text"]]
+        return [Answer.from_dict(a) for a in out["aromni"]["answers"]]
 
     def caption(self, data: list[tuple[bytes, str]], options: dict, seed: int | None,
-                instruction: str | None = None, exif_transpose: bool = False) -> list[str]:
-        """Captions of image files (bytes, name); the server's messages about image ``i`` name its file."""
+                instruction: str | None = None, exif_transpose: bool = False) -> list[Answer]:
+        """Captions of image files (bytes, name) with their confidence; the server's messages about image ``i``
+        name its file."""
         body = self._body(options, seed, images=[base64.b64encode(b).decode() for b, _ in data],
                           instruction=instruction, exif_transpose=exif_transpose or None)
         try:
-            return self._post("/v1/aromni/caption", body)["texts"]
+            return [Answer.from_dict(a) for a in self._post("/v1/aromni/caption", body)["answers"]]
         except ServerError as e:
             msg = re.sub(r"images\[(\d+)\]", lambda m: data[int(m[1])][1] if int(m[1]) < len(data) else m[0],
                          str(e))

@@ -47,6 +47,38 @@ class Confidence:
         return out
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A text answer (asr, caption) with the model's confidence in it."""
+
+    text: str
+    confidence: Confidence
+    why_low: str = ""  # why the confidence is below the model's calibrated rule; "" if it is not
+
+    @property
+    def low(self) -> bool:
+        return bool(self.why_low)
+
+    def to_dict(self) -> dict:
+        """The fields ``aromni asr --json``/``caption --json`` print after the input's name (and the server sends):
+        text, the confidence measures, low_confidence and, when low, why_low."""
+        out = {"text": self.text, **self.confidence.to_dict(), "low_confidence": self.low}
+        if self.low:
+            out["why_low"] = self.why_low
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Answer":
+        """The answer ``to_dict`` describes (log-probabilities rounded as printed)."""
+        avg, first, least = (d.get(k) for k in ("avg_logprob", "first_logprob", "min_logprob"))
+        if avg is None or first is None or least is None:
+            conf = Confidence(-math.inf, -math.inf, -math.inf, 0, d.get("codec_error"))
+        else:
+            conf = Confidence(float(avg), float(first), float(least), tokens=int(d.get("tokens", 1)),
+                              codec_error=d.get("codec_error"))
+        return cls(str(d["text"]), conf, str(d.get("why_low") or ""))
+
+
 def answer_logprobs(tokens: list[int], logprobs: list[float | None], vocab: VocabLayout) -> list[float]:
     """Log-probabilities of a text answer's chosen tokens: every token up to and including the first stop
     (``</s>``/``<eom>``: ending there was a choice too), forced ones left out."""

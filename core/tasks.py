@@ -15,7 +15,7 @@ import numpy as np
 from . import rerank
 from .bundle import Omni
 from .codec_fit import encode_with_error
-from .confidence import Confidence, answer_logprobs, rules, summarize, why_low
+from .confidence import Answer, answer_logprobs, rules, summarize, why_low
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
 from .errors import AromniError, InputError
@@ -28,19 +28,6 @@ from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
 from .segmenting import split_at_pauses, split_sentences, split_words
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
-
-
-@dataclass
-class Answer:
-    """A text answer (asr, caption) with the model's confidence in it."""
-
-    text: str
-    confidence: Confidence
-    why_low: str = ""  # why the confidence is below the model's calibrated rule (core/confidence.py); "" if not
-
-    @property
-    def low(self) -> bool:
-        return bool(self.why_low)
 
 
 @dataclass

@@ -177,6 +177,7 @@ def test_transcription_openai_client(oa, clip):
     v = oa.audio.transcriptions.create(model="default", file=("a.wav", clip), response_format="verbose_json",
                                        extra_body={"seed": 0})
     assert v.text == r.text and v.duration > 0
+    assert v.segments[0].avg_logprob == v.model_extra["aromni"]["answers"][0]["avg_logprob"] < 0
 
 
 def test_images_openai_client(oa):
@@ -354,7 +355,9 @@ def test_commands_same_output_remote(server, clip, tmp_path):
     cases = [
         (["tts", "--seed", "2", "Good morning to you."], None),
         (["asr", "--seed", "2", str(wav)], None),
+        (["asr", "--seed", "2", "--json", str(wav)], None),
         (["caption", "--seed", "2", str(img)], None),
+        (["caption", "--seed", "2", "--json", str(img)], None),
         (["t2i", "--seed", "2", "a red circle"], None),
         (["generate", "--seed", "2", "--task", "text", "--max-new-tokens", "12", "-"], b"0 5 6 7\n"),
     ]
@@ -366,6 +369,37 @@ def test_commands_same_output_remote(server, clip, tmp_path):
         assert remote.stdout == local.stdout and local.stdout, args
         forced = aromni(*args, "-q", "--local", input=stdin, host="http://127.0.0.1:9")
         assert forced.returncode == 0 and forced.stdout == local.stdout, args
+
+
+def test_tts_batch_same_files_remote(server, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"text": "One two three."}\n{"text": "A red circle.", "output": "b.wav"}\n')
+    outs = {}
+    for where, host in (("local", None), ("remote", server)):
+        d = tmp_path / where
+        r = aromni("tts", "--batch", str(jobs), "--out-dir", str(d), "--seed", "3", "-q", host=host)
+        assert r.returncode == 0, r.stderr.decode()[-800:]
+        outs[where] = {f: (d / f).read_bytes() for f in sorted(os.listdir(d))}
+        assert r.stdout.decode().split() == [str(d / f) for f in ("tts_0000.wav", "b.wav")]
+    assert outs["local"] == outs["remote"] and len(outs["local"]) == 2
+
+
+def test_low_confidence_warning_remote(server, tmp_path):
+    """Noise is outside what the bundled model knows: the warning on stderr and the JSON fields are the same
+    through the server."""
+    import numpy as np
+    import soundfile as sf
+
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, np.random.default_rng(0).normal(0, 0.3, 32000).astype(np.float32), 16000)
+    for args in (["asr", "--seed", "1", str(noise)], ["asr", "--seed", "1", "--json", str(noise)]):
+        local, remote = aromni(*args, "-q"), aromni(*args, "-q", host=server)
+        assert local.returncode == remote.returncode == 0, remote.stderr.decode()[-800:]
+        assert remote.stdout == local.stdout
+        assert remote.stderr == local.stderr
+    assert "low confidence" in aromni("asr", "--seed", "1", str(noise), "-q", host=server).stderr.decode()
+    line = json.loads(remote.stdout)
+    assert line["low_confidence"] is True and line["why_low"] and line["codec_error"] is not None
 
 
 def test_unreachable_server_one_line():

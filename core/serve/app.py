@@ -309,6 +309,26 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
         media = "text/event-stream" if sfmt == "sse" else "audio/wav" if fmt == "wav" else "audio/pcm"
         return StreamingResponse(audio(), media_type=media, headers=headers)
 
+    @app.post("/v1/aromni/speech/batch")
+    async def speech_batch(request: Request):
+        body = await body_of(request)
+        inputs = field(body, "inputs", list, required=True)
+        lim = server.cfg.limits
+        if not inputs or len(inputs) > lim.sequences or not all(isinstance(t, str) for t in inputs):
+            raise ApiError(400, f"'inputs' must be 1..{lim.sequences} texts", "invalid_value", "inputs")
+        if any(len(t) > lim.text_chars for t in inputs):
+            raise ApiError(400, f"an input is longer than {lim.text_chars} characters", "text_too_long", "inputs")
+        texts = list(inputs)
+        seed = seed_of(body)
+        opts = server.options("tts", body.get("options"))
+
+        def job(omni):
+            return omni.speech.sample_rate, tasks.tts_batch(omni, texts, opts, seed=seed)
+
+        sr, results = await server.run(body.get("model"), job)
+        return {"sample_rate": sr, "items": [{"audio": b64(pcm16(r.wav)), "codes": len(r.codes), "stats": r.stats}
+                                             for r in results]}
+
     # --- transcription ------------------------------------------------------------------------
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request):
@@ -345,10 +365,11 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
 
         def job(omni):
             wavs = [server.audio(omni, b, name) for b, name in data]
-            texts = tasks.asr(omni, wavs, opts, seed=seed, window_s=window)
-            return texts, [len(w) / omni.speech.sample_rate for w in wavs]
+            answers = tasks.asr_answers(omni, wavs, opts, seed=seed, window_s=window)
+            return answers, [len(w) / omni.speech.sample_rate for w in wavs]
 
-        texts, secs = await server.run(fields.get("model"), job)
+        answers, secs = await server.run(fields.get("model"), job)
+        texts = [a.text for a in answers]
         if fmt == "text":
             return PlainTextResponse("\n".join(texts) + "\n")
         out: dict = {"text": texts[0]}
@@ -356,7 +377,9 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
             out["texts"] = texts
         if fmt == "verbose_json":
             out.update(task="transcribe", language=fields.get("language") or "en", duration=secs[0],
-                       segments=[{"id": 0, "start": 0.0, "end": secs[0], "text": texts[0]}])
+                       segments=[{"id": 0, "start": 0.0, "end": secs[0], "text": texts[0],
+                                  "avg_logprob": answers[0].to_dict()["avg_logprob"]}])
+        out["aromni"] = {"answers": [a.to_dict() for a in answers]}
         return out
 
     # --- images -----------------------------------------------------------------------------
@@ -412,9 +435,10 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
                 prompts = dict(omni.prompts or {})
                 prompts["instructions"] = {**(prompts.get("instructions") or {}), "caption": instruction}
                 omni = replace(omni, prompts=prompts)
-            return tasks.caption(omni, pil, opts, seed=seed)
+            return tasks.caption_answers(omni, pil, opts, seed=seed)
 
-        return {"texts": await server.run(body.get("model"), job)}
+        answers = await server.run(body.get("model"), job)
+        return {"texts": [a.text for a in answers], "answers": [a.to_dict() for a in answers]}
 
     @app.post("/v1/aromni/info")
     async def info(request: Request):
