@@ -104,6 +104,10 @@ def test_cli_eval_asr_json_table_and_compare(tiny_bundle, corpus, tmp_path):
     assert m["ref_words"] == 8 and m["wer"] == m["errors"] / 8
     assert rep["settings"]["normalizer"] == "aromni-en-2" and rep["batch_size"] == 2
     assert all(isinstance(it["hyp"], str) and it["audio_s"] > 0 for it in rep["items"])
+    # the confidence of each answer (as asr --json prints it) and its mean; a tiny test model is never flagged
+    assert all(it["avg_logprob"] <= 0 and it["codec_error"] >= 0 and it["low_confidence"] is False
+               for it in rep["items"] if it["avg_logprob"] is not None)
+    assert m["low_confidence_rate"] == 0 and "avg_logprob_mean" in m
     (tmp_path / "a.json").write_text(json.dumps(rep))
     # without --json the table goes to stdout; -o keeps the report
     r = aromni("eval", "asr", "--model", tiny_bundle, "--data", corpus / "manifest.jsonl", "--seed", 1,
@@ -217,6 +221,8 @@ def test_eval_caption(omni, tiny_bundle, corpus):
     assert all(len(it["refs"]) == 2 for it in rep["items"])  # two caption lines per image, merged
     assert rep["metrics"]["cider_d"] >= 0 and rep["metrics"]["attr_n"] == 2
     assert 0 <= rep["metrics"]["attr_accuracy"] <= 1
+    assert rep["metrics"]["avg_logprob_mean"] < 0 and rep["metrics"]["low_confidence_rate"] == 0
+    assert all(it["avg_logprob"] < 0 and it["low_confidence"] is False for it in rep["items"])
 
 
 def test_eval_t2i_and_s2i(omni, tiny_bundle, corpus, tmp_path, capsys):

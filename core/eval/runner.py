@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -115,7 +116,24 @@ def _heard_attrs(rows: list[dict]) -> dict:
 
 
 def _asr_score(rows: list[dict]) -> dict:
-    return {**corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows]).to_dict(), "n": len(rows)}
+    return {**corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows]).to_dict(), "n": len(rows),
+            **_confidence(rows)}
+
+
+def _confidence(rows: list[dict]) -> dict:
+    """Mean average token log-probability of the rows' answers and the share flagged as low confidence
+    (core/confidence.py; {} when the rows carry none)."""
+    lps = [r["avg_logprob"] for r in rows if r.get("avg_logprob") is not None]
+    flags = [r["low_confidence"] for r in rows if r.get("low_confidence") is not None]
+    out = {"avg_logprob_mean": statistics.fmean(lps)} if lps else {}
+    if flags:
+        out["low_confidence_rate"] = sum(flags) / len(flags)
+    return out
+
+
+def _answer_fields(answer) -> dict:
+    """A row's confidence fields from a ``confidence.Answer``."""
+    return {k: v for k, v in answer.to_dict().items() if k != "text"}
 
 
 def _open_image(path: str):
@@ -128,7 +146,7 @@ def _open_image(path: str):
         raise InputError(f"not a readable image ({e})", path) from None
 
 
-def _attr_check(pred: dict, ref: dict, texts: list[str] | tuple = (), keys: tuple[str, ...] | None = None) -> bool:
+def _attr_check(pred: dict, ref: dict, texts: Sequence[str | None] = (), keys: tuple[str, ...] | None = None) -> bool:
     """Exact match of every object's attributes (``keys``, default all); the background counts only when one of
     ``texts`` (the prompt, or the reference captions) states it, since template captions do not."""
     from ..corpus.scenes import OBJECT_KEYS, attrs_match, parse_caption
@@ -170,10 +188,10 @@ def eval_asr(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     with _progress(len(ds.items), "eval asr", cfg.quiet) as bar:
         for batch in _batches(ds.items, cfg.batch_size):
             wavs = [load_audio(it.audio, sr, resampler=omni.speech.resampler) for it in batch]
-            hyps = tasks.asr(omni, wavs, opts=opts, seed=cfg.seed)
-            for it, wav, hyp in zip(batch, wavs, hyps):
-                rows.append({"id": it.id, "ref": it.text, "hyp": hyp, "audio_s": len(wav) / sr, "group": it.group,
-                             **word_errors(it.text, hyp).to_dict()})
+            answers = tasks.asr_answers(omni, wavs, opts=opts, seed=cfg.seed)
+            for it, wav, a in zip(batch, wavs, answers):
+                rows.append({"id": it.id, "ref": it.text, "hyp": a.text, "audio_s": len(wav) / sr, "group": it.group,
+                             **word_errors(it.text, a.text).to_dict(), **_answer_fields(a)})
             bar.update(len(batch))
     return {**_asr_score(rows), **_by_group(rows, _asr_score)}, rows, {"normalizer": NORMALIZER}
 
@@ -192,6 +210,7 @@ def eval_tts(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     rows, wavs = [], []
     with _progress(len(ds.items), "eval tts", cfg.quiet) as bar:
         for i, it in enumerate(ds.items):
+            assert it.text is not None  # tts items need a text (data.NEEDS)
             res = tasks.tts(omni, it.text, opts=opts, seed=cfg.seed)
             wav = np.asarray(res.wav, dtype=np.float32)
             wavs.append(wav)
@@ -235,17 +254,19 @@ def eval_caption(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, 
     rows = []
     with _progress(len(ds.items), "eval caption", cfg.quiet) as bar:
         for batch in _batches(ds.items, cfg.batch_size):
-            hyps = tasks.caption(omni, [_open_image(it.image) for it in batch], opts=opts, seed=cfg.seed)
-            for it, hyp in zip(batch, hyps):
-                row = {"id": it.id, "image": it.image, "refs": it.refs, "hyp": hyp}
+            answers = tasks.caption_answers(omni, [_open_image(it.image) for it in batch], opts=opts, seed=cfg.seed)
+            for it, a in zip(batch, answers):
+                row = {"id": it.id, "image": it.image, "refs": it.refs, "hyp": a.text, "group": it.group,
+                       **_answer_fields(a)}
                 if it.attrs:
-                    row["attrs_ok"] = _attr_check(parse_caption(hyp), it.attrs, it.refs)
+                    row["attrs_ok"] = _attr_check(parse_caption(a.text), it.attrs, it.refs)
                 rows.append(row)
             bar.update(len(batch))
     score, per = cider_d([r["refs"] for r in rows], [r["hyp"] for r in rows])
     for r, s in zip(rows, per):
         r["cider_d"] = s
-    metrics = {"cider_d": score, "n": len(rows), **_attr_metrics(rows)}
+    metrics = {"cider_d": score, "n": len(rows), **_attr_metrics(rows), **_confidence(rows)}
+    metrics.update(_by_group(rows, lambda rs: {"n": len(rs), **_attr_metrics(rs), **_confidence(rs)}))
     return metrics, rows, {"cider": "CIDEr-D (n=4, sigma=6, df from this set's references)"}
 
 
@@ -281,13 +302,14 @@ def eval_t2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
             for it, img, cs in zip(batch, images, clip):
                 ref, seen = _scene_ref(it), analyse(img)
                 rows.append({"id": it.id, "text": it.text, "clipscore": cs, **_scene_verdicts(seen, ref, it.text),
-                             "analysed": seen, "image": _save(cfg, f"{n:05d}.png", img)})
+                             "analysed": seen, "group": it.group, "image": _save(cfg, f"{n:05d}.png", img)})
                 n += 1
             bar.update(len(batch))
-    metrics = {"n": len(rows)}
+    metrics: dict = {"n": len(rows)}
     if scorer:
         metrics["clipscore"] = statistics.fmean(r["clipscore"] for r in rows)
     metrics.update(_attr_metrics(rows))
+    metrics.update(_by_group(rows, lambda rs: {"n": len(rs), **_attr_metrics(rs)}))
     return metrics, rows, (scorer.info() if scorer else {})
 
 
@@ -297,7 +319,7 @@ def eval_s2i(omni, ds: Dataset, cfg: EvalConfig, opts) -> tuple[dict, list, dict
     from ..corpus.scenes import analyse
 
     sr = omni.speech.sample_rate
-    rows = []
+    rows: list[dict] = []
     with _progress(len(ds.items), "eval s2i", cfg.quiet) as bar:
         for batch in _batches(ds.items, cfg.batch_size):
             outs = tasks.s2i(omni, [load_audio(it.audio, sr, resampler=omni.speech.resampler) for it in batch],
