@@ -14,20 +14,21 @@ from aromni.core.errors import AromniError
 
 def run(
     out_dir: Annotated[str, typer.Argument(help="Folder to write train.jsonl, heldout.jsonl, img/ and wav/ into.")],
-    preset: Annotated[str, typer.Option("--preset", help="Corpus size: default (full recipe) or ci (tiny).")]
-    = "default",
+    preset: Annotated[str, typer.Option(
+        "--preset", help="default (the bundled model's corpus), wide (everyday lines, free phrasings, a neural "
+                         "output voice and many input voices; needs the voices extra) or ci (tiny).")] = "default",
     seed: Seed = None,
     sample_rate: Annotated[int, typer.Option(
         "--sample-rate", help="Speech sample rate in Hz: the rate of the codec that will tokenize it (the bundled "
                               "model's runs at 16000; AR-Omni's WavTokenizer at 24000).")] = 16000,
     no_speech: Annotated[bool, typer.Option("--no-speech", help="Images and text only (no espeak-ng needed).")]
     = False,
-    workers: Annotated[int, typer.Option("--workers", help="espeak-ng processes at a time.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help="Speech synthesis jobs at a time.")] = 2,
     quiet: Quiet = False,
     json_out: Json = False,
     threads: Threads = None,
 ) -> None:
-    """Generate the synthetic tri-modal corpus (scenes, captions, espeak-ng speech) reproducibly from a seed.
+    """Generate the synthetic tri-modal corpus (scenes, captions, synthetic speech) reproducibly from a seed.
 
     Same seed, same manifests (byte for byte). Speech files are content-addressed, so rebuilding into the
     same folder only synthesises what is new.

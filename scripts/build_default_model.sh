@@ -24,7 +24,8 @@
 # recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1:
 # after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr) and 600 more LM steps with them
 # (pretokenize_self.yaml, selftrain.yaml); the bundle is then that LM; default 1; 0: the LM's bundle as it is;
-# docs/default-model.md, "Recipe").
+# docs/default-model.md, "Recipe"), CORPUS (the corpus preset: default, or ci with --ci; wide: everyday lines, free
+# phrasings, a neural output voice and many input voices, needs `pip install 'aromni[voices]'`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,7 +43,8 @@ done
 if [ "$CI" = 1 ] && [ "$INSTALL" = 1 ]; then
   echo "build_default_model.sh: --install with --ci would replace the default model by the CI toy; refused" >&2; exit 2
 fi
-if [ "$CI" = 1 ]; then DEF_RECIPE="$ROOT/recipes/default/ci"; PRESET=ci; else DEF_RECIPE="$ROOT/recipes/default"; PRESET=default; fi
+if [ "$CI" = 1 ]; then DEF_RECIPE="$ROOT/recipes/default/ci"; DEF_PRESET=ci; else DEF_RECIPE="$ROOT/recipes/default"; DEF_PRESET=default; fi
+PRESET="${CORPUS:-$DEF_PRESET}"
 RECIPE="${RECIPE:-$DEF_RECIPE}"
 [ -f "$RECIPE/lm.yaml" ] || { echo "build_default_model.sh: RECIPE=$RECIPE is not a recipe folder (no lm.yaml)" >&2; exit 2; }
 RECIPE="$(cd "$RECIPE" && pwd)"

@@ -322,3 +322,64 @@ def test_generation_targets_are_drawn_without_jitter(tmp_path):
     assert offsets["drawn"] and all(o == [0, 0] for o in offsets["drawn"])
     assert any(o != [0, 0] for o in offsets["read"])
     assert sum(line["task"] == "t2i" for line in lines) > sum(line["task"] == "caption" for line in lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# the wide preset: everyday lines, free phrasings, many voices
+# ----------------------------------------------------------------------------------------------
+WIDE_TINY = dict(world="wide", voices="many", phrasing_prob=0.5, heldout_phrasings=6)
+
+
+def test_wide_world_text_and_phrasings(tmp_path):
+    from aromni.core.corpus import phrasing as F
+
+    d = str(tmp_path / "w")
+    build_corpus(d, seed=2, preset="ci", speech=False, max_sentences=400, n_t2i=60, **WIDE_TINY)
+    train, held = (read_manifest(os.path.join(d, n)) for n in ("train.jsonl", "heldout.jsonl"))
+    texts = {line["text"] for line in train if line["task"] == "text"}
+    assert {"alpha", "seven", "january"} <= texts  # single words of the wider world are trained
+    frames = {F.frame_of(line["text"]) for line in train if line["task"] == "t2i"}
+    assert len(frames & set(F.TRAIN_FRAMES)) >= 5  # requests in many training frames
+    for line in train:
+        if line["task"] == "t2i":
+            assert F.frame_of(line["text"]) not in F.HELDOUT_FRAMES
+    ph = [line for line in held if line.get("group") == "held-out phrasing"]
+    assert len(ph) == 6 and all(F.frame_of(x["text"]) in F.HELDOUT_FRAMES for x in ph)
+    assert all(F.check_phrasing(x["text"], x["attrs"]) for x in ph)
+    assert {line.get("group") for line in held if line["task"] == "t2i"} == {"canonical", "held-out phrasing"}
+    held_sents = {line["text"] for line in held if line["task"] == "text"}
+    assert held_sents and not held_sents & texts
+
+
+def test_default_preset_manifests_do_not_change_with_the_new_options(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    build_corpus(a, seed=1, preset="ci", speech=False)
+    build_corpus(b, seed=1, preset="ci", speech=False, world="shapes", voices="espeak", phrasing_prob=0.0)
+    assert manifests(a) == manifests(b)
+
+
+@pytest.mark.slow
+def test_wide_corpus_speaks_with_many_voices(tmp_path):
+    from aromni.core.corpus import voices as V
+
+    why = next((V.missing(e) for e in ("hibari", "kokoro", "flite") if V.missing(e)), None) or (
+        None if P.espeak_path() else "espeak-ng not installed")
+    if why:
+        pytest.skip(why)
+    d = str(tmp_path / "w")
+    build_corpus(d, seed=0, preset="ci", sample_rate=SR, n_s2i=4, n_chat=2, n_tts_chunks=2, n_asr_joined=2,
+                 max_sentences=8, **WIDE_TINY)
+    train, held = (read_manifest(os.path.join(d, n)) for n in ("train.jsonl", "heldout.jsonl"))
+    vs = P.VOICE_SETS["many"]
+    assert {x["voice"] for x in train if x["task"] == "tts"} == {vs.output.name}
+    heard = {x["voice"] for x in train if x["task"] == "asr" and not x.get("joined")}
+    assert heard <= {v.name for v in vs.input} and any(":" in v for v in heard)
+    assert not heard & {v.name for v in vs.heldout}
+    held_voices = {x["voice"] for x in held if x.get("voice_heldout")}
+    assert held_voices and held_voices <= {v.name for v in vs.heldout}
+    for x in train[:40] + held:
+        if x["audio"]:
+            wav = load_audio(os.path.join(d, x["audio"]), SR)
+            assert 0.1 < len(wav) / SR < 15 and np.abs(wav).max() > 0.01
+    summary = json.load(open(os.path.join(d, "corpus.json")))
+    assert summary["voices"]["output"] == {"name": "hibari:heart", "speed": 160}

@@ -30,15 +30,21 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from ..audio_io import load_audio, write_wav
 from ..segmenting import split_words
+from . import everyday as E
+from . import phrasing as F
 from . import scenes as S
 from . import sentences as T
 from . import speech as P
+from . import voices as V
 
 MANIFESTS = ("train.jsonl", "heldout.jsonl")
 LINE_KEYS = ("id", "task", "split", "text", "image", "audio", "voice", "speed", "attrs")
@@ -68,11 +74,18 @@ class CorpusConfig:
     written_prob: float = 0.3     # tts inputs in written form
     image_size: int = 64
     canonical_targets: bool = False  # images to be generated are drawn without jitter (worse: docs/default-model.md)
+    world: str = "shapes"         # sentences: "shapes" (sentences.py) or "wide" (+ everyday.py: numbers, letters, ...)
+    voices: str = "espeak"        # speech.VOICE_SETS: "espeak", or "many" (neural output voice, many input voices)
+    phrasing_prob: float = 0.0    # t2i / s2i training inputs in a free phrasing (phrasing.py) instead
+    heldout_phrasings: int = 0    # held-out t2i lines of held-out scenes in a held-out phrasing
 
 
 PRESETS = {
     # the bundle speaks three words at a time (decode chunk_words 3): pieces to say, joined pieces to hear
     "default": CorpusConfig(n_tts_chunks=3000, n_asr_joined=1500),
+    # the wider world: everyday lines, free phrasings, a neural output voice and many input voices
+    "wide": CorpusConfig(n_tts_chunks=3000, n_asr_joined=1500, world="wide", voices="many", phrasing_prob=0.5,
+                         heldout_phrasings=150, heldout_s2i=150),
     "ci": CorpusConfig(n_scenes=24, n_s2i=8, asr_per_sentence=1, n_tts_captions=4, n_chat=6,
                        heldout_scenes=8, heldout_s2i=3, n_chat_heldout=2, max_sentences=12, n_tts_chunks=8,
                        n_asr_joined=4),
@@ -96,7 +109,7 @@ DESCRIBE_QUESTIONS = ("what is in this picture", "describe this picture", "what 
 
 
 def _line(task: str, split: str, **kw) -> dict:
-    d = {k: None for k in LINE_KEYS}
+    d: dict[str, Any] = {k: None for k in LINE_KEYS}
     d.update(task=task, split=split, **kw)
     return d
 
@@ -106,6 +119,7 @@ class _Builder:
 
     def __init__(self, out_dir: str, split: str, cfg: CorpusConfig, sample_rate: int, speech: bool):
         self.out, self.split, self.cfg, self.sr, self.speech = out_dir, split, cfg, sample_rate, speech
+        self.voices = P.VOICE_SETS[cfg.voices]
         self.lines: list[dict] = []
         self.images: list[tuple[str, dict]] = []
         self.jobs: set[P.SpeechJob] = set()
@@ -154,9 +168,17 @@ def _target(b: _Builder, attrs: dict, kind: str, drawn: str | None = None) -> tu
     return drawn or b.image(attrs, kind), _clean(attrs)
 
 
-def _spoken_caption(rng, attrs, paraphrase_prob) -> str:
+def _spoken_caption(rng, attrs, paraphrase_prob, phrasing_prob: float = 0.0) -> str:
+    if phrasing_prob and rng.random() < phrasing_prob:
+        return F.phrase(attrs, rng)
     v = int(rng.integers(1, S.N_VARIANTS)) if rng.random() < paraphrase_prob else 0
     return S.caption(attrs, v)
+
+
+def _heldout_voice(rng, b: "_Builder") -> P.Voice:
+    """A held-out voice for one line (with one held-out voice no random draw, as the espeak-only corpus makes)."""
+    hv = b.voices.heldout
+    return hv[0] if len(hv) == 1 else _pick(rng, hv)
 
 
 def _scene_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
@@ -164,25 +186,35 @@ def _scene_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
         a = S.sample_scene(rng, b.cfg.two_prob, combos)
         img = b.image(a, "scene")
         b.add("caption", text=S.caption(a), image=img, attrs=_clean(a))
-        t2i_text = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob)
+        t2i_text = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob, b.cfg.phrasing_prob)
         img, attrs = _target(b, a, "t2i", drawn=img)
-        b.add("t2i", text=t2i_text, image=img, attrs=attrs)
+        extra = {"group": "canonical"} if heldout and b.cfg.heldout_phrasings else {}
+        b.add("t2i", text=t2i_text, image=img, attrs=attrs, **extra)
+
+
+def _phrasing_tasks(b: _Builder, rng, combos: set, n: int) -> None:
+    """Held-out t2i lines in held-out phrasings (eval group "held-out phrasing")."""
+    for _ in range(n):
+        a = S.sample_scene(rng, b.cfg.two_prob, combos)
+        img, attrs = _target(b, a, "t2i")
+        b.add("t2i", text=F.phrase(a, rng, heldout=True), image=img, attrs=attrs, group="held-out phrasing")
 
 
 def _t2i_tasks(b: _Builder, rng, combos: set, n: int) -> None:
     for _ in range(n):
         a = S.sample_scene(rng, b.cfg.two_prob, combos)
         img, attrs = _target(b, a, "t2i")
-        b.add("t2i", text=_spoken_caption(rng, a, b.cfg.paraphrase_prob), image=img, attrs=attrs)
+        b.add("t2i", text=_spoken_caption(rng, a, b.cfg.paraphrase_prob, b.cfg.phrasing_prob), image=img,
+              attrs=attrs)
 
 
 def _s2i_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
-    voices = P.input_voices()
+    voices = b.voices.input
     for _ in range(n):
         a = S.sample_scene(rng, b.cfg.two_prob, combos)
         img, attrs = _target(b, a, "s2i")
-        said = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob)
-        speakers = [(_pick(rng, voices), False)] + ([(P.HELDOUT_VOICE, True)] if heldout else [])
+        said = S.caption(a) if heldout else _spoken_caption(rng, a, b.cfg.paraphrase_prob, b.cfg.phrasing_prob)
+        speakers = [(_pick(rng, voices), False)] + ([(_heldout_voice(rng, b), True)] if heldout else [])
         for voice, vh in speakers:
             sp = b.audio(said, voice)
             extra = {"voice_heldout": vh} if heldout else {}
@@ -191,15 +223,15 @@ def _s2i_tasks(b: _Builder, rng, combos: set, n: int, heldout: bool) -> None:
 
 
 def _sentence_tasks(b: _Builder, rng, sents: list[str], heldout: bool) -> None:
-    voices = P.input_voices()
+    voices = b.voices.input
     for s in sents:
         b.add("text", text=s)
         if not b.speech:
             continue
         tts_text = T.written(s) if (not heldout and rng.random() < b.cfg.written_prob) else s
-        b.add("tts", text=tts_text, **b.audio(tts_text, P.OUTPUT_VOICE))
+        b.add("tts", text=tts_text, **b.audio(tts_text, b.voices.output))
         if heldout:
-            for voice, vh in ((_pick(rng, voices), False), (P.HELDOUT_VOICE, True)):
+            for voice, vh in ((_pick(rng, voices), False), (_heldout_voice(rng, b), True)):
                 b.add("asr", text=s, voice_heldout=vh, **b.audio(s, voice))
         else:
             for k in rng.permutation(len(voices))[:b.cfg.asr_per_sentence]:
@@ -210,7 +242,7 @@ def _tts_caption_tasks(b: _Builder, rng, combos: set, n: int) -> None:
     for _ in range(n):
         a = S.sample_scene(rng, b.cfg.two_prob, combos)
         text = S.caption(a)
-        b.add("tts", text=text, attrs=_clean(a), **b.audio(text, P.OUTPUT_VOICE))
+        b.add("tts", text=text, attrs=_clean(a), **b.audio(text, b.voices.output))
 
 
 DRILL_WORDS = (3, 8)  # words per drill line, both ends included
@@ -224,7 +256,7 @@ def caption_words() -> list[str]:
     return sorted(words)
 
 
-def _holds_held_out(held_combos: set, held_sents: list[str]):
+def _holds_held_out(held_combos: AbstractSet, held_sents: Sequence[str]) -> Callable[[list[str]], bool]:
     """``check(words) -> bool``: the words hold the shape, colour and position word of a held-out combination
     together, or a held-out sentence."""
     pos_word = {p: S.WHERE[p].split()[-1] for p in S.POSITIONS}
@@ -292,11 +324,11 @@ def chunk_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], wri
 def _tts_extra_tasks(b: _Builder, texts: list[str], kind: str) -> None:
     """Output-voice TTS lines flagged ``kind`` (``drill`` / ``chunk``: the mix counts them apart)."""
     for text in texts:
-        b.add("tts", text=text, **{kind: True}, **b.audio(text, P.OUTPUT_VOICE))
+        b.add("tts", text=text, **{kind: True}, **b.audio(text, b.voices.output))
 
 
 def joined_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], words: int, mixed: float = 0.0,
-                 held_combos: set = frozenset(), held_sents: list[str] = ()) -> list[list[str]]:
+                 held_combos: AbstractSet = frozenset(), held_sents: Sequence[str] = ()) -> list[list[str]]:
     """``n`` lines for joined-piece ASR, each a list of pieces of at most ``words`` words: a training text
     (canonical caption of ``combos`` or a sentence of ``sents``, half and half) split as ``chunk_words`` splits
     it, or, for a ``mixed`` share of the lines, 2-4 pieces each cut that way from a different random training
@@ -329,7 +361,7 @@ def joined_texts(rng, n: int, combos: set, two_prob: float, sents: list[str], wo
 
 def _asr_joined_tasks(b: _Builder, lines: list[list[str]]) -> None:
     for pieces in lines:
-        b.add("asr", text=" ".join(pieces), joined=True, **b.joined_audio(pieces, P.OUTPUT_VOICE))
+        b.add("asr", text=" ".join(pieces), joined=True, **b.joined_audio(pieces, b.voices.output))
 
 
 def write_joins(out_dir: str, joins: dict[str, tuple[str, ...]], sample_rate: int) -> None:
@@ -344,7 +376,7 @@ def write_joins(out_dir: str, joins: dict[str, tuple[str, ...]], sample_rate: in
 
 
 def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None:
-    voices = P.input_voices()
+    voices = b.voices.input
     kinds = ("draw", "describe", "say", "spoken_draw") if b.speech else ("draw", "describe")
     for _ in range(n):
         turns: list[dict] = []
@@ -378,7 +410,7 @@ def _chat_tasks(b: _Builder, rng, combos: set, sents: list[str], n: int) -> None
                           {"role": "assistant", "text": S.caption(a)}]
             else:  # say
                 s = _pick(rng, sents)
-                sp = b.audio(s, P.OUTPUT_VOICE)
+                sp = b.audio(s, b.voices.output)
                 turns += [{"role": "user", "text": f"say {s}"},
                           {"role": "assistant", "audio": sp["audio"], "transcript": s, "voice": sp["voice"],
                            "speed": sp["speed"]}]
@@ -389,7 +421,8 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
     """All lines, images and speech jobs of a build (no file is written)."""
     held_combos = S.heldout_combos(seed, cfg.heldout_combo_frac)
     train_combos = set(S.all_combos()) - held_combos
-    train_sents, held_sents = T.split_sentences(seed, cfg.heldout_sentence_frac)
+    split = {"shapes": T.split_sentences, "wide": E.split_everyday}[cfg.world]
+    train_sents, held_sents = split(seed, cfg.heldout_sentence_frac)
     if cfg.max_sentences is not None:
         k = max(1, round(cfg.max_sentences * len(held_sents) / len(train_sents)))
         train_sents, held_sents = train_sents[:cfg.max_sentences], held_sents[:k]
@@ -420,6 +453,7 @@ def plan(out_dir: str, cfg: CorpusConfig, seed: int, sample_rate: int, speech: b
 
     he = _Builder(out_dir, "heldout", cfg, sample_rate, speech)
     _scene_tasks(he, rng(11), held_combos, cfg.heldout_scenes, heldout=True)
+    _phrasing_tasks(he, rng(15), held_combos, cfg.heldout_phrasings)
     _sentence_tasks(he, rng(12), held_sents, heldout=True)
     if speech:
         _s2i_tasks(he, rng(13), held_combos, cfg.heldout_s2i, heldout=True)
@@ -460,7 +494,10 @@ def build_corpus(out_dir: str, seed: int = 0, preset: str = "default", sample_ra
     jobs = set().union(*(b.jobs for b in builders))
     if jobs:
         with tqdm(total=len(jobs), desc="speech", unit="utt", disable=not progress, leave=False) as bar:
-            P.synthesize_many(jobs, os.path.join(out_dir, "wav"), sample_rate, workers, on_done=bar.update)
+            speak, check = (P.synthesize, P.check_voice) if cfg.voices == "espeak" else (V.corpus_speak,
+                                                                                        V.corpus_check)
+            P.synthesize_many(jobs, os.path.join(out_dir, "wav"), sample_rate, workers, on_done=bar.update,
+                              speak=speak, check=check)
     for b in builders:
         write_joins(out_dir, b.joins, sample_rate)
     t_speech = time.time() - t0 - t_img
@@ -477,9 +514,7 @@ def build_corpus(out_dir: str, seed: int = 0, preset: str = "default", sample_ra
     summary = {
         "seed": seed, "preset": preset, "config": asdict(cfg), "sample_rate": sample_rate, "speech": speech,
         "espeak_ng": P.espeak_version() if speech else None,
-        "voices": {"input": [v.name for v in P.input_voices()[::len(P.INPUT_SPEEDS)]],
-                   "input_speeds": list(P.INPUT_SPEEDS), "output": asdict(P.OUTPUT_VOICE),
-                   "heldout": asdict(P.HELDOUT_VOICE)},
+        "voices": _voices_summary(P.VOICE_SETS[cfg.voices]),
         "lines": counts, "images": len(images), "utterances": len(jobs),
         "speech_hours": round((wav_bytes - 44 * (len(jobs) + len(joins))) / 2 / sample_rate / 3600, 3),
         **info,
@@ -490,6 +525,15 @@ def build_corpus(out_dir: str, seed: int = 0, preset: str = "default", sample_ra
     summary["bytes"] = _du(out_dir)
     summary["seconds"] = {"images": round(t_img, 1), "speech": round(t_speech, 1), "total": round(time.time() - t0, 1)}
     return summary
+
+
+def _voices_summary(vs: P.VoiceSet) -> dict:
+    """corpus.json's "voices" (the espeak-only set in its original shape: one held-out voice)."""
+    d = vs.to_dict()
+    if vs == P.VOICE_SETS["espeak"]:
+        d["input"] = [v.name for v in vs.input[::len(P.INPUT_SPEEDS)]]
+        d["heldout"] = d["heldout"][0]
+    return d
 
 
 def _task_counts(lines: list[dict]) -> dict[str, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -326,7 +327,8 @@ def analyse(img: Image.Image) -> dict:
     """
     img = img.convert("RGB")
     if img.size != (CANVAS, CANVAS):
-        img = img.resize((CANVAS, CANVAS), Image.BOX if min(img.size) > CANVAS else Image.BILINEAR)
+        resample = Image.Resampling.BOX if min(img.size) > CANVAS else Image.Resampling.BILINEAR
+        img = img.resize((CANVAS, CANVAS), resample)
     a = np.asarray(img, dtype=np.float32)
     border = np.concatenate([a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3),
                              a[:, -2:].reshape(-1, 3)])
@@ -343,7 +345,7 @@ def analyse(img: Image.Image) -> dict:
     soft = np.clip(tbest, 0.0, 1.0)
     fg = (tbest >= 0.5).reshape(CANVAS, CANVAS)
 
-    blobs = []
+    blobs: list[list[Any]] = []  # [palette index, flat pixel indices], merged in place
     for comp in _components(fg):
         votes = np.bincount(label[comp], weights=soft[comp], minlength=len(_PAL))
         blobs.append([int(np.argmax(votes)), comp])
@@ -428,7 +430,7 @@ def _fit_shape(m: np.ndarray, win: np.ndarray) -> tuple[str, tuple]:
     mass = float(m.sum())
     ys, xs = np.mgrid[0:CANVAS, 0:CANVAS]
     cy, cx = float((m * (ys + 0.5)).sum() / mass), float((m * (xs + 0.5)).sum() / mass)
-    best = (-1.0, "circle", (0, 0, 0, 0))
+    best: tuple[float, str, tuple[float, float, float, float]] = (-1.0, "circle", (0, 0, 0, 0))
     for shape in SHAPES:
         frac, u, v = _unit_stats(shape)
         side = math.sqrt(mass / frac)

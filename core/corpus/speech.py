@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
 
@@ -41,6 +41,33 @@ TRIM_MARGIN_S = 0.08
 
 def input_voices() -> list[Voice]:
     return [Voice(v, s) for v in INPUT_VOICES for s in INPUT_SPEEDS]
+
+
+@dataclass(frozen=True)
+class VoiceSet:
+    """The voices of one corpus: input voices (ASR, speech -> image, spoken chat turns), the one output voice
+    (TTS targets, spoken replies) and the held-out voices (evaluation only)."""
+
+    input: tuple[Voice, ...]
+    output: Voice
+    heldout: tuple[Voice, ...]
+
+    def to_dict(self) -> dict:
+        return {"input": sorted({v.name for v in self.input}), "input_speeds": sorted({v.speed for v in self.input}),
+                "output": asdict(self.output), "heldout": [asdict(v) for v in self.heldout]}
+
+
+# "espeak": espeak-ng only. "many": the neural hibari voice as output, espeak-ng, flite, two Kokoro voices (the slowest
+# engine: RTF ~1.7 on one thread) and hibari as input (voices.py, engine:name; a neural voice's speed is words per
+# minute over BASE_WPM); held out: one voice of espeak-ng, flite and Kokoro each.
+NEURAL_INPUTS = ("flite:kal", "flite:awb", "flite:slt", "kokoro:jf_alpha", "kokoro:jm_kumo", "hibari:heart")
+BASE_WPM = 160
+VOICE_SETS = {
+    "espeak": VoiceSet(tuple(input_voices()), OUTPUT_VOICE, (HELDOUT_VOICE,)),
+    "many": VoiceSet(tuple(input_voices()) + tuple(Voice(v, s) for v in NEURAL_INPUTS for s in INPUT_SPEEDS),
+                     Voice("hibari:heart", BASE_WPM),
+                     (HELDOUT_VOICE, Voice("flite:rms", 165), Voice("kokoro:jf_gongitsune", 165))),
+}
 
 
 def espeak_path() -> str | None:
@@ -115,30 +142,35 @@ class SpeechJob:
     voice: Voice
 
 
-def synthesize_to(job: SpeechJob, path: str, sample_rate: int) -> bool:
+def synthesize_to(job: SpeechJob, path: str, sample_rate: int, speak: "Speak | None" = None) -> bool:
     """Write the job's WAV to ``path`` unless it exists (the cache). True if it was synthesised."""
     if os.path.exists(path):
         return False
-    wav = synthesize(job.text, job.voice, sample_rate)
+    wav = (speak or synthesize)(job.text, job.voice, sample_rate)
     tmp = f"{path}.{os.getpid()}.tmp"
     write_wav(tmp, wav, sample_rate)
     os.replace(tmp, path)
     return True
 
 
+Speak = Callable[[str, Voice, int], np.ndarray]  # (text, voice, sample rate) -> trimmed mono float32
+
+
 def synthesize_many(jobs: Iterable[SpeechJob], wav_dir: str, sample_rate: int, workers: int = 2,
-                    on_done: Callable[[], None] | None = None) -> dict[SpeechJob, str]:
-    """Synthesise every distinct job into ``wav_dir`` (cached), ``workers`` espeak-ng processes at a time.
+                    on_done: Callable[[], None] | None = None, speak: Speak = synthesize,
+                    check: Callable[[Voice], None] = check_voice) -> dict[SpeechJob, str]:
+    """Synthesise every distinct job into ``wav_dir`` (cached), ``workers`` at a time, with ``speak`` (default:
+    espeak-ng) after ``check`` accepted every voice.
 
     Returns job -> file name (relative to ``wav_dir``)."""
     os.makedirs(wav_dir, exist_ok=True)
     uniq = sorted(set(jobs))
     names = {j: wav_name(j.text, j.voice, sample_rate) for j in uniq}
     for v in sorted({j.voice for j in uniq}):
-        check_voice(v)
+        check(v)
 
     def one(job: SpeechJob) -> None:
-        synthesize_to(job, os.path.join(wav_dir, names[job]), sample_rate)
+        synthesize_to(job, os.path.join(wav_dir, names[job]), sample_rate, speak)
         if on_done is not None:
             on_done()
 

@@ -16,12 +16,14 @@ trimmed. Neural engines run on one onnxruntime thread.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -110,8 +112,9 @@ def _kokoro_voices() -> tuple[str, ...]:
 
 def list_voices(engines: tuple[str, ...] = ENGINES) -> list[Voice]:
     """Every voice of the installed ``engines`` (engines that are not installed are skipped)."""
-    names = {"espeak-ng": _espeak_voices, "flite": lambda: FLITE_VOICES, "hibari": _hibari_voices,
-             "kokoro": _kokoro_voices, "piper": lambda: (PIPER_VOICE,)}
+    names: dict[str, Callable[[], tuple[str, ...]]] = {
+        "espeak-ng": _espeak_voices, "flite": lambda: FLITE_VOICES, "hibari": _hibari_voices,
+        "kokoro": _kokoro_voices, "piper": lambda: (PIPER_VOICE,)}
     out = []
     for e in engines:
         if missing(e) is None:
@@ -242,3 +245,26 @@ def synthesize(voice: Voice | str, text: str, sample_rate: int, speed: float = 1
     wav, rate = SPEAK[v.engine](v.name, text, speed, seed)
     wav = np.clip(resample(wav, rate, sample_rate), -1.0, 1.0)
     return P.trim_silence(wav, sample_rate)
+
+
+def corpus_speak(text: str, voice: P.Voice, sample_rate: int) -> np.ndarray:
+    """``speech.Speak`` for corpora of many engines: a plain espeak-ng name (``en-us+m3``) as ``speech.synthesize``
+    says it, an ``engine:name`` voice through ``synthesize`` at ``voice.speed / speech.BASE_WPM`` times its pace
+    (seeded by the text, so a rebuild says it the same way)."""
+    if ":" not in voice.name:
+        return P.synthesize(text, voice, sample_rate)
+    seed = int.from_bytes(hashlib.sha1(text.encode()).digest()[:4], "little")
+    return synthesize(voice.name, text, sample_rate, speed=voice.speed / P.BASE_WPM, seed=seed)
+
+
+def corpus_check(voice: P.Voice) -> None:
+    """``speech.check_voice`` for corpora of many engines: the voice exists and its engine is installed."""
+    if ":" not in voice.name:
+        P.check_voice(voice)
+        return
+    v = Voice.parse(voice.name)
+    why = missing(v.engine)
+    if why:
+        raise NotAvailableError(why)
+    if v not in list_voices((v.engine,)):
+        raise AromniError(f"{v.engine} has no voice {v.name!r}")
