@@ -64,8 +64,9 @@ def load(path: str | None = None, device="auto", dtype="auto", model: bool = Tru
         return omni
     loaded = load_checkpoint(ck, device=dev, dtype=dt, model=model)
     vocab, family = _external_vocab(loaded)
-    omni = Omni(model=loaded.model, vocab=vocab, family=family, prompts=dict(loaded.aromni.get("prompts") or {}),
-                source=local)
+    # model=False: an Omni without a model (Omni.model is typed for the usual case; users of it check for None)
+    omni = Omni(model=loaded.model, vocab=vocab, family=family,  # type: ignore[arg-type]
+                prompts=dict(loaded.aromni.get("prompts") or {}), source=local)
     if tokenizers and any(k.endswith("_tokenizer") for k in loaded.aromni):  # written by export.export
         for kind in ("text", "image", "speech"):
             setattr(omni, kind, load_tokenizer(kind, loaded.aromni.get(f"{kind}_tokenizer"), ck.model_dir, dev))
@@ -112,8 +113,8 @@ def _load_bundle(ck: Checkpoint, dev, dt, model: bool, tokenizers: bool) -> Omni
     if model:
         return load_bundle(ck.root, device=dev, dtype=dt, tokenizers=tokenizers)
     meta = read_meta(ck.root)
-    omni = Omni(model=None, vocab=VocabLayout.from_dict(meta["vocab"]), family=meta.get("family", "aromni"),
-                prompts=meta.get("prompts", {}), source=ck.root)
+    omni = Omni(model=None, vocab=VocabLayout.from_dict(meta["vocab"]),  # type: ignore[arg-type]  # as in load()
+                family=meta.get("family", "aromni"), prompts=meta.get("prompts", {}), source=ck.root)
     if tokenizers:
         omni.text = load_tokenizer("text", meta.get("text_tokenizer"), ck.root, dev)
         omni.image = load_tokenizer("image", meta.get("image_tokenizer"), ck.root, dev)

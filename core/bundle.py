@@ -105,7 +105,7 @@ def load_tokenizer(kind: str, spec: dict | None, root: str, device="cpu"):
     if not spec:
         return None
     _ensure_registered()
-    loader = TOKENIZER_LOADERS[kind].get(spec.get("type"))
+    loader = TOKENIZER_LOADERS[kind].get(spec.get("type", ""))
     if loader is None:
         raise CheckpointError(f"{root}: unknown {kind} tokenizer type {spec.get('type')!r}")
     return loader(spec, root, device)

@@ -80,6 +80,7 @@ class ChatSession:
         return p, trimmed
 
     def turn_seed(self) -> int:
+        assert self.seed is not None  # __post_init__ drew one
         return (self.seed * 1_000_003 + self.turns) % 2**62
 
     def commit(self, turn: list[int], generated: list[int]) -> None:
@@ -101,7 +102,7 @@ class ChatSession:
         turn = self.user_turn(text=text, images=images, audio=audio, append=append)
         _, trimmed = self.prompt(turn)
         if isinstance(reply, str):
-            ids = list(PromptContext.of(self.omni).encode(reply)) + [self.omni.vocab.eom]
+            ids = list(self.omni.text.encode(reply)) + [self.omni.vocab.eom]
         else:
             ids = list(reply)
         self.commit(turn, ids)

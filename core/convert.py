@@ -15,6 +15,7 @@ files in a layout is ``export.py``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -316,6 +317,7 @@ def split_meta_shards(state: dict, cfg: ModelConfig, n: int) -> list[dict]:
     shards: list[dict] = [{} for _ in range(n)]
     for k, v in state.items():
         d = shard_dim(k)
+        chunks: Sequence[torch.Tensor]
         if d is not None:
             chunks = torch.chunk(v, n, dim=d)
         elif "_normalization." in k and v.dim() == 2:

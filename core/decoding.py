@@ -446,7 +446,8 @@ class Chooser:
 
     def span(self) -> tuple[int, int] | None:
         """Vocabulary span the next ``choose`` can pick from (over rows that need logits), or None: all."""
-        lo, hi = None, None
+        lo: int | None = None
+        hi = 0
         for r in self.rows:
             if r.done or r.forced:
                 continue

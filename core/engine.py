@@ -227,8 +227,8 @@ class Engine:
     def _join(self, reqs: list[Request]) -> None:
         tokens, pads, valid, P = self._batch(reqs, reqs[0].vocab.pad)
         N = tokens.shape[0]
-        layers = [layer.attention for layer in self.model.layers]
-        main = [a.cache for a in layers]
+        layers = self.model.attentions()
+        main = self._caches()
         c, w = self.model.cfg, self.model.tok_embeddings.weight
         scratch = [KVCache(N, P, c.n_kv_heads, c.head_dim, main[0].k.dtype, self.dev) for _ in layers]
         try:  # the prefill writes to the layers' caches: lend it a cache of its own
@@ -246,9 +246,9 @@ class Engine:
         if self.L < P:  # room in front for the longest prompt
             self._shift(P - self.L)
         at = torch.tensor(slots, device=self.dev)
-        for a, kv in zip(layers, scratch):
-            a.cache.k[:, :, self.L - P: self.L].index_copy_(0, at, kv.k)
-            a.cache.v[:, :, self.L - P: self.L].index_copy_(0, at, kv.v)
+        for cache, kv in zip(self._caches(), scratch):  # (_reserve may have replaced the caches)
+            cache.k[:, :, self.L - P: self.L].index_copy_(0, at, kv.k)
+            cache.v[:, :, self.L - P: self.L].index_copy_(0, at, kv.v)
         self.key_valid[at] = False
         self.key_valid[at, self.L - P: self.L] = valid.to(self.dev)
         self.dense = False
@@ -268,20 +268,27 @@ class Engine:
             r.logits = logits[n0:i]
 
     # -- cache ------------------------------------------------------------------------------------
+    def _caches(self) -> list[KVCache]:
+        """Every layer's KV cache (``_start`` allocates them before any request is admitted)."""
+        caches = []
+        for a in self.model.attentions():
+            assert a.cache is not None
+            caches.append(a.cache)
+        return caches
+
     def _reserve(self, rows: int, length: int) -> None:
         """Cache of at least ``rows`` rows and ``length`` slots (contents kept)."""
-        kv0 = self.model.layers[0].attention.cache
+        kv0 = self._caches()[0]
         R, T = kv0.k.shape[0], kv0.k.shape[2]
         if rows > R or length > T:
             c = self.model.cfg
             R2, T2 = max(rows, R), max(length, T)
             n, L = len(self.owner), self.L
-            for layer in self.model.layers:
-                old = layer.attention.cache
+            for a, old in zip(self.model.attentions(), self._caches()):
                 new = KVCache(R2, T2, c.n_kv_heads, c.head_dim, old.k.dtype, self.dev)
                 new.k[:n, :, :L] = old.k[:n, :, :L]
                 new.v[:n, :, :L] = old.v[:n, :, :L]
-                layer.attention.cache = new
+                a.cache = new
         kr, kt = self.key_valid.shape
         if rows > kr or length > kt:
             kv = torch.zeros(max(rows, kr), max(length, kt), dtype=torch.bool, device=self.dev)
@@ -294,9 +301,8 @@ class Engine:
         n, L = len(self.owner), self.L
         src, dst = (0, d) if d > 0 else (-d, 0)
         width = L - src
-        for layer in self.model.layers:
-            kv = layer.attention.cache
-            for t in (kv.k, kv.v):
+        for cache in self._caches():
+            for t in (cache.k, cache.v):
                 t[:n, :, dst: dst + width] = t[:n, :, src: src + width].clone()
         kv = self.key_valid[:n, src: src + width].clone()
         self.key_valid[:n] = False
@@ -329,12 +335,13 @@ class Engine:
             src = len(self.owner) - 1
             if dst >= src:
                 return
-            for layer in self.model.layers:
-                kv = layer.attention.cache
+            for kv in self._caches():
                 kv.k[dst] = kv.k[src]
                 kv.v[dst] = kv.v[src]
             self.key_valid[dst] = self.key_valid[src]
-            r, s = self.owner[src]
+            o = self.owner[src]
+            assert o is not None  # the free rows at the end were popped
+            r, s = o
             r.slots[s] = dst
             self.owner[dst], self.owner[src] = (r, s), None
 
@@ -342,15 +349,17 @@ class Engine:
         for b in rows:
             for k in range(r.S):
                 n = k * r.B + b
-                if r.slots[n] is not None:
-                    self.owner[r.slots[n]] = None
+                slot = r.slots[n]
+                if slot is not None:
+                    self.owner[slot] = None
                     r.slots[n] = None
 
     # -- decoding ---------------------------------------------------------------------------------
     def step(self) -> list[Request]:
         """Choose one token for every live row, then run one forward over every live stream. Returns the
         requests that ended (finished, or failed in a callback: ``Request.error``)."""
-        ended, feed = [], {}  # feed: (request id, stream) -> (token, position, attended)
+        ended: list[Request] = []
+        feed: dict[tuple[int, int], tuple[int, int, bool]] = {}  # (request id, stream) -> (token, position, attended)
         for r in list(self.requests):
             try:
                 self._choose(r, feed)
@@ -392,8 +401,10 @@ class Engine:
 
     def _span(self) -> tuple[int, int] | None:
         """The vocabulary span every request's next choice needs (None: the whole head)."""
-        lo = hi = None
+        lo: int | None = None
+        hi = 0
         for r in self.requests:
+            assert r.chooser is not None  # admitted
             sp = r.chooser.span()
             if sp is None:
                 return None
@@ -402,9 +413,10 @@ class Engine:
             lo, hi = (sp[0], sp[1]) if lo is None else (min(lo, sp[0]), max(hi, sp[1]))
         return (0, 1) if lo is None else (lo, hi)
 
-    def _choose(self, r: Request, feed: dict) -> None:
+    def _choose(self, r: Request, feed: dict[tuple[int, int], tuple[int, int, bool]]) -> None:
         """One token per live row of ``r``; callbacks; the tokens each of its streams is fed next."""
         v, B, lg = r.vocab, r.B, r.logits
+        assert r.chooser is not None and lg is not None  # admitted: _place gave it logits
         was_image = [row.mode == IMAGE for row in r.rows]
         out = r.chooser.choose(lg[:B], (lg[B:2 * B], lg[2 * B:]) if r.use_cfg else None)
         if not r.gen.first_token_s:

@@ -81,7 +81,9 @@ def write_safetensors(state: dict, out: str, max_shard_bytes: int, prefix: str =
     """state -> ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + index json."""
     from safetensors.torch import save_file
 
-    groups, cur, size = [], {}, 0
+    groups: list[dict[str, torch.Tensor]] = []
+    cur: dict[str, torch.Tensor] = {}
+    size = 0
     for k, v in state.items():
         nb = v.numel() * v.element_size()
         if cur and size + nb > max_shard_bytes:
@@ -196,7 +198,7 @@ def _hf_vq(image) -> tuple[dict | None, dict | None]:
     """
     model = getattr(image, "model", None)
     c = getattr(model, "cfg", None)
-    if c is None or getattr(c, "norm_groups", 32) != 32:
+    if model is None or c is None or getattr(c, "norm_groups", 32) != 32:
         return None, None
     vq_config = {"embed_dim": c.embed_dim, "num_embeddings": c.n_embed, "double_latent": False,
                  "latent_channels": c.z_channels, "resolution": c.resolution, "in_channels": c.in_channels,

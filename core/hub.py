@@ -40,6 +40,7 @@ def snapshot_path(repo_id: str, revision: str | None = None, cache_dir: str | No
     snaps = os.path.join(repo_dir, "snapshots")
     rev = revision or "main"
     ref = os.path.join(repo_dir, "refs", rev)
+    commit: str | None
     if os.path.isfile(ref):
         with open(ref) as f:
             commit = f.read().strip()

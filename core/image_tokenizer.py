@@ -16,7 +16,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -142,7 +142,7 @@ def preprocess(img, resolution: int) -> np.ndarray:
 
     img = whiten_transparency(img)
     nw, nh, x0, y0 = resize_crop_box(img.width, img.height, resolution)
-    img = img.resize((nw, nh), Image.LANCZOS)
+    img = img.resize((nw, nh), Image.Resampling.LANCZOS)
     img = img.crop((x0, y0, x0 + resolution, y0 + resolution))
     x = np.asarray(img, dtype=np.float64) / 255.0 * 2.0 - 1.0  # float64 as the reference, then float32
     return np.ascontiguousarray(x.astype(np.float32).transpose(2, 0, 1))
@@ -157,8 +157,8 @@ def to_pil(x: torch.Tensor):
     """[3, R, R] pixels in [-1, 1] -> PIL RGB: clamp, (x+1)/2, x255, truncate (astype uint8) as the reference."""
     from PIL import Image
 
-    x = ((x.detach().float().clamp(-1.0, 1.0) + 1.0) / 2.0).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray((255 * x).astype(np.uint8), "RGB")
+    a = ((x.detach().float().clamp(-1.0, 1.0) + 1.0) / 2.0).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray((255 * a).astype(np.uint8), "RGB")
 
 
 def fit_codes(codes: Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
@@ -358,7 +358,8 @@ def torch_load_weights(path: str) -> dict:
     except Exception as e:
         raise CheckpointError(f"{path}: holds Python objects that weights-only loading refuses and that cannot be "
                               f"inspected safely ({str(e).splitlines()[0]})") from None
-    stubs = [(type(n.rpartition(".")[2], (_Inert,), {"__module__": n.rpartition(".")[0]}), n) for n in names]
+    stubs: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (type(n.rpartition(".")[2], (_Inert,), {"__module__": n.rpartition(".")[0]}), n) for n in names]
     try:
         with torch.serialization.safe_globals(stubs):
             return load(mmap=True)

@@ -297,7 +297,7 @@ def read_checkpoint(ck: Checkpoint) -> tuple[dict, ModelConfig, str, dict]:
         return state, cfg, "aromni", {}
     if ck.format == "meta":
         return _read_meta(ck)
-    state: dict = {}
+    state = {}
     for f in ck.files:
         state.update(read_weights(f))
     fmt = _hf_flavour(state, ck.config)

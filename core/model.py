@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -21,9 +22,10 @@ class ModelConfig:
     dim: int = 4096
     n_layers: int = 32
     n_heads: int = 32
-    n_kv_heads: int | None = None
+    # n_kv_heads and intermediate_size accept None (derive it) in the constructor: ints once built (__post_init__)
+    n_kv_heads: int = None  # type: ignore[assignment]  # None: n_heads
     vocab_size: int = 65536
-    intermediate_size: int | None = None  # None: Meta rule from dim, multiple_of, ffn_dim_multiplier
+    intermediate_size: int = None  # type: ignore[assignment]  # None: the Meta rule from dim, multiple_of, ...
     multiple_of: int = 256
     ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
@@ -141,6 +143,9 @@ def apply_rope(x: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
 
 class KVCache(nn.Module):
     """Preallocated keys and values ``[batch, n_kv_heads, max_len, head_dim]`` of one attention layer."""
+
+    k: torch.Tensor  # buffers
+    v: torch.Tensor
 
     def __init__(self, batch: int, max_len: int, n_kv: int, head_dim: int, dtype, device):
         super().__init__()
@@ -288,16 +293,19 @@ class Transformer(nn.Module):
         max_len = min(max_len or self.cfg.max_seq_len, self.cfg.max_seq_len)
         w = self.tok_embeddings.weight
         dtype = dtype or w.dtype
-        for layer in self.layers:
-            a = layer.attention
+        for a in self.attentions():
             c = a.cache
             if c is None or c.k.shape[0] < batch or c.k.shape[2] < max_len or c.k.dtype != dtype:
                 a.cache = KVCache(batch, max_len, self.cfg.n_kv_heads, self.cfg.head_dim, dtype, w.device)
         return InferenceState(batch, max_len, w.device)
 
     def drop_cache(self) -> None:
-        for layer in self.layers:
-            layer.attention.cache = None
+        for a in self.attentions():
+            a.cache = None
+
+    def attentions(self) -> list[Attention]:
+        """Each block's attention layer, which holds its KV cache."""
+        return [cast(Block, layer).attention for layer in self.layers]  # nn.ModuleList is untyped
 
     # -- forward ------------------------------------------------------------------------------
     def _positions(self, B: int, T: int, start: int, pad: torch.Tensor | None, pos: torch.Tensor | None):

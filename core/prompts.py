@@ -5,9 +5,10 @@ does (``encode(s, add_special_tokens=False)`` per segment; leading spaces belong
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import InputError
+from .errors import AromniError, InputError
 from .tokens import audio_block, image_block, split_segments
 from .vocab import VocabLayout
 
@@ -27,7 +28,7 @@ class PromptContext:
     """What a prompt builder needs: the layout, a text encoder and per-model overrides."""
 
     vocab: VocabLayout
-    encode: object  # callable str -> list[int] (joint ids)
+    encode: Callable[[str], list[int]] | None  # str -> joint ids; None without a text tokenizer
     instructions: dict | None = None
 
     @classmethod
@@ -46,6 +47,8 @@ def _seg(ctx: PromptContext, *parts) -> list[int]:
     for p in parts:
         if isinstance(p, str):
             if p:
+                if ctx.encode is None:
+                    raise AromniError(f"no text tokenizer is configured to encode {p!r}")
                 out += list(ctx.encode(p))
         else:
             out += [int(t) for t in p]
@@ -154,15 +157,18 @@ def task_prompt(ctx: PromptContext, task: str, ids: list[int], compat: bool = Fa
     text = [t for s in segs if s.kind == "text" for t in s.ids]
     images = [s.codes(v) for s in segs if s.kind == "image"]
     audio = [s.codes(v) for s in segs if s.kind == "audio"]
+    build: dict[str, Callable[[PromptContext, list[int]], list[int]]]  # (context, codes or text ids) -> prompt
     if task in ("asr", "s2i", "caption"):
         kind = "image" if task == "caption" else "audio"
         if kinds != [kind]:
             raise InputError(f"{task} takes {want}; the input holds {_describe(kinds)}", source)
-        prompt = {"asr": asr_prompt, "s2i": s2i_prompt, "caption": caption_prompt}[task](ctx, segs[0].codes(v))
+        build = {"asr": asr_prompt, "s2i": s2i_prompt, "caption": caption_prompt}
+        prompt = build[task](ctx, segs[0].codes(v))
     elif task in ("tts", "t2i", "text"):
         if kinds != ["text"] and not (task == "text" and not kinds):
             raise InputError(f"{task} takes {want}; the input holds {_describe(kinds)}", source)
-        prompt = {"tts": tts_prompt, "t2i": t2i_prompt, "text": lambda c, t: [v.bos] + t}[task](ctx, text)
+        build = {"tts": tts_prompt, "t2i": t2i_prompt, "text": lambda c, t: [v.bos] + t}
+        prompt = build[task](ctx, text)
     else:  # chat
         if len(audio) > 1 or not kinds:
             raise InputError(f"chat takes {want}; the input holds {_describe(kinds)}", source)
@@ -202,19 +208,25 @@ def build_example(ctx: PromptContext, task: str, *, text: str | None = None, ima
     """
     v = ctx.vocab
     if task == "tts":
-        prompt, resp = tts_prompt(ctx, text, instruction), audio_block(audio_codes, v)
+        prompt, resp = tts_prompt(ctx, _text(text, task), instruction), audio_block(audio_codes, v)
     elif task == "asr":
-        prompt, resp = asr_prompt(ctx, audio_codes, instruction), _seg(ctx, text)
+        prompt, resp = asr_prompt(ctx, audio_codes, instruction), _seg(ctx, _text(text, task))
     elif task == "caption":
-        prompt, resp = caption_prompt(ctx, image_codes, instruction), _seg(ctx, text)
+        prompt, resp = caption_prompt(ctx, image_codes, instruction), _seg(ctx, _text(text, task))
     elif task == "t2i":
-        prompt, resp = t2i_prompt(ctx, text, instruction), image_block(image_codes, v)
+        prompt, resp = t2i_prompt(ctx, _text(text, task), instruction), image_block(image_codes, v)
     elif task == "s2i":
         prompt = s2i_prompt(ctx, audio_codes, instruction)
-        resp = [v.ins] + _seg(ctx, transcript or text) + [v.res] + image_block(image_codes, v)
+        resp = [v.ins] + _seg(ctx, _text(transcript or text, task)) + [v.res] + image_block(image_codes, v)
     elif task == "text":
-        prompt, resp = [v.bos], _seg(ctx, text)
+        prompt, resp = [v.bos], _seg(ctx, _text(text, task))
     else:
         raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     resp = resp + [v.eom]
     return Example(prompt + resp, task, len(resp))
+
+
+def _text(text: str | None, task: str) -> str:
+    if text is None:
+        raise ValueError(f"a {task} example needs text")
+    return text

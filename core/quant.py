@@ -60,13 +60,19 @@ def int4_weight(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor,
 
 def linear_rows(layer: nn.Module, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """``layer(x)[..., lo:hi]`` computing only those output channels (plain or quantised linear layers)."""
-    if hasattr(layer, "forward_rows"):
-        return layer.forward_rows(x, lo, hi)
-    return F.linear(x, layer.weight[lo:hi])
+    rows = getattr(layer, "forward_rows", None)
+    if rows is not None:
+        return rows(x, lo, hi)
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return F.linear(x, weight[lo:hi])
 
 
 class Int8Linear(nn.Module):
     """``y = x @ W.T`` with W in int8 and per-output-channel scales (no bias)."""
+
+    q: torch.Tensor  # buffers
+    scale: torch.Tensor
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
@@ -111,6 +117,9 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """``y = x @ W.T`` with W in grouped 4 bits (bf16 compute; no bias). CUDA; the CPU kernel is used only
     when ``cpu_ok`` (tests of the packing)."""
+
+    packed: torch.Tensor  # buffers
+    scales_and_zeros: torch.Tensor
 
     def __init__(self, weight: torch.Tensor, group: int = INT4_GROUP, cpu_ok: bool = False):
         super().__init__()
@@ -161,7 +170,7 @@ def quantize(model: nn.Module, quant: str | None, min_size: int | None = None) -
     linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and m.bias is None]
     dev = linears[0][1].weight.device if linears else None
     quant = check_quant(quant, dev)
-    if quant is None or not linears:
+    if quant is None or dev is None:  # dev is None: no linear layers
         return model
     if min_size is None:
         min_size = INT8_MIN_SIZE_CPU if quant == "int8" and dev.type == "cpu" else 0

@@ -128,11 +128,12 @@ def image_scorer(omni: Omni, ctx: PromptContext, texts: list[str | None]) -> Sco
     """How likely the model's own captioner finds row i's text for each candidate's image (0 for all when row i
     has no text)."""
     def score(i: int, cands: list[list[int]]) -> list[float]:
-        if not texts[i]:
+        text = texts[i]
+        if not text:
             return [0.0] * len(cands)
         has = [any(omni.vocab.is_image(t) for t in c) for c in cands]
         images = [image_codes_of(c, omni.vocab) for c, h in zip(cands, has) if h]
-        return spread(has, caption_scores(omni, ctx, images, texts[i]))
+        return spread(has, caption_scores(omni, ctx, images, text))
     return score
 
 

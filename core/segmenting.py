@@ -127,7 +127,7 @@ def speech_segments(wav: np.ndarray, sample_rate: int, pause_s: float = PAUSE_S,
     segs: list[list[int]] = []
     for i in np.flatnonzero(sound):
         if segs and i - segs[-1][1] < min_gap:
-            segs[-1][1] = i + 1
+            segs[-1][1] = int(i) + 1
         else:
             segs.append([int(i), int(i) + 1])
     # sample-exact edges: the first and last sample louder than the silence level (as the corpus trims clips)

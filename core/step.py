@@ -62,6 +62,7 @@ def decode_step(model: Transformer, tokens: torch.Tensor, pos: torch.Tensor, idx
         S = key_valid.shape[1]
         mask = (key_valid | (torch.arange(S, device=tokens.device) == idx)).view(tokens.shape[0], 1, 1, S)
     else:
+        assert length is not None, "decode_step needs key_valid or length"
         S, mask = int(length), None
     h = model.hidden(tokens, pos, mask, slots=idx, length=S)
     return model.head(h[:, -1], span)
@@ -101,8 +102,8 @@ def setup_cache(model: Transformer, batch: int, length: int) -> InferenceState:
     if length <= model.cfg.max_seq_len:
         return model.setup_cache(batch, length)
     w, c = model.tok_embeddings.weight, model.cfg
-    for layer in model.layers:
-        kv = layer.attention.cache
+    for a in model.attentions():
+        kv = a.cache
         if kv is None or kv.k.shape[0] < batch or kv.k.shape[2] < length or kv.k.dtype != w.dtype:
-            layer.attention.cache = KVCache(batch, length, c.n_kv_heads, c.head_dim, w.dtype, w.device)
+            a.cache = KVCache(batch, length, c.n_kv_heads, c.head_dim, w.dtype, w.device)
     return InferenceState(batch, length, w.device)

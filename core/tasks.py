@@ -191,8 +191,8 @@ def tts_batch(omni: Omni, texts: list[str], opts: DecodeOptions | None = None,
                               "sentences": owner.count(k)}))
     total = time.perf_counter() - t0
     audio_total = sum(r.stats["audio_s"] for r in out)
-    for r in out:
-        r.stats["rtf"] = total / audio_total if audio_total else None
+    for res in out:
+        res.stats["rtf"] = total / audio_total if audio_total else None
     return out
 
 

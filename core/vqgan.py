@@ -6,7 +6,9 @@ without renaming. Design: docs/formats.md, "Image tokenizer".
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -164,7 +166,10 @@ class Upsample(nn.Module):
 class _Level(nn.Module):
     """One resolution level: ``block`` (ResnetBlocks), ``attn`` (possibly empty) and an optional resampler."""
 
-    def __init__(self, blocks: list[nn.Module], attns: list[nn.Module]):
+    downsample: nn.Module  # set only on levels that resample
+    upsample: nn.Module
+
+    def __init__(self, blocks: Sequence[nn.Module], attns: Sequence[nn.Module]):
         super().__init__()
         self.block = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attns)
@@ -216,7 +221,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for level in self.down:
+        for level in cast("Sequence[_Level]", self.down):
             h = level.run_blocks(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
@@ -254,7 +259,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
+        for level in reversed(cast("Sequence[_Level]", self.up)):
             h = level.run_blocks(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
@@ -324,6 +329,8 @@ class VQModel(nn.Module):
 
     def decode_latents(self, zq: torch.Tensor) -> torch.Tensor:
         """quantized latents [B, D, g, g] -> pixels [B, 3, R, R] (unclamped)."""
+        if self.decoder is None:
+            raise RuntimeError("this VQModel was built without a decoder (decoder=False)")
         return self.decoder(self.post_quant_conv(zq))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

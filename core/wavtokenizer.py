@@ -191,6 +191,11 @@ class SEANetEncoder(nn.Module):
 # Quantizer: one codebook, plain L2 nearest neighbour; EMA statistics kept as buffers (training only)
 # ----------------------------------------------------------------------------------------------
 class Codebook(nn.Module):
+    inited: torch.Tensor
+    cluster_size: torch.Tensor
+    embed: torch.Tensor
+    embed_avg: torch.Tensor
+
     def __init__(self, size: int, dim: int):
         super().__init__()
         self.register_buffer("inited", torch.zeros(1))
@@ -315,6 +320,8 @@ class VocosBackbone(nn.Module):
 class ISTFT(nn.Module):
     """Inverse STFT by irfft + periodic Hann + overlap-add, trimmed by (win - hop)/2 per side and divided by
     the overlap-added squared window: L frames -> L * hop samples."""
+
+    window: torch.Tensor
 
     def __init__(self, n_fft: int, hop: int):
         super().__init__()

@@ -35,7 +35,7 @@ def _ngrams(words: list[str], n: int) -> Counter:
 
 
 def _vector(counts: Counter, df: dict, log_docs: float, n: int):
-    vec = [defaultdict(float) for _ in range(n)]
+    vec: list[defaultdict[tuple[str, ...], float]] = [defaultdict(float) for _ in range(n)]
     norm = [0.0] * n
     length = 0
     for gram, tf in counts.items():

@@ -48,11 +48,12 @@ class Dataset:
 def load_dataset(path: str, task: str, split: str = "heldout", limit: int | None = None) -> Dataset:
     if task not in TASKS:
         raise AromniError(f"unknown task {task!r} ({', '.join(TASKS)})")
+    used_split: str | None = split
     if os.path.isdir(path):
         if task != "asr":
             raise InputError(f"a directory is read as LibriSpeech (ASR only); {task} needs a JSONL manifest", path)
         items, digest = _librispeech(path)
-        fmt, split = "librispeech", None
+        fmt, used_split = "librispeech", None
     elif os.path.isfile(path):
         items, digest = _manifest(path, task, split)
         fmt = "jsonl"
@@ -60,7 +61,7 @@ def load_dataset(path: str, task: str, split: str = "heldout", limit: int | None
         raise InputError("no such file or directory", path)
     if limit is not None:
         items = items[:max(0, limit)]
-    return Dataset(items, {"path": os.path.abspath(path), "format": fmt, "split": split, "n": len(items),
+    return Dataset(items, {"path": os.path.abspath(path), "format": fmt, "split": used_split, "n": len(items),
                            "sha256": digest})
 
 
@@ -101,6 +102,7 @@ def _manifest(path: str, task: str, split: str) -> tuple[list[Item], str]:
                         audio=_resolve(root, d.get("audio"), path, no), image=_resolve(root, d.get("image"), path, no))
             refs = list(d.get("texts") or []) + ([d["text"]] if d.get("text") else [])
             if task == "caption":
+                assert item.image is not None  # NEEDS["caption"] was checked above
                 if item.image in by_image:  # another reference for an image already listed
                     first = by_image[item.image]
                     first.refs.extend(refs)

@@ -102,8 +102,8 @@ def plot_metrics(paths: list[str], keys: list[str] | None = None, x: str | None 
                 ax.plot(xs, ys, linewidth=1.5, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
             plotted.append(label)
     ax.set_xlabel(" / ".join(sorted(xlabels)))
-    names = {p.split(": ")[-1] for p in plotted}
-    ax.set_ylabel(names.pop() if len(names) == 1 else "loss" if all("loss" in n for n in names) else "value")
+    series = {p.split(": ")[-1] for p in plotted}
+    ax.set_ylabel(series.pop() if len(series) == 1 else "loss" if all("loss" in n for n in series) else "value")
     if log_y:
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)

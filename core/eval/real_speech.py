@@ -107,5 +107,5 @@ def codec_ceiling(codec, judge, items: list[Clip]) -> dict:
         w_orig = corpus_wer(refs, judge.transcribe(orig, sr)).wer
         w_rec = corpus_wer(refs, judge.transcribe(recon, sr)).wer
         out[group] = {"n": len(sel), "wer_original": w_orig, "wer_reconstructed": w_rec,
-                      "points_lost": 100.0 * (w_rec - w_orig)}
+                      "points_lost": None if w_rec is None or w_orig is None else 100.0 * (w_rec - w_orig)}
     return out

@@ -14,6 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from ..errors import InputError
 
@@ -107,6 +108,10 @@ def _flatten(d, prefix: str = "") -> dict:
     return out
 
 
+def _is_number(v: object) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def compare(a: dict, b: dict) -> list[tuple[str, object, object, float | None]]:
     """Rows ``(name, a, b, b - a)``: every metric and timing, then each setting that differs."""
     rows = []
@@ -114,8 +119,8 @@ def compare(a: dict, b: dict) -> list[tuple[str, object, object, float | None]]:
         fa, fb = _flatten(a.get(section, {})), _flatten(b.get(section, {}))
         for k in list(fa) + [k for k in fb if k not in fa]:
             va, vb = fa.get(k), fb.get(k)
-            num = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
-            rows.append((k if section == "metrics" else f"{section}.{k}", va, vb, vb - va if num else None))
+            delta = vb - va if _is_number(va) and _is_number(vb) else None
+            rows.append((k if section == "metrics" else f"{section}.{k}", va, vb, delta))
     for key in SETTING_KEYS:
         fa, fb = _flatten(a.get(key), key), _flatten(b.get(key), key)
         for k in list(fa) + [k for k in fb if k not in fa]:

@@ -11,13 +11,16 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import Any, Callable, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import tasks
+from ..bundle import Omni
 from ..decoding import TASKS
 from .batcher import Cancelled
 from .config import ServeConfig
@@ -29,6 +32,7 @@ from .wire import b64, options_from_payload, pcm16, png, unb64
 
 AUDIO_FORMATS = ("wav", "pcm", "flac")
 TRANSCRIPT_FORMATS = ("text", "json", "verbose_json")
+T = TypeVar("T")
 
 
 class Server:
@@ -57,12 +61,14 @@ class Server:
     def submit(self, fn, cancel: threading.Event) -> asyncio.Future:
         return self.runner.submit(fn, cancel)
 
-    async def run(self, model, fn) -> object:
+    async def run(self, model, fn: Callable[[Omni], T]) -> T:
         """``fn(omni)`` in a request thread, with the model held and the request timeout."""
         entry = await self.acquire(model)
+        omni = entry.omni
+        assert omni is not None  # acquired: loaded, and kept until released
         cancel = threading.Event()
         try:
-            fut = self.submit(lambda: fn(entry.omni), cancel)
+            fut = self.submit(lambda: fn(omni), cancel)
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), self.cfg.limits.timeout_s)
             except asyncio.TimeoutError:
@@ -176,7 +182,7 @@ async def open_stream(server: Server, model, fn) -> tuple[Stream, object]:
 # ----------------------------------------------------------------------------------------------
 # the app
 # ----------------------------------------------------------------------------------------------
-def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
+def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> Gate:
     """The ASGI app (wrapped in :class:`Gate`: key, body limit, log line). Models named in ``cfg.models`` load at
     start when ``preload``."""
     server = Server(cfg, log)
@@ -265,7 +271,9 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
             return tasks.tts(omni, text, opts, on_audio=st.put, seed=seed)
 
         st, first = await open_stream(server, body.get("model"), job)
-        sr = st.entry.omni.speech.sample_rate
+        omni = st.entry.omni
+        assert omni is not None  # the stream holds the entry
+        sr = omni.speech.sample_rate
 
         async def chunks():
             item = first
@@ -341,7 +349,7 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
         except Exception as e:  # noqa: BLE001 - a malformed multipart body
             raise ApiError(400, f"malformed multipart body ({type(e).__name__})", "invalid_multipart") from None
         try:
-            files = [f for f in form.getlist("file") if hasattr(f, "read")]
+            files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
             if not files:
                 raise ApiError(400, "'file' is required (an audio file part)", "missing_field", "file")
             data = [(await f.read(), f.filename or "upload") for f in files]
@@ -358,7 +366,7 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> FastAPI:
             raise ApiError(400, "window must be > 0", "invalid_value", "window")
         payload = json_field(fields, "options")
         temp = form_number(fields, "temperature", float)
-        extra = {}
+        extra: dict[str, Any] = {}
         if temp is not None:
             extra = {"greedy": True} if temp == 0 else {"temperature": temp}
         opts = server.options("asr", payload, **extra)

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from ..engine import Engine, Generation, Request
+from ..model import Transformer
 
 
 class Cancelled(Exception):
@@ -29,7 +30,7 @@ class Cancelled(Exception):
 @dataclass
 class _Call:
     req: Request
-    model: object
+    model: Transformer
     cancel: threading.Event | None
     static: bool | None
     done: threading.Event = field(default_factory=threading.Event)
@@ -98,6 +99,7 @@ class Batcher:
             raise call.error
         if call.cancelled:
             raise Cancelled()
+        assert call.result is not None  # _settle sets it when the call ends without an error
         return call.result
 
     def close(self) -> None:
@@ -136,7 +138,9 @@ class Batcher:
             if self.join == "batch" and not idle:
                 return []
             live = eng.live_rows if eng is not None else 0
-            take, rows, rest = [], live, []
+            take: list[_Call] = []
+            rest: list[_Call] = []
+            rows = live
             for c in self._pending:
                 n = len(c.req.rows)
                 if c.cancelled:
@@ -148,7 +152,8 @@ class Batcher:
                 if self.join == "batch":
                     ok = fits and (not take or c.key() == take[0].key())
                 else:  # first come, first served: a call that cannot join now holds the ones behind it
-                    ok = (fits and not rest and (idle or (c.model is eng.model and eng.accepts(c.req.opts)))
+                    ok = (fits and not rest
+                          and (idle or (eng is not None and c.model is eng.model and eng.accepts(c.req.opts)))
                           and (not take or c.model is take[0].model))
                 if ok:
                     take.append(c)
@@ -205,6 +210,7 @@ class Batcher:
         done = {id(r) for r in ended}
         for c in self._running:
             if id(c.req) not in done and c.cancelled:
+                assert self._engine is not None  # a running call that has not ended has rows in the engine
                 self._engine.cancel(c.req)
                 c.req.error = Cancelled()
                 done.add(id(c.req))

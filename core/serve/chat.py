@@ -11,11 +11,22 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field as dc_field
+from typing import TYPE_CHECKING, Protocol
 
 from ..chat import ChatSession
+from ..decoding import DecodeOptions
 from ..tokens import parse_response
 from .http import ApiError, field, seed_of
 from .wire import b64, pcm16, png, unb64, wav_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class AudioReader(Protocol):
+    """What a chat job needs of the server (``app.Server``, not imported: app imports this module)."""
+
+    def audio(self, omni, data: bytes, name: str) -> np.ndarray: ...
 
 
 @dataclass
@@ -30,7 +41,7 @@ class Turn:
 @dataclass
 class ChatRequest:
     turns: list[Turn]
-    opts: object
+    opts: DecodeOptions
     seed: int | None
     stream: bool
     audio_format: str
@@ -38,7 +49,7 @@ class ChatRequest:
     model: str
     id: str = dc_field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
     created: int = dc_field(default_factory=lambda: int(time.time()))
-    server: object = None
+    server: AudioReader | None = None
     sample_rate: int = 0
     prompt_tokens: int = 0
 
@@ -200,20 +211,22 @@ def parse_chat(body: dict, server) -> ChatRequest:
 def chat_job(omni, req: ChatRequest, st) -> object:
     """Replay the history into a ChatSession, then decode the last turn (text deltas to ``st``)."""
     from ..image_tokenizer import open_image
-    from ..prompts import PromptContext
+
+    server = req.server
+    assert server is not None  # parse_chat sets it
 
     def load(t: Turn, k: int) -> dict:
-        audio = None if t.audio is None else req.server.audio(omni, t.audio, f"messages[{k}] audio")
+        audio = None if t.audio is None else server.audio(omni, t.audio, f"messages[{k}] audio")
         images = [open_image(b, f"messages[{k}] image {j}") for j, b in enumerate(t.images)] or None
         return {"text": t.text, "images": images, "audio": audio}
 
     req.sample_rate = omni.speech.sample_rate if omni.speech is not None else 0
     s = ChatSession(omni, req.opts, seed=req.seed)
-    ctx = PromptContext.of(omni)
     for k, t in enumerate(req.turns[:-1]):
         ids = s.user_turn(**load(t, k))
         s.prompt(ids)
-        given = t.reply_tokens if t.reply_tokens is not None else list(ctx.encode(t.reply_text)) + [omni.vocab.eom]
+        given = (t.reply_tokens if t.reply_tokens is not None
+                 else list(omni.text.encode(t.reply_text)) + [omni.vocab.eom])
         s.commit(ids, given)
     on_token = None
     if st is not None:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 
 
 class Metrics:
-    def __init__(self):
-        self.requests: Counter = Counter()  # (path, status) -> count
-        self.seconds: Counter = Counter()  # path -> total seconds
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, int]] = Counter()  # (path, status) -> count
+        self.seconds: defaultdict[str, float] = defaultdict(float)  # path -> total seconds
         self._lock = threading.Lock()
 
     def record(self, path: str, status: int, seconds: float) -> None:

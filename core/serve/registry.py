@@ -38,7 +38,7 @@ class Registry:
     def __init__(self, cfg: ServeConfig, log=None):
         self.cfg = cfg
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        specs = list(cfg.models) or [None]
+        specs: list[str | None] = list(cfg.models) or [None]
         self.entries: dict[str, Entry] = {}
         for s in specs:
             name = DEFAULT_NAME if s is None else model_name(s)
@@ -111,7 +111,8 @@ class Registry:
             now = time.monotonic()
             for e in self.entries.values():
                 with e.lock:
-                    if e.omni is not None and e.users == 0 and not e.batcher.busy and now - e.last_used >= ka:
+                    idle = e.batcher is not None and not e.batcher.busy  # a loaded model has its batcher
+                    if e.omni is not None and e.users == 0 and idle and now - e.last_used >= ka:
                         self._unload(e)
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ def options_from_payload(task: str, payload, **fixed) -> DecodeOptions:
         raise InputError("options.compat must be true or false")
     kw.update({k: v for k, v in fixed.items() if v is not None})
     from dataclasses import fields
-    types = {f.name: f.type for f in fields(DecodeOptions)}
+    types = {f.name: str(f.type) for f in fields(DecodeOptions)}
     for k, v in kw.items():
         if k not in types:
             raise InputError(f"unknown decoding option {k!r}")
@@ -57,7 +57,6 @@ def options_from_payload(task: str, payload, **fixed) -> DecodeOptions:
 
 
 def _check_type(name: str, declared: str, value) -> None:
-    declared = str(declared)
     if value is None:
         return
     if declared.startswith("bool") and not isinstance(value, bool):
