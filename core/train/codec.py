@@ -46,7 +46,7 @@ class SpectralLoss(torch.nn.Module):
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """y (output), x (target) [B, T] -> (mel loss, stft loss)."""
-        mel_l, stft_l = 0.0, 0.0
+        mel_l = stft_l = y.new_zeros(())
         for n in self.ffts:
             win, fb = getattr(self, f"win{n}"), getattr(self, f"mel{n}")
             sy, sx = (torch.stft(s, n, n // 4, window=win, return_complex=True).abs() for s in (y, x))

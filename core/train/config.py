@@ -228,9 +228,9 @@ def validate(cfg: TrainConfig) -> None:
     positive = [("data.batch_size", cfg.data.batch_size), ("optim.grad_accum", cfg.optim.grad_accum),
                 ("train.max_steps", cfg.train.max_steps), ("checkpoint.keep", cfg.checkpoint.keep),
                 ("train.log_every", cfg.train.log_every), ("data.shard_size", cfg.data.shard_size)]
-    for key, v in positive:
-        if v < 1:
-            raise AromniError(f"config: {key} must be >= 1 (got {v})")
+    for key, n in positive:
+        if n < 1:
+            raise AromniError(f"config: {key} must be >= 1 (got {n})")
     if cfg.train.stop_at is not None and cfg.train.stop_at < 1:
         raise AromniError(f"config: train.stop_at must be >= 1 or null (got {cfg.train.stop_at})")
     if cfg.optim.lr <= 0:

@@ -15,12 +15,13 @@ k-th sample of that epoch. Resuming re-reads the stream up to there without toke
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -49,7 +50,12 @@ class Record:
 
     length: int | None
     load: Callable[[], Sample | None]
-    bounds: tuple = (1, None)  # (min_len, max_len) of its source, set by the stream
+    bounds: tuple[int, int | None] = (1, None)  # (min_len, max_len) of its source, set by the stream
+
+
+def _loaded(s: Sample) -> Callable[[], Sample]:
+    """The loader of a sample that is already in memory."""
+    return lambda: s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ class PretrainJsonlSource:
                     if not line.strip():
                         continue
                     s = self._parse(line, f"{fn}:{lineno}")
-                    yield Record(len(s.ids), lambda s=s: s)
+                    yield Record(len(s.ids), _loaded(s))
 
     @staticmethod
     def _parse(line: str, where: str) -> Sample:
@@ -177,7 +183,7 @@ class ParquetSource:
                     if len(lab) != len(ids):
                         raise InputError(f"row {i}: labels has {len(lab)} entries, input_ids {len(ids)}", fn)
                     s = Sample(ids, str(tasks[i]) if tasks else self.task, 0, lab)
-                    yield Record(len(ids), lambda s=s: s)
+                    yield Record(len(ids), _loaded(s))
 
 
 def _list_arrays(col) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +230,7 @@ class ManifestSource:
 
     def records(self) -> Iterator[Record]:
         for d, where in self.rows():
-            yield Record(None, lambda d=d, where=where: self.builder(d, self.base, where))
+            yield Record(None, functools.partial(self.builder, d, self.base, where))
 
 
 SOURCES = {"shards": ShardSource, "pretrain_jsonl": PretrainJsonlSource, "parquet": ParquetSource,
@@ -251,12 +257,15 @@ def make_source(spec, builder=None, default_split: str = "train"):
 # ----------------------------------------------------------------------------------------------
 # The stream: global order, buffer shuffle, rank split, resumable position
 # ----------------------------------------------------------------------------------------------
-def buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
+T = TypeVar("T")
+
+
+def buffer_shuffle(items: Iterator[T], size: int, rng: random.Random) -> Iterator[T]:
     """Streaming shuffle through a buffer of ``size`` items (size <= 1: unchanged order)."""
     if size <= 1:
         yield from items
         return
-    buf = []
+    buf: list[T] = []
     for it in items:
         if len(buf) < size:
             buf.append(it)
@@ -277,7 +286,7 @@ class SampleStream:
         self.shuffle_buffer, self.seed, self.repeat, self.name = shuffle_buffer, seed, repeat, name
         self.min_len, self.max_len = min_len, max_len
 
-    def _bounds(self, src) -> tuple[int, int]:
+    def _bounds(self, src) -> tuple[int, int | None]:
         lo = src.min_len if getattr(src, "min_len", None) is not None else self.min_len
         hi = src.max_len if getattr(src, "max_len", None) is not None else self.max_len
         if self.max_len is not None:
@@ -360,9 +369,12 @@ class Batch:
     n_samples: int = 0
 
     def to(self, device) -> "Batch":
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(mv(self.tokens), mv(self.targets), mv(self.weights), mv(self.image), mv(self.positions),
-                     mv(self.attn_mask), self.n_tokens, self.n_samples)
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        return Batch(mv(self.tokens), mv(self.targets), mv(self.weights), mv(self.image),
+                     None if self.positions is None else mv(self.positions),
+                     None if self.attn_mask is None else mv(self.attn_mask), self.n_tokens, self.n_samples)
 
 
 def collate(rows: list[list[Item]], pad_id: int, packed: bool) -> Batch:
@@ -408,10 +420,11 @@ class Batcher:
         self.stream, self.prepare, self.B, self.pad_id = stream, prepare, batch_size, pad_id
         self.pack, self.seq_len = pack, seq_len
         self.pos: tuple[int, int] = (0, 0)
-        self._gen = None
+        self._gen: Iterator[Batch] | None = None
 
     def reset(self, pos: tuple[int, int] = (0, 0)) -> None:
-        self.pos, self._gen = tuple(pos), None
+        epoch, k = pos  # may come as a list (checkpoint JSON)
+        self.pos, self._gen = (epoch, k), None
 
     def __iter__(self):
         return self
@@ -438,6 +451,7 @@ class Batcher:
                     return
                 yield collate(rows, self.pad_id, packed=False)
                 continue
+            assert self.seq_len is not None  # __init__: packing needs seq_len
             used: list[int] = []
             while True:
                 if held is None:

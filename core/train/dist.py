@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -80,8 +81,9 @@ def wrap(module: nn.Module, blocks: list[nn.Module], info: DistInfo, device: tor
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # buffers (the frozen codebook) are identical on every rank: no per-forward broadcast
-        kw = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-              else {"broadcast_buffers": False})
+        sync_key = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                    else "broadcast_buffers")
+        kw: dict[str, Any] = {sync_key: False}
         return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, **kw)
     if info.strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
@@ -105,9 +107,9 @@ def wrap(module: nn.Module, blocks: list[nn.Module], info: DistInfo, device: tor
 def sync_context(wrapped: nn.Module, info: DistInfo, sync: bool):
     """Gradient sync only on the last micro-batch of an accumulation."""
     if info.strategy == "ddp" and not sync:
-        return wrapped.no_sync()
+        return wrapped.no_sync()  # type: ignore[operator]  # DDP method, seen through nn.Module.__getattr__
     if info.strategy == "fsdp":
-        wrapped.set_requires_gradient_sync(sync)
+        wrapped.set_requires_gradient_sync(sync)  # type: ignore[operator]  # FSDPModule method
     return nullcontext()
 
 

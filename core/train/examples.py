@@ -74,12 +74,10 @@ class ExampleBuilder:
             raise InputError(f"a {task} record needs {' and '.join(repr(k) for k in missing)}", where)
         if "text" in need[task] or rec.get("text"):
             self._need_text(where)
-        kw = {}
-        if "image" in need[task]:
-            kw["image_codes"] = self.image_codes(rec["image"], base, where)
-        if "audio" in need[task]:
-            kw["audio_codes"] = self.audio_codes(rec["audio"], base, where)
-        ex = build_example(self.ctx, task, text=rec.get("text"), transcript=rec.get("text"), **kw)
+        image = self.image_codes(rec["image"], base, where) if "image" in need[task] else None
+        audio = self.audio_codes(rec["audio"], base, where) if "audio" in need[task] else None
+        ex = build_example(self.ctx, task, text=rec.get("text"), transcript=rec.get("text"), image_codes=image,
+                           audio_codes=audio)
         return Sample(np.asarray(ex.ids, dtype=np.int64), task, ex.response_len)
 
     def chat(self, rec: dict, base: str, where: str) -> Sample:

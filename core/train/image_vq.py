@@ -146,7 +146,7 @@ def background_code_entropy(tok: VQGANTokenizer, attrs: Sequence[dict], batch_si
     cell = R // grid
     per: dict = {}
     for c, a, im in zip(codes, canon, images):
-        px = np.asarray(im.convert("RGB").resize((R, R), Image.BOX)).astype(int)
+        px = np.asarray(im.convert("RGB").resize((R, R), Image.Resampling.BOX)).astype(int)
         bg = np.array(scenes.BACKGROUNDS[a["background"]])
         for r in range(grid):
             for k in range(grid):
@@ -208,8 +208,8 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
         pos += batch_size
         x = data[idx]
         if flip:
-            m = torch.rand(len(idx), generator=g) < 0.5
-            x = torch.where(m[:, None, None, None], x.flip(-1), x)
+            mirror = torch.rand(len(idx), generator=g) < 0.5
+            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
         x = x.to(dev)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup)
@@ -245,9 +245,10 @@ def fit_image_vq(tok: VQGANTokenizer, images: Sequence, *, steps: int, batch_siz
         opt.step()
 
         restarted = 0
-        counts = torch.bincount(codes, minlength=K).float() if quantizing else torch.zeros(K, device=dev)
+        counts = torch.bincount(codes, minlength=K).float() if codes is not None else torch.zeros(K, device=dev)
         with torch.no_grad():
             if quantizing and ema:
+                assert codes is not None  # set whenever quantizing
                 cluster.mul_(ema_decay).add_(counts, alpha=1 - ema_decay)
                 embed_sum.mul_(ema_decay).index_add_(0, codes, zf.detach(), alpha=1 - ema_decay)
                 n = cluster.sum()

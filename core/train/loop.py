@@ -18,7 +18,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ import torch.nn as nn
 from ..bundle import Omni
 from ..device import auto_bf16, cpu_has_native_bf16, resolve_device
 from ..errors import AromniError, CheckpointError
+from ..model import Transformer
 from . import checkpoint as ckpt
 from . import dist as D
 from .config import TrainConfig
@@ -50,7 +51,7 @@ class TrainModule(nn.Module):
         if codebook is not None:
             self.register_buffer("codebook", codebook, persistent=False)
         else:
-            self.codebook = None
+            self.codebook: torch.Tensor | None = None
         self.image_offset = image_offset
 
     def forward(self, tokens, targets, weights, image, positions=None, attn_mask=None):
@@ -70,6 +71,7 @@ def load_codebook(spec: str, image_tok) -> torch.Tensor:
         return image_tok.codebook().detach().float().cpu()
     if not os.path.isfile(spec):
         raise AromniError(f"loss.codebook: {spec}: no such file")
+    t: torch.Tensor | None
     try:
         if spec.endswith(".npy"):
             t = torch.from_numpy(np.load(spec))
@@ -111,7 +113,8 @@ def warmup_steps(cfg: TrainConfig) -> int:
 # RNG state
 # ----------------------------------------------------------------------------------------------
 def rng_state(device: torch.device) -> dict:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy global generator is always MT19937
     st = {"torch": torch.get_rng_state(), "python": random.getstate(),
           "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
     if device.type == "cuda":
@@ -378,6 +381,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Loss on ``train.eval_batches`` held-out micro-batches (the same ones every time)."""
+        if self.heldout is None:
+            raise AromniError("evaluate needs held-out data (data.heldout)")
         self.heldout.reset((0, 0))
         ntp = pl = W = N = 0.0
         self.wrapped.eval()
@@ -440,7 +445,7 @@ class Trainer:
 
         tr = ckpt.read_file(path, "trainer.pt")
         msd, osd = get_state_dict(self.wrapped, self.opt)
-        state = {"model": msd, "optim": osd}
+        state: dict[str, Any] = {"model": msd, "optim": osd}
         try:
             dcp.load(state, storage_reader=dcp.FileSystemReader(path), no_dist=not self.info.enabled)
             set_state_dict(self.wrapped, self.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -537,7 +542,7 @@ class Trainer:
         if w is not None:
             w.close()
 
-    def _bundle_omni(self, model: nn.Module) -> Omni:
+    def _bundle_omni(self, model: Transformer) -> Omni:
         o = self.omni
         family = o.family if self.cfg.model.base else self.cfg.model.family
         return Omni(model=model, vocab=o.vocab, family=family, text=o.text, image=o.image, speech=o.speech,
@@ -547,13 +552,16 @@ class Trainer:
         """``out/adapter.safetensors`` (the adapters alone) and ``out/adapter.json`` (rank, alpha, targets)."""
         from . import lora
 
+        assert self.lora is not None  # only LoRA runs save adapters
         os.makedirs(out, exist_ok=True)
         ckpt.write_file(os.path.join(out, "adapter.safetensors"), lora.adapter_state(self.model))
         meta = {**self.lora, "base": self.cfg.model.base}
         ckpt.write_text_atomic(os.path.join(out, "adapter.json"), json.dumps(meta))
 
-    def export(self, path: str) -> str | None:
+    def export(self, path: str | None) -> str | None:
         """``out_dir/bundle`` (and ``out_dir/hf``) from checkpoint ``path``: the model, vocabulary and tokenizers.
+
+        ``path`` is what :meth:`save` returned: None on ranks other than the main one.
 
         Collective under FSDP: the bundle's weights are streamed from the shards, tensor by tensor.
         """
@@ -573,6 +581,7 @@ class Trainer:
                 return out if self.info.main else None
             # the transformers writer takes a whole model: read (memory-mapped) from the streamed bundle
             model = load_checkpoint(out).model
+            assert model is not None  # model=True
             if not c.export_bundle:
                 import shutil
 
@@ -580,6 +589,7 @@ class Trainer:
         elif not self.info.main:
             return None
         else:
+            assert path is not None  # the main rank's save() returns its checkpoint
             if self.lora is not None:  # the live model is the final checkpoint's: adapters folded in
                 from . import lora
 
@@ -591,15 +601,13 @@ class Trainer:
             if c.export_bundle:
                 save_bundle(self._bundle_omni(model), out)
         o = self.omni
-        if not c.export_bundle:
-            out = None
         if c.export_hf:
             try:
                 from ..export import export_hf
             except ImportError:
                 from ..export import export_hf
             export_hf(model, os.path.join(self.cfg.out_dir, "hf"), fmt="hf", layout=o.vocab, family=o.family)
-        return out
+        return out if c.export_bundle else None
 
     # -- signals ----------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:

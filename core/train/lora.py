@@ -7,6 +7,7 @@ zero, so training starts from the base model exactly. :func:`merge` folds the ad
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -44,7 +45,7 @@ class LoRALinear(nn.Linear):
 
 def check_spec(spec: dict) -> dict:
     """``train.lora`` with defaults filled in: {rank: 16, alpha: 32, dropout: 0.0, targets: all seven}."""
-    out = {"rank": 16, "alpha": 32.0, "dropout": 0.0, "targets": list(TARGETS)}
+    out: dict[str, Any] = {"rank": 16, "alpha": 32.0, "dropout": 0.0, "targets": list(TARGETS)}
     unknown = set(spec) - set(out)
     if unknown:
         raise AromniError(f"config: train.lora: unknown key(s) {sorted(unknown)} (known: {', '.join(out)})")

@@ -106,6 +106,7 @@ def build_omni(cfg, device="cpu", model: bool = True) -> Omni:
         omni = load(m.base, device="cpu", dtype=torch.float32, model=want)
         if m.vocab is not None:
             v = resolve_vocab(m.vocab, toks)
+            assert v is not None  # None only for a null spec
             if v.fingerprint != omni.vocab.fingerprint:
                 raise AromniError(f"config: model.vocab {v.fingerprint} differs from the base model's "
                                   f"{omni.vocab.fingerprint}")
@@ -114,7 +115,8 @@ def build_omni(cfg, device="cpu", model: bool = True) -> Omni:
     else:
         mc, vocab = fresh_config(m, toks)
         net = build_model(mc, device="cpu", seed=cfg.seed) if want else None
-        omni = Omni(model=net, vocab=vocab, family=m.family)
+        # model=False: an Omni without a model, as api.load(model=False) makes (Omni.model is typed for the usual case)
+        omni = Omni(model=net, vocab=vocab, family=m.family)  # type: ignore[arg-type]
     for kind, tok in toks.items():
         setattr(omni, kind, tok)
     if omni.text is not None:

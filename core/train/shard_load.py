@@ -58,7 +58,7 @@ class LazyState:
         self.shapes[key], self.readers[key] = tuple(shape), reader
 
     def add_full(self, key: str, t: torch.Tensor) -> None:
-        self.add(key, tuple(t.shape), lambda a, b, t=t: t[a:b] if t.dim() else t)
+        self.add(key, tuple(t.shape), lambda a, b: t[a:b] if t.dim() else t)
 
 
 def _safetensor_parts(files: list[str], keep: list) -> dict[str, _Part]:
@@ -188,6 +188,7 @@ def _open_meta(ck: Checkpoint) -> LazyState:
     norms = {}
     for k in keys:
         name = convert.rename(k, "meta", to_aromni=True)
+        assert name is not None  # every Meta key has an aromni name
         if k not in full:
             raise CheckpointError(f"{ck.model_dir}: unexpected key {k}")
         parts = [_Part(s[k]) for s in shards]
@@ -282,10 +283,11 @@ def random_state(cfg: ModelConfig, seed: int, std: float = 0.02) -> LazyState:
             def read(a: int, b: int, shape=shape, scale=scale) -> torch.Tensor:
                 t = torch.empty(shape).normal_(0.0, std, generator=g)
                 return (t.mul_(scale) if scale != 1.0 else t)[a:b]
+            lazy.add(name, shape, read)
         else:  # norms: weight 1, bias 0 (the modules' own initial values)
             value = 0.0 if name.endswith(".bias") else 1.0
 
-            def read(a: int, b: int, shape=shape, fill=value) -> torch.Tensor:
+            def read_fill(a: int, b: int, shape=shape, fill=value) -> torch.Tensor:
                 return torch.full(shape, fill)[a:b]
-        lazy.add(name, shape, read)
+            lazy.add(name, shape, read_fill)
     return lazy

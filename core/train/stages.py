@@ -109,10 +109,11 @@ def pretokenize(cfg: TrainConfig, *, quiet: bool = False) -> dict:
                 writers[split] = ShardWriter(os.path.join(cfg.out_dir, split), cfg.data.shard_size,
                                              omni.vocab.fingerprint)
             writers[split].add(s)
-    out = {"kind": "pretokenize", "out_dir": cfg.out_dir, "skipped": skipped, "splits": {}}
+    splits: dict[str, dict] = {}
+    out = {"kind": "pretokenize", "out_dir": cfg.out_dir, "skipped": skipped, "splits": splits}
     for split, w in writers.items():
         idx = w.close()
-        out["splits"][split] = {"path": w.out_dir, "samples": idx["samples"], "tokens": idx["tokens"]}
+        splits[split] = {"path": w.out_dir, "samples": idx["samples"], "tokens": idx["tokens"]}
         _log(f"{split}: {idx['samples']} samples, {idx['tokens']} tokens -> {w.out_dir}", quiet)
     if not writers:
         raise AromniError("pretokenize: no records were written (empty manifests or all filtered)")
@@ -271,7 +272,9 @@ def _text_offset(cfg: TrainConfig) -> int:
     from .resolve import resolve_vocab
 
     if cfg.model.vocab is not None:
-        return resolve_vocab(cfg.model.vocab, {}).text_start
+        layout = resolve_vocab(cfg.model.vocab, {})
+        assert layout is not None  # None only for a null spec
+        return layout.text_start
     return N_COMPACT_SPECIALS
 
 

@@ -44,7 +44,8 @@ class SafetensorsStream:
             raise ValueError(f"tensor {self.i}: got {name} {t.dtype} {tuple(t.shape)}, expected {want} {dtype} {shape}")
         t = t.detach().contiguous().cpu()
         if t.numel():
-            self.f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            # numpy declares ndarray.__buffer__ only for Python >= 3.12
+            self.f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]
         self.i += 1
 
     def close(self) -> str:
