@@ -57,10 +57,10 @@ class VoiceSet:
                 "output": asdict(self.output), "heldout": [asdict(v) for v in self.heldout]}
 
 
-# "espeak": espeak-ng only. "many": the neural hibari voice as output, espeak-ng, flite, two Kokoro voices (the slowest
+# "espeak": espeak-ng only. "many": the neural hibari voice as output, espeak-ng, flite, one Kokoro voice (the slowest
 # engine: RTF ~1.7 on one thread) and hibari as input (voices.py, engine:name; a neural voice's speed is words per
 # minute over BASE_WPM); held out: one voice of espeak-ng, flite and Kokoro each.
-NEURAL_INPUTS = ("flite:kal", "flite:awb", "flite:slt", "kokoro:jf_alpha", "kokoro:jm_kumo", "hibari:heart")
+NEURAL_INPUTS = ("flite:kal", "flite:awb", "flite:slt", "kokoro:jm_kumo", "hibari:heart")
 BASE_WPM = 160
 VOICE_SETS = {
     "espeak": VoiceSet(tuple(input_voices()), OUTPUT_VOICE, (HELDOUT_VOICE,)),
