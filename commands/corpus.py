@@ -16,7 +16,8 @@ def run(
     out_dir: Annotated[str, typer.Argument(help="Folder to write train.jsonl, heldout.jsonl, img/ and wav/ into.")],
     preset: Annotated[str, typer.Option(
         "--preset", help="default (the bundled model's corpus), wide (everyday lines, free phrasings, a neural "
-                         "output voice and many input voices; needs the voices extra) or ci (tiny).")] = "default",
+                         "output voice and many input voices; needs the voices extra), ci or ci-wide (tiny).")
+    ] = "default",
     seed: Seed = None,
     sample_rate: Annotated[int, typer.Option(
         "--sample-rate", help="Speech sample rate in Hz: the rate of the codec that will tokenize it (the bundled "

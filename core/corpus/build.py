@@ -90,6 +90,8 @@ PRESETS = {
                        heldout_scenes=8, heldout_s2i=3, n_chat_heldout=2, max_sentences=12, n_tts_chunks=8,
                        n_asr_joined=4),
 }
+PRESETS["ci-wide"] = replace(PRESETS["ci"], world="wide", voices="many", phrasing_prob=0.5, heldout_phrasings=6,
+                             heldout_s2i=6)  # the wide preset's parts at the ci preset's size
 
 GREETINGS = ("hello", "good morning", "good afternoon", "good evening")
 REPLIES = {g: f"{g} how can i help you" for g in GREETINGS} | {

