@@ -25,7 +25,8 @@
 # after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr) and 600 more LM steps with them
 # (pretokenize_self.yaml, selftrain.yaml); the bundle is then that LM; default 1; 0: the LM's bundle as it is;
 # docs/default-model.md, "Recipe"), CORPUS (the corpus preset: default, or ci with --ci; wide: everyday lines, free
-# phrasings, a neural output voice and many input voices, needs `pip install 'aromni[voices]'`).
+# phrasings, a neural output voice and many input voices, needs `pip install 'aromni[voices]'`; ci-wide: the same
+# at the size of ci, with --ci).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

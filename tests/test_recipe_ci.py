@@ -175,6 +175,25 @@ def test_ci_recipe_end_to_end(tmp_path):
     _aromni("asr", str(tmp_path / "s.wav"), *m, cwd=tmp_path)
 
 
+@pytest.mark.slow
+def test_ci_recipe_with_the_wide_corpus(tmp_path):
+    """CORPUS=ci-wide: many engines' voices, phrasing groups and three held-out voices go through every stage;
+    the card names each engine with its licence."""
+    from aromni.core.corpus import voices as V
+
+    why = next((V.missing(e) for e in ("hibari", "kokoro", "flite") if V.missing(e)), None)
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "build"
+    r = _run(["bash", SCRIPT, "--ci", str(out)], ROOT, env_extra={"CORPUS": "ci-wide", "SELFTRAIN": "0"},
+             timeout=1200)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    card = (out / "bundle" / "MODEL_CARD.md").read_text()
+    assert "output voice hibari:heart; held-out voices en-us+f4, flite:rms, kokoro:jf_gongitsune" in card
+    assert all(f"- Speech by {x}" in card for x in ("espeak-ng", "flite", "`hibari-tts`", "Kokoro-82M"))
+    assert "| t2i, held-out phrasing |" in card and "espeak-ng's" not in card
+
+
 def test_card_quality_rows(tmp_path):
     """The model card's quality table: one TTS row per judge, which caption words each judge heard right, and the
     speaker groups (speech -> image judged in the training voices, like ASR)."""
