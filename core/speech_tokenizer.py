@@ -90,6 +90,18 @@ class WavTokenizer:
             wav = self.decode_batch(c[None])[0]
         return wav[:length] if length is not None else wav
 
+    def autoencode(self, wav: np.ndarray) -> np.ndarray:
+        """wav [T] -> the decoder's output for the encoder's latents, not quantised ([ceil(T / hop) * hop]). Set
+        beside ``decode(encode(wav))`` it tells what the codebook loses from what encoder and decoder lose."""
+        x = np.asarray(wav, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise InputError("audio contains NaN or infinite samples")
+        if x.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        with torch.inference_mode():
+            y = self.net.decode_features(self.net.encode_latents(torch.from_numpy(x)[None].to(self.device)))
+        return y[0].float().cpu().numpy()
+
     @property
     def silence_code(self) -> int:
         """The code this codec gives silence (the commonest code of 0.5 s of zeros), computed once."""

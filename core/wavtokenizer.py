@@ -58,6 +58,14 @@ CONFIGS: dict[str, WavTokenizerConfig] = {
     # 0.4 M head); one fit_codec step on 8 x 1 s crops takes ~0.8-1.2 s on one CPU core.
     "small": WavTokenizerConfig(sample_rate=16000, ratios=(5, 5, 4, 4), n_filters=16, dim=128, codebook_size=1024,
                                 backbone_dim=256, intermediate_dim=768, num_layers=4, groups=32, n_fft=1600),
+    # Codec variants (docs/default-model.md, "Codec variants"): the small encoder with a twice as wide latent
+    # and a 512-wide 8-block backbone (the backbone runs at 40 frames/s: 4x the parameters for ~1.5x the step
+    # time); and a 1.5x wider encoder with the same latent and a 384-wide 6-block backbone.
+    "medium": WavTokenizerConfig(sample_rate=16000, ratios=(5, 5, 4, 4), n_filters=16, dim=256, codebook_size=1024,
+                                 backbone_dim=512, intermediate_dim=1536, num_layers=8, groups=32, n_fft=1600),
+    "medium-enc": WavTokenizerConfig(sample_rate=16000, ratios=(5, 5, 4, 4), n_filters=24, dim=256,
+                                     codebook_size=1024, backbone_dim=384, intermediate_dim=1152, num_layers=6,
+                                     groups=32, n_fft=1600),
     # Tests: 8 kHz, 40 codes/s, 64 codes, a few thousand parameters.
     "tiny": WavTokenizerConfig(sample_rate=8000, ratios=(5, 5, 4, 2), n_filters=4, dim=16, codebook_size=64,
                                backbone_dim=32, intermediate_dim=64, num_layers=2, groups=8, n_fft=800),

@@ -46,6 +46,8 @@ def main() -> int:
     ap.add_argument("--no-asr", action="store_true")
     ap.add_argument("--no-ceiling", action="store_true")
     ap.add_argument("--codec", default=None, help="tokenizer directory whose speech codec the ceiling measures")
+    ap.add_argument("--unquantised", action="store_true",
+                    help="also measure the codec's decoder on its encoder's latents, without the codebook")
     ap.add_argument("--voices", default="", help="synthetic voices (engine:name, comma-separated) added as groups")
     ap.add_argument("--voice-clips", type=int, default=40, help="held-out sentences per synthetic voice")
     a = ap.parse_args()
@@ -86,12 +88,14 @@ def main() -> int:
             codec = load_tokenizers({"speech": a.codec})["speech"]
         else:
             codec = omni.speech
-        ceil = real_speech.codec_ceiling(codec, make_judge("whisper"), items)
+        ceil = real_speech.codec_ceiling(codec, make_judge("whisper"), items, unquantised=a.unquantised)
         with open(os.path.join(a.out, "ceiling.json"), "w", encoding="utf-8") as f:
             json.dump(ceil, f, indent=2)
         for g, m in ceil.items():
             rows.append(f"| codec, {g} | Whisper WER original / reconstructed | {100 * m['wer_original']:.1f}% / "
-                        f"{100 * m['wer_reconstructed']:.1f}% (+{m['points_lost']:.1f} points, {m['n']} clips) |")
+                        f"{100 * m['wer_reconstructed']:.1f}% (+{m['points_lost']:.1f} points, {m['n']} clips)"
+                        + (f"; not quantised {100 * m['wer_unquantised']:.1f}%" if "wer_unquantised" in m else "")
+                        + " |")
     print("| measure | metric | value |\n|---|---|---|\n" + "\n".join(rows))
     return 0
 

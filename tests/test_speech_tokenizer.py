@@ -456,3 +456,24 @@ def test_mel_filterbank():
     assert fb.shape == (40, 257) and (fb >= 0).all() and (fb.max(1).values > 0.5).all()
     peaks = fb.argmax(1)
     assert (peaks[1:] >= peaks[:-1]).all()
+
+
+def test_autoencode_is_decode_of_encode_when_the_codebook_holds_the_latents():
+    tok = build_speech_tokenizer("tiny", seed=0)
+    wav = np.random.default_rng(0).standard_normal(tok.hop * 10).astype(np.float32) * 0.1
+    out = tok.autoencode(wav)
+    assert out.shape == (tok.hop * 10,) and out.dtype == np.float32
+    with torch.no_grad():  # a codebook whose first rows are exactly this clip's latents: quantising loses nothing
+        z = tok.net.encode_latents(torch.from_numpy(wav)[None])[0].T
+        tok.net.quantizer.embed[: len(z)] = z
+    np.testing.assert_allclose(tok.decode(tok.encode(wav)), out, atol=1e-5)
+    assert tok.autoencode(np.zeros(0, np.float32)).size == 0
+    with pytest.raises(InputError):
+        tok.autoencode(np.array([0.0, np.nan], np.float32))
+
+
+@pytest.mark.parametrize("preset,millions", [("small", 5.9), ("medium", 23.8), ("medium-enc", 15.0)])
+def test_codec_presets_have_the_documented_sizes(preset, millions):
+    tok = build_speech_tokenizer(preset, seed=0)
+    assert round(sum(p.numel() for p in tok.net.parameters()) / 1e6, 1) == millions
+    assert tok.sample_rate // tok.hop == 40 and tok.codebook_size == 1024

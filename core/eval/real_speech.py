@@ -89,11 +89,13 @@ def write_manifest(path: str, items: list[Clip]) -> None:
                                 "text": c.text, "group": c.group}) + "\n")
 
 
-def codec_ceiling(codec, judge, items: list[Clip]) -> dict:
+def codec_ceiling(codec, judge, items: list[Clip], unquantised: bool = False) -> dict:
     """The judge's WER on the original clips and on the codec's reconstructions of them, per group.
 
     ``codec`` is a loaded speech tokenizer (encode/decode at ``codec.sample_rate``), ``judge`` a
-    core.eval.judge Judge. The difference is what the codec alone loses on real speech."""
+    core.eval.judge Judge. The difference is what the codec alone loses on real speech. ``unquantised`` also
+    measures the decoder's output for the encoder's latents without the codebook (``wer_unquantised``): what
+    encoder and decoder lose before quantisation does."""
     from ..audio_io import load_audio
     from .wer import corpus_wer
 
@@ -108,4 +110,7 @@ def codec_ceiling(codec, judge, items: list[Clip]) -> dict:
         w_rec = corpus_wer(refs, judge.transcribe(recon, sr)).wer
         out[group] = {"n": len(sel), "wer_original": w_orig, "wer_reconstructed": w_rec,
                       "points_lost": None if w_rec is None or w_orig is None else 100.0 * (w_rec - w_orig)}
+        if unquantised:
+            out[group]["wer_unquantised"] = corpus_wer(refs, judge.transcribe([codec.autoencode(w) for w in orig],
+                                                                              sr)).wer
     return out
