@@ -16,6 +16,14 @@ TYPE = "wavtokenizer"
 FILE = "speech_tokenizer.safetensors"
 
 
+def _finite(wav) -> np.ndarray:
+    """``wav`` as float32, refused (InputError) when a sample is NaN or infinite."""
+    x = np.asarray(wav, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise InputError("audio contains NaN or infinite samples")
+    return x
+
+
 class WavTokenizer:
     """mono float32 wav at ``sample_rate`` <-> codes (int64, one per ``hop`` samples). Always fp32 (the
     exp() of the log-magnitude and the window-envelope division are precision-sensitive).
@@ -55,11 +63,9 @@ class WavTokenizer:
         Clips of different lengths must be encoded one by one: padding them to a common length changes the
         last ~4 codes of the shorter ones (the encoder looks ~4 frames ahead and reflect-pads the real end).
         """
-        wavs = np.asarray(wavs, dtype=np.float32)
+        wavs = _finite(wavs)
         if wavs.ndim != 2:
             raise ValueError(f"encode_batch expects [B, T], got shape {wavs.shape}")
-        if not np.isfinite(wavs).all():
-            raise InputError("audio contains NaN or infinite samples")
         n = -(-wavs.shape[1] // self.hop)
         if n == 0:
             return torch.zeros(wavs.shape[0], 0, dtype=torch.long)
@@ -93,9 +99,7 @@ class WavTokenizer:
     def autoencode(self, wav: np.ndarray) -> np.ndarray:
         """wav [T] -> the decoder's output for the encoder's latents, not quantised ([ceil(T / hop) * hop]). Set
         beside ``decode(encode(wav))`` it tells what the codebook loses from what encoder and decoder lose."""
-        x = np.asarray(wav, dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise InputError("audio contains NaN or infinite samples")
+        x = _finite(wav)
         if x.size == 0:
             return np.zeros(0, dtype=np.float32)
         with torch.inference_mode():

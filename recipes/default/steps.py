@@ -538,10 +538,9 @@ def _speech_fields(corpus: dict) -> dict[str, str]:
     espeak = f"espeak-ng {corpus.get('espeak_ng') or ''}".strip()
     held = voices.get("heldout")
     held = [held] if isinstance(held, dict) else list(held or [])
-    names = list(voices.get("input") or []) + [(voices.get("output") or {}).get("name", "")] + [
-        h.get("name", "") for h in held]
-    engines = sorted({n.split(":")[0] for n in names if ":" in n})
+    held_names = [h.get("name", "") for h in held]
     out = (voices.get("output") or {}).get("name", "")
+    engines = sorted({n.split(":")[0] for n in [*(voices.get("input") or []), out, *held_names] if ":" in n})
     if not engines:
         return {"speech_engines": espeak, "heldout_voices": "",
                 "unseen_voices": "an unseen voice", "voice_kind": "espeak-ng",
@@ -554,7 +553,7 @@ def _speech_fields(corpus: dict) -> dict[str, str]:
            "with are part of that distribution and under the same licence."]
     lic += [f"- Speech by {ENGINE_LICENCES.get(e, e)}." for e in engines]
     return {"speech_engines": ", ".join([espeak] + engines),
-            "heldout_voices": "; held-out voices " + ", ".join(h.get("name", "") for h in held),
+            "heldout_voices": "; held-out voices " + ", ".join(held_names),
             "unseen_voices": f"{len(held)} unseen voices" if len(held) > 1 else "an unseen voice",
             "voice_kind": "synthetic", "output_voice_is": f"{out}, a synthetic voice, never a cloned one",
             "asr_unseen": "less so in unseen ones (held-out voices:", "speech_licences": "\n".join(lic)}
