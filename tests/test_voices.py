@@ -82,3 +82,20 @@ def test_bad_voices_are_refused():
         if V.missing(e):
             with pytest.raises(NotAvailableError):
                 V.synthesize(V.Voice(e, "x"), TEXT, SR)
+
+
+def test_kokoro_first_use_in_parallel_processes(tmp_path):
+    """Processes that first use Kokoro at once (the corpus's workers on a fresh machine) all get the model."""
+    need("kokoro")
+    import os
+    import subprocess
+    import sys
+
+    code = ("from aromni.core.corpus import voices as V; "
+            "w = V.synthesize('kokoro:jf_alpha', 'one two', 16000); assert w.size > 1000; print('ok')")
+    env = os.environ | {"KOKORO_JA_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e.decode()[-500:] for _, e in outs]
+    assert sorted(f.name for f in tmp_path.iterdir() if f.suffix == ".onnx") == ["kokoro-v1.0.int8.onnx"]

