@@ -185,13 +185,16 @@ def test_ci_recipe_with_the_wide_corpus(tmp_path):
     if why:
         pytest.skip(why)
     out = tmp_path / "build"
-    r = _run(["bash", SCRIPT, "--ci", str(out)], ROOT, env_extra={"CORPUS": "ci-wide", "SELFTRAIN": "0"},
-             timeout=1200)
+    r = _run(["bash", SCRIPT, "--ci", str(out)], ROOT, timeout=1200,
+             env_extra={"CORPUS": "ci-wide", "SELFTRAIN": "0", "EVAL_SAMPLE": "asr=6,caption=4,s2i=4,t2i=6,tts=4"})
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     card = (out / "bundle" / "MODEL_CARD.md").read_text()
     assert "output voice hibari:heart; held-out voices en-us+f4, flite:rms, kokoro:jf_gongitsune" in card
     assert all(f"- Speech by {x}" in card for x in ("espeak-ng", "flite", "`hibari-tts`", "Kokoro-82M"))
     assert "| t2i, held-out phrasing |" in card and "espeak-ng's" not in card
+    # the evaluation read a sample of the held-out split with every group, and the card says how to write it
+    assert "steps.py sample corpus/heldout.jsonl corpus/heldout-sample.jsonl --n asr=6," in card
+    assert "| asr, held-out voice |" in card
 
 
 def test_card_quality_rows(tmp_path):
@@ -258,3 +261,34 @@ def test_card_from_a_build_record(tmp_path):
     (bundle / "MODEL_CARD.md").unlink()
     steps.write_card(str(bundle))
     assert (bundle / "MODEL_CARD.md").read_text() == card
+
+
+def test_heldout_sample_keeps_every_group_and_the_card_names_it(tmp_path):
+    """steps.py sample: N lines per task split over the task's groups, evenly spaced, in a fixed order; the card's
+    evaluation command then names the sample and how to write it again."""
+    steps = _steps()
+    lines = ([{"task": "asr", "voice_heldout": h, "text": f"a{h}{i}"} for h in (False, True) for i in range(10)]
+             + [{"task": "t2i", "group": g, "text": f"t{g}{i}"} for g in ("canonical", "held-out phrasing")
+                for i in range(6)] + [{"task": "text", "text": f"x{i}"} for i in range(5)])
+    src = tmp_path / "heldout.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    got = steps.write_sample(str(src), str(tmp_path / "s.jsonl"), {"asr": 5, "t2i": 4})
+    assert got == {"asr": 5, "t2i": 4}
+    rows = [json.loads(x)["text"] for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    # held-out voice before training voices (sorted group names), the remainder to the first group
+    assert rows == ["aTrue0", "aTrue3", "aTrue6", "aFalse0", "aFalse5",
+                    "tcanonical0", "tcanonical3", "theld-out phrasing0", "theld-out phrasing3"]
+    assert steps.write_sample(str(src), str(tmp_path / "t.jsonl"), {"text": 50}) == {"text": 5}
+    with pytest.raises(SystemExit, match="same folder"):
+        steps.write_sample(str(src), str(tmp_path / "sub" / "s.jsonl"), {"asr": 5})
+    with pytest.raises(SystemExit, match="no caption lines"):
+        steps.write_sample(str(src), str(tmp_path / "s.jsonl"), {"caption": 5})
+    (tmp_path / "eval").mkdir()
+    for task, n in (("asr", 120), ("caption", 60)):
+        (tmp_path / "eval" / f"{task}.json").write_text(json.dumps(
+            {"data": {"n": n, "path": "/b/corpus/heldout-sample.jsonl"}, "seed": 0, "metrics": {"wer": 0.1}}))
+    reports = steps.collect_record(str(tmp_path), RECIPE)["eval"]["reports"]
+    assert steps._eval_cmd(reports, ["whisper"]) == (
+        "recipes/default/steps.py sample corpus/heldout.jsonl corpus/heldout-sample.jsonl --n asr=120,caption=60 "
+        "&& scripts/eval_default.py --data corpus/heldout-sample.jsonl --model bundle --judge whisper --seed 0 "
+        "--batch-size 32")

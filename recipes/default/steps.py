@@ -8,6 +8,7 @@
     steps.py card BUNDLE [--build B --recipe R]      # BUNDLE/MODEL_CARD.md from BUNDLE/build.json (first
                                                      # rewritten from the build's records when --build is given)
     steps.py rerun-compare A/metrics.jsonl B/metrics.jsonl [--out F.json]  # how close a rerun's losses come
+    steps.py sample HELDOUT.jsonl OUT.jsonl --n TASK=N,...  # N evenly spaced held-out lines of each task
 
 Every step is deterministic: the same inputs give the same files.
 """
@@ -377,8 +378,9 @@ def _trim_report(rep: dict, task: str) -> dict:
         metrics["judges"] = {j: {k: v for k, v in jm.items() if k in keys} for j, jm in m["judges"].items()}
     if m.get("caption_attrs"):
         metrics["caption_attrs"] = m["caption_attrs"]
-    return {"n": (rep.get("data") or {}).get("n"), "candidates": int((rep.get("decoding") or {}).get("candidates")
-                                                                     or 1),
+    data = rep.get("data") or {}
+    return {"n": data.get("n"), "data": os.path.basename(data.get("path") or "heldout.jsonl"),
+            "candidates": int((rep.get("decoding") or {}).get("candidates") or 1),
             "judge": (rep.get("settings") or {}).get("judge"), "seed": rep.get("seed"), "metrics": metrics}
 
 
@@ -559,6 +561,18 @@ def _speech_fields(corpus: dict) -> dict[str, str]:
             "asr_unseen": "less so in unseen ones (held-out voices:", "speech_licences": "\n".join(lic)}
 
 
+def _eval_cmd(reports: dict, judges: list[str]) -> str:
+    """The command that measured the card's quality table (with the held-out sample it read, if one)."""
+    data = next((r["data"] for r in reports.values() if r.get("data")), "heldout.jsonl")
+    seed = next((r.get("seed") for r in reports.values() if r.get("seed") is not None), 0)
+    cmd = (f"scripts/eval_default.py --data corpus/{data} --model bundle --judge {','.join(judges) or 'whisper'} "
+           f"--seed {seed} --batch-size 32")
+    if data == "heldout.jsonl":
+        return cmd
+    counts = ",".join(f"{t}={r['n']}" for t, r in sorted(reports.items()) if r.get("n"))
+    return f"recipes/default/steps.py sample corpus/heldout.jsonl corpus/{data} --n {counts} && {cmd}"
+
+
 def card_fields(bundle: str, rec: dict) -> dict[str, str]:
     """The values the card template names, from the bundle's aromni.json, weights and build record."""
     meta = _read_json(os.path.join(bundle, "aromni.json")) or {}
@@ -625,10 +639,7 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
                       f"{_fmt(st.get('ntp'))}), held-out NTP {_fmt(st.get('val_ntp'))}.\n" if st else ""),
         "rerun": _rerun(rec.get("rerun")),
         "quality": "\n".join(_quality(reports)),
-        "eval_cmd": "scripts/eval_default.py --data corpus/heldout.jsonl --model bundle --judge "
-                    + (",".join(judges) or "whisper") + " --seed "
-                    + str(next((r.get("seed") for r in reports.values() if r.get("seed") is not None), 0))
-                    + " --batch-size 32",
+        "eval_cmd": _eval_cmd(reports, judges),
         "eval_machine": str(machines.get(ev.get("machine"), ev.get("machine") or "-")),
         "candidates": str(candidates),
         "image_temperature": str(t2i.get("image_temperature", "-")),
@@ -659,6 +670,46 @@ def write_card(bundle: str, build: str | None = None, recipe: str | None = None)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
     return path
+
+
+def _line_group(d: dict) -> str:
+    """A manifest line's evaluation group (as ``core/eval/data.py`` names it); "" when it has none."""
+    if d.get("group"):
+        return str(d["group"])
+    return {True: "held-out voice", False: "train voices"}.get(d.get("voice_heldout"), "")
+
+
+def write_sample(heldout: str, out: str, counts: dict[str, int]) -> dict[str, int]:
+    """``counts[task]`` lines of each task of ``heldout``, split evenly over the task's groups (the first groups
+    get the remainder) and evenly spaced within each, written to ``out`` in task and group order (both sorted).
+
+    A smaller held-out evaluation that keeps every group: a task's first N lines (``--limit``) would be one group
+    only, as the corpus writes a task's lines group by group. ``out`` must sit beside ``heldout`` (the lines'
+    image and audio paths are relative to the manifest's folder). Returns the lines written per task.
+    """
+    if os.path.dirname(os.path.abspath(out)) != os.path.dirname(os.path.abspath(heldout)):
+        raise SystemExit("steps.py sample: OUT must be in the same folder as HELDOUT (relative media paths)")
+    by: dict[tuple[str, str], list[dict]] = {}
+    with open(heldout, encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            by.setdefault((d["task"], _line_group(d)), []).append(d)
+    rows, written = [], {}
+    for task in sorted(counts):
+        groups = sorted(g for t, g in by if t == task)
+        if not groups:
+            raise SystemExit(f"steps.py sample: no {task} lines in {heldout}")
+        n_task = 0
+        for k, g in enumerate(groups):
+            lines = by[(task, g)]
+            n = min(len(lines), counts[task] // len(groups) + (k < counts[task] % len(groups)))
+            rows += [lines[int(i * len(lines) / n)] for i in range(n)]
+            n_task += n
+        written[task] = n_task
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(d) + "\n" for d in rows)
+    os.replace(out + ".tmp", out)
+    return written
 
 
 def rerun_compare(a: str, b: str) -> dict:
@@ -751,6 +802,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--n", type=int, default=3000, help="clips")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("sample", help="a smaller held-out manifest with every group of each task")
+    p.add_argument("heldout")
+    p.add_argument("out")
+    p.add_argument("--n", required=True, metavar="TASK=N,...", help="lines per task (tasks not named: none)")
     p = sub.add_parser("rerun-compare")
     p.add_argument("a")
     p.add_argument("b")
@@ -779,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
         from aromni.core.corpus.codec_data import CodecCorpusConfig, write_codec_corpus
 
         print(write_codec_corpus(a.out, CodecCorpusConfig(n_clips=a.n, seed=a.seed)))
+    elif a.cmd == "sample":
+        counts = {t: int(n) for t, n in (x.split("=", 1) for x in a.n.split(","))}
+        print(json.dumps(write_sample(a.heldout, a.out, counts)))
     elif a.cmd == "rerun-compare":
         res = rerun_compare(a.a, a.b)
         if a.out:
