@@ -45,9 +45,9 @@ def run(
 
     With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
     first and lowest log-probability of the chosen tokens), codec_error (how badly the speech codec represents
-    the audio) and low_confidence. Without it, an answer below the
-    bundled model's calibrated threshold gets a "low confidence" warning on stderr (the input may be outside what
-    the model knows).
+    the audio) and low_confidence. Without it, an answer below the model's calibrated threshold (the bundled
+    model's, or any model with rules in its aromni.json) gets a "low confidence" warning on stderr (the input may
+    be outside what the model knows).
 
     \b
     Examples:

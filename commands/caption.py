@@ -47,8 +47,8 @@ def run(
 
     With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
     first and lowest log-probability of the chosen tokens) and low_confidence. Without it, a caption below the
-    bundled model's calibrated threshold gets a "low confidence" warning on stderr (the image may be outside what
-    the model knows)."""
+    model's calibrated threshold (the bundled model's, or any model with rules in its aromni.json) gets a "low
+    confidence" warning on stderr (the image may be outside what the model knows)."""
     if batch is not None:
         if images:
             raise AromniError("give either image files or --batch, not both")

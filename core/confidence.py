@@ -2,28 +2,30 @@
 ``avg_logprob``) and, for ASR, how well its codec covers the audio (codec_fit.py); and the per-task rules under
 which an answer is flagged as low confidence.
 
-The rules were calibrated on the bundled model (scripts/confidence_calibration.py, docs/evaluation.md,
-"Confidence"): each task's most separating measures, with thresholds at percentiles of held-out in-domain answers
-so that about one in twenty in-domain answers is flagged. For ASR these are the first token's log-probability
-(this model picks a whole corpus sentence with its first words: foreign input shows as doubt there, while the
-rest of a wrong sentence follows confidently) and the codec error (real human speech fits a codec trained on
-synthetic voices badly). The rules hold for that model only: other models' answers carry their numbers but are
-never flagged.
+A model's rules are part of the model: the ``confidence`` entry of its ``aromni.json``, written by
+scripts/confidence_calibration.py --write (docs/evaluation.md, "Confidence"). Each task's rules use the measures
+of ``RULE_MEASURES``, with thresholds at percentiles of held-out in-domain answers so that about one in twenty
+in-domain answers is flagged. For ASR these are the first token's log-probability (a small model picks a whole
+corpus sentence with its first words: foreign input shows as doubt there, while the rest of a wrong sentence
+follows confidently) and the codec error (speech unlike the codec's training voices fits its codebook badly).
+A model without the entry carries the numbers in its answers but never flags one.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .vocab import VocabLayout
 
-BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "default")
-# task -> rules (Confidence field, "<" or ">", threshold); any rule that holds flags the answer (bundled model)
-RULES: dict[str, tuple[tuple[str, str, float], ...]] = {
-    "asr": (("first_logprob", "<", -0.8735), ("codec_error", ">", 0.0169)),
-    "caption": (("avg_logprob", "<", -0.0364),),
+# task -> the (Confidence field, "<" or ">") pairs a calibration sets thresholds for; any rule that holds flags
+RULE_MEASURES: dict[str, tuple[tuple[str, str], ...]] = {
+    "asr": (("first_logprob", "<"), ("codec_error", ">")),
+    "caption": (("avg_logprob", "<"),),
 }
+Rules = tuple[tuple[str, str, float], ...]
 LABELS = {"avg_logprob": "average token log-probability", "first_logprob": "first token's log-probability",
           "min_logprob": "lowest token log-probability", "codec_error": "codec error"}
 
@@ -98,15 +100,31 @@ def summarize(logprobs: list[float], codec_error: float | None = None) -> Confid
     return Confidence(sum(logprobs) / len(logprobs), logprobs[0], min(logprobs), len(logprobs), codec_error)
 
 
-def rules(task: str, source: str) -> tuple[tuple[str, str, float], ...]:
-    """The low-confidence rules for ``task`` of the model loaded from ``source``: the calibrated ones for the
-    bundled model, none (never flagged) for any other."""
-    if not source or os.path.realpath(source) != os.path.realpath(BUNDLED):
+def rules(task: str, source: str) -> Rules:
+    """The low-confidence rules for ``task`` of the model loaded from ``source`` (its ``aromni.json``'s
+    ``confidence`` entry); none (never flagged) for a model without them."""
+    path = os.path.join(source, "aromni.json") if source else ""
+    if not path or not os.path.isfile(path):
         return ()
-    return RULES.get(task, ())
+    return _stored_rules(os.path.realpath(path), os.path.getmtime(path)).get(task, ())
 
 
-def why_low(c: Confidence, limits: tuple[tuple[str, str, float], ...]) -> str:
+@lru_cache(maxsize=8)
+def _stored_rules(path: str, mtime: float) -> dict[str, Rules]:  # (mtime: a rewritten file is read again)
+    with open(path, encoding="utf-8") as f:
+        stored = json.load(f).get("confidence") or {}
+    return {t: tuple((str(m), str(op), float(v)) for m, op, v in rs) for t, rs in stored.items()}
+
+
+def rules_entry(limits: dict[str, Rules]) -> dict[str, list[list]]:
+    """``aromni.json``'s ``confidence`` entry for per-task rules (thresholds rounded to 4 decimals)."""
+    for task, rs in limits.items():
+        if tuple((m, op) for m, op, _ in rs) != RULE_MEASURES.get(task):
+            raise ValueError(f"rules for {task} must use the measures {RULE_MEASURES.get(task)}")
+    return {t: [[m, op, round(float(v), 4)] for m, op, v in rs] for t, rs in limits.items()}
+
+
+def why_low(c: Confidence, limits: Rules) -> str:
     """Why ``c`` is low under ``limits`` (the first rule that holds), or "" when none does. A measure without a
     value (no chosen token, no audio) holds no rule."""
     for measure, op, value in limits:

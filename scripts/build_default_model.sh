@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild aromni's bundled default model from nothing: corpus -> BPE -> image VQ -> speech codec ->
 # token shards (+ unconditional images) -> language model -> self-training (ASR of its own speech) ->
-# bundle (fp16, with MODEL_CARD.md) -> held-out evaluation.
+# bundle (fp16, with MODEL_CARD.md) -> low-confidence rules (calibrate) -> held-out evaluation.
 #
 #   scripts/build_default_model.sh [--ci] [--install] [--no-eval] [OUT]
 #
@@ -151,7 +151,11 @@ if [ "$SELFTRAIN" = 1 ]; then  # the LM's own TTS of the training texts as ASR l
   stage selftrain selftrain train selftrain
   LM_BUNDLE=selftrain/bundle
 fi
+[ -f bundle/DONE ] || rm -rf calibrate   # a new bundle has no rules yet: calibrate it again
 stage bundle bundle run_py "$STEPS" assemble "$LM_BUNDLE" bundle --build "$OUT" --recipe "$RECIPE"
+# the low-confidence rules of asr and caption, from the bundle's answers on held-out corpus lines, into its aromni.json
+stage calibrate calibrate run_py "$ROOT/scripts/confidence_calibration.py" --model bundle --data corpus/heldout.jsonl \
+  --n "$([ "$CI" = 1 ] && echo 8 || echo 120)" --write --out calibration.json
 if [ "$EVAL" = 1 ]; then
   # 32 rows a batch: the best-of-16 image tasks decode 15 sampled candidates per prompt, ~2.7x faster than at 8
   EVAL_DATA=corpus/heldout.jsonl
@@ -161,8 +165,8 @@ if [ "$EVAL" = 1 ]; then
   fi
   stage eval eval run_py "$ROOT/scripts/eval_default.py" --data "$EVAL_DATA" --model bundle --out eval \
     --resume --judge "$JUDGE" --seed 0 --batch-size 32 -q
-  run_py "$STEPS" card bundle --build "$OUT" --recipe "$RECIPE"
 fi
+run_py "$STEPS" card bundle --build "$OUT" --recipe "$RECIPE"   # with every stage's time and the evaluation
 if [ "$INSTALL" = 1 ]; then
   DEST="$ROOT/core/assets/default"
   say "installing the bundle into $DEST"

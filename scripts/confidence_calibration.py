@@ -1,17 +1,20 @@
-"""Calibrate the low-confidence thresholds of `aromni asr` and `aromni caption` (core/confidence.py).
+"""Calibrate the low-confidence rules of `aromni asr` and `aromni caption` (core/confidence.py) for a model.
 
-    python scripts/confidence_calibration.py [--model DIR] [--n 120] [--out calib.json]
+    python scripts/confidence_calibration.py [--model DIR] [--data HELDOUT.jsonl] [--n 120] [--write]
+                                             [--out calib.json]
 
-In-domain: held-out lines of the model's own corpus recipe (`aromni corpus --preset default --seed 0`: held-out
-sentences and spoken captions, espeak-ng, train voices and the held-out voice; held-out scenes for captions),
-synthesised and drawn here. Out-of-domain (evaluation only, never used to set a threshold): real human speech from
-Debian packages (core/eval/real_speech.py), everyday sentences outside the corpus said by a training voice, and
-for captions pictures found on this machine (matplotlib's sample data, /usr/share/doc) plus procedural pictures
-(noise, gradients, stripes, text). The in-domain items are split in two halves: each of the task's rules
-(core/confidence.py RULES) gets its threshold at an equal share of 5 % of the first half (ASR's two rules 2.5 %
-each); the report gives the share flagged (by any rule) in the second half and in each out-of-domain group, the
-AUROC of each measure (in-domain vs out-of-domain) and, per measure, the in-domain share a threshold flagging 80 %
-of out-of-domain items would flag.
+In-domain: held-out lines of the model's own corpus: ``--data`` names a corpus manifest (a build's
+``corpus/heldout.jsonl``: its held-out ASR clips and caption scenes as written); without it the held-out lines of
+`aromni corpus --preset default --seed 0` (the bundled model's recipe) are synthesised (espeak-ng) and drawn here.
+Out-of-domain (evaluation only, never used to set a threshold): real human speech from Debian packages
+(core/eval/real_speech.py; left out with a note when they are not installed), everyday sentences outside the
+corpus said by an espeak-ng voice, and for captions pictures found on this machine (matplotlib's sample data,
+/usr/share/doc) plus procedural pictures (noise, gradients, stripes, text). The in-domain items are split in two
+halves: each of the task's rules (core/confidence.py RULE_MEASURES) gets its threshold at an equal share of 5 %
+of the first half (ASR's two rules 2.5 % each); the report gives the share flagged (by any rule) in the second
+half and in each out-of-domain group, the AUROC of each measure (in-domain vs out-of-domain) and, per measure, the
+in-domain share a threshold flagging 80 % of out-of-domain items would flag. ``--write`` stores the thresholds in
+the model's aromni.json (its ``confidence`` entry), where the commands read them.
 Prints a Markdown table; --out writes every item's scores.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from aromni.core.confidence import RULES, why_low
+from aromni.core.confidence import RULE_MEASURES, rules_entry, why_low
 from aromni.core.corpus import build as B
 from aromni.core.corpus import scenes as S
 from aromni.core.corpus import speech as P
@@ -48,10 +51,23 @@ def auroc(ind: list[float], ood: list[float]) -> float:
     return float(((a > b).sum() + 0.5 * (a == b).sum()) / (a.size * b.size))
 
 
-def heldout_lines(tasks: tuple[str, ...]) -> list[dict]:
-    cfg = B.PRESETS["default"]
-    builders, _ = B.plan("", cfg, 0, 16000, True)
-    return [ln for ln in builders[1].lines if ln["task"] in tasks]
+def heldout_lines(tasks: tuple[str, ...], data: str | None = None) -> list[dict]:
+    """Held-out lines of ``tasks``: from the manifest ``data`` (media paths made absolute), else planned from the
+    default corpus recipe (media to be synthesised)."""
+    if data is None:
+        builders, _ = B.plan("", B.PRESETS["default"], 0, 16000, True)
+        return [ln for ln in builders[1].lines if ln["task"] in tasks]
+    root = os.path.dirname(os.path.abspath(data))
+    out = []
+    with open(data, encoding="utf-8") as f:
+        for line in f:
+            ln = json.loads(line)
+            if ln["task"] in tasks and ln.get("split", "heldout") == "heldout":
+                for k in ("audio", "image"):
+                    if ln.get(k):
+                        ln[k] = os.path.join(root, ln[k])
+                out.append(ln)
+    return out
 
 
 def sample(items: list, n: int, seed: int) -> list:
@@ -60,14 +76,22 @@ def sample(items: list, n: int, seed: int) -> list:
     return [items[int(i)] for i in sorted(idx)]
 
 
-def asr_sets(n: int, sr: int) -> dict[str, list[tuple[str, np.ndarray]]]:
+def asr_sets(n: int, sr: int, data: str | None = None) -> dict[str, list[tuple[str, np.ndarray]]]:
     from aromni.core.audio_io import load_audio
 
-    lines = sample(heldout_lines(("asr",)), n, 1)
-    ind = [(ln["text"], P.synthesize(ln["text"], P.Voice(ln["voice"], ln["speed"]), sr)) for ln in lines]
+    lines = sample(heldout_lines(("asr",), data), n, 1)
+    if data is None:
+        ind = [(ln["text"], P.synthesize(ln["text"], P.Voice(ln["voice"], ln["speed"]), sr)) for ln in lines]
+    else:
+        ind = [(ln["text"], load_audio(ln["audio"], sr, source=ln["audio"])) for ln in lines]
     sets = {"in-domain (held-out corpus clips)": ind}
-    voice = P.Voice(P.INPUT_VOICES[0], 165)
-    sets["espeak-ng, everyday sentences"] = [(s, P.synthesize(s, voice, sr)) for s in EVERYDAY]
+    if P.espeak_path() is not None:
+        voice = P.Voice(P.INPUT_VOICES[0], 165)
+        sets["espeak-ng, everyday sentences"] = [(s, P.synthesize(s, voice, sr)) for s in EVERYDAY]
+    why = real_speech.available()
+    if why:
+        print(f"confidence_calibration: no real speech in the out-of-domain sets: {why}", file=sys.stderr)
+        return sets
     for g in real_speech.GROUPS:
         clips = [c for c in real_speech.clips((g,))]
         clips = sample(clips, n, 2)
@@ -116,10 +140,14 @@ def found_images(n: int) -> list[tuple[str, Image.Image]]:
     return out
 
 
-def caption_sets(n: int) -> dict[str, list[tuple[str, Image.Image]]]:
-    lines = sample(heldout_lines(("caption",)), n, 4)
-    size = B.PRESETS["default"].image_size
-    return {"in-domain (held-out scenes)": [(ln["text"], S.draw(ln["attrs"], size)) for ln in lines],
+def caption_sets(n: int, data: str | None = None) -> dict[str, list[tuple[str, Image.Image]]]:
+    lines = sample(heldout_lines(("caption",), data), n, 4)
+    if data is None:
+        size = B.PRESETS["default"].image_size
+        ind = [(ln["text"], S.draw(ln["attrs"], size)) for ln in lines]
+    else:
+        ind = [(ln["text"], Image.open(ln["image"]).convert("RGB")) for ln in lines]
+    return {"in-domain (held-out scenes)": ind,
             "pictures found on this machine": found_images(n),
             "procedural (noise, gradients, stripes, text)": [("", im) for im in procedural(min(n, 40), 5)]}
 
@@ -128,8 +156,8 @@ MEASURES = ("avg_logprob", "first_logprob", "min_logprob", "codec_error")
 
 
 def report(task: str, answers: dict, quantile: float) -> tuple[list[str], dict]:
-    """Thresholds from in-domain half A (the task's rules in core/confidence.py RULES, each at an equal share of
-    ``quantile``); shares flagged (any rule) in half B and in each out-of-domain group; AUROC of every measure;
+    """Thresholds from in-domain half A (the task's measures in core/confidence.py RULE_MEASURES, each at an equal
+    share of ``quantile``); shares flagged (any rule) in half B and in each out-of-domain group; AUROC of every measure;
     for each rule's measure alone, the in-domain share a threshold flagging 80 % of out-of-domain items flags."""
     ind_name = next(iter(answers))
     ind = answers[ind_name]
@@ -141,19 +169,21 @@ def report(task: str, answers: dict, quantile: float) -> tuple[list[str], dict]:
         return None if x is None else (-x if key == "codec_error" else x)
 
     rows, limits = [], []
-    for measure, op, _ in RULES[task]:
-        q = quantile / len(RULES[task])
+    for measure, op in RULE_MEASURES[task]:
+        q = quantile / len(RULE_MEASURES[task])
         thr = float(np.quantile([getattr(a.confidence, measure) for a in cal], q if op == "<" else 1 - q))
         limits.append((measure, op, thr))
         rows.append(f"| {task} | threshold: {measure} {op} {thr:.4f} ({100 * q:.1f}% of in-domain half A) | | "
                     f"{len(cal)} |")
         sc_ood = sorted(score(a, measure) for a in ood_all)
+        if not sc_ood:
+            continue
         t80 = sc_ood[int(0.8 * len(sc_ood))]
         share = sum(score(a, measure) < t80 for a in ind) / len(ind)
         rows.append(f"| {task} | {measure} alone: in-domain flagged at a threshold flagging 80% of out-of-domain "
                     f"| {100 * share:.1f}% | {len(ind)} |")
     for key in MEASURES:
-        if all(score(a, key) is not None for a in ind + ood_all):
+        if ood_all and all(score(a, key) is not None for a in ind + ood_all):
             rows.append(f"| {task} | AUROC in-domain vs out-of-domain, {key} | "
                         f"{auroc([score(a, key) for a in ind], [score(a, key) for a in ood_all]):.3f} | "
                         f"{len(ind)} / {len(ood_all)} |")
@@ -173,23 +203,21 @@ def main() -> int:
     ap.add_argument("--quantile", type=float, default=0.05, help="share of in-domain half A below the threshold")
     ap.add_argument("--tasks", default="asr,caption")
     ap.add_argument("--out", default=None, help="JSON with every item's scores")
+    ap.add_argument("--data", default=None, help="in-domain held-out lines from this corpus manifest")
+    ap.add_argument("--write", action="store_true", help="store the rules in the model's aromni.json")
     a = ap.parse_args()
-    why = real_speech.available()
-    if why:
-        print(f"confidence_calibration: {why}", file=sys.stderr)
-        return 2
     from aromni.core import tasks
-    from aromni.core.api import load
+    from aromni.core.api import DEFAULT_DIR, load
 
     omni = load(a.model)
     rows = ["| task | measure | value | items |", "|---|---|---|---|"]
     out = {}
     for task in a.tasks.split(","):
         if task == "asr":
-            sets = asr_sets(a.n, omni.speech.sample_rate)
+            sets = asr_sets(a.n, omni.speech.sample_rate, a.data)
             answers = {k: tasks.asr_answers(omni, [w for _, w in v], seed=0) for k, v in sets.items()}
         else:
-            sets = caption_sets(a.n)
+            sets = caption_sets(a.n, a.data)
             answers = {k: tasks.caption_answers(omni, [im for _, im in v], seed=0) for k, v in sets.items()}
         r, out[task] = report(task, answers, a.quantile)
         rows += r
@@ -197,6 +225,15 @@ def main() -> int:
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1)
+    if a.write:
+        meta_path = os.path.join(a.model or DEFAULT_DIR, "aromni.json")
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        meta["confidence"] = rules_entry({t: tuple(map(tuple, r["rules"])) for t, r in out.items()})
+        with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(meta_path + ".tmp", meta_path)
+        print(f"confidence_calibration: rules written to {meta_path}", file=sys.stderr)
     return 0
 
 

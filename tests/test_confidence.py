@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from aromni.core.confidence import BUNDLED, RULES, answer_logprobs, rules, summarize, why_low
+from aromni.core.api import DEFAULT_DIR
+from aromni.core.confidence import RULE_MEASURES, answer_logprobs, rules, rules_entry, summarize, why_low
 from aromni.core.decoding import build_masks, options_for
 from aromni.core.generate import generate
 from aromni.core.model import build_model, get_config
@@ -77,9 +78,20 @@ def test_answer_logprobs_stop_at_the_first_stop_and_skip_forced():
     assert why_low(empty, (("avg_logprob", "<", 0.0),)) == ""
 
 
-def test_rules_apply_to_the_bundled_model_only(tmp_path):
-    asr = rules("asr", BUNDLED)
-    assert asr == RULES["asr"] and rules("asr", str(tmp_path)) == () and rules("asr", "") == ()
+def test_rules_are_the_models_own(tmp_path):
+    """A model's rules come from its aromni.json: the bundled model has calibrated ones, a model without the entry
+    none, and a rewritten file is read again."""
+    asr = rules("asr", DEFAULT_DIR)
+    assert tuple((m, op) for m, op, _ in asr) == RULE_MEASURES["asr"] and rules("caption", DEFAULT_DIR)
+    assert rules("asr", str(tmp_path)) == () and rules("asr", "") == ()
+    meta = tmp_path / "aromni.json"
+    meta.write_text(json.dumps({"format": "aromni-bundle"}))
+    assert rules("asr", str(tmp_path)) == ()
+    meta.write_text(json.dumps({"confidence": rules_entry({"caption": (("avg_logprob", "<", -0.123456),)})}))
+    os.utime(meta, (1, 1))  # a different mtime from the first write, however fast the two follow each other
+    assert rules("caption", str(tmp_path)) == (("avg_logprob", "<", -0.1235),) and rules("asr", str(tmp_path)) == ()
+    with pytest.raises(ValueError, match="measures"):
+        rules_entry({"asr": (("avg_logprob", "<", -1.0),)})
     (m1, op1, t1), (m2, op2, t2) = asr
     assert (m1, op1, m2, op2) == ("first_logprob", "<", "codec_error", ">") and t1 < 0 < t2
     ok = summarize([t1 / 2], codec_error=t2 / 2)

@@ -119,6 +119,10 @@ def test_ci_recipe_end_to_end(tmp_path):
     meta = json.loads((bundle / "aromni.json").read_text())
     for kind in ("text", "image", "speech"):
         assert meta.get(f"{kind}_tokenizer"), kind
+    # the bundle's own low-confidence rules, calibrated on its held-out lines
+    assert [[m, op] for m, op, _ in meta["confidence"]["asr"]] == [["first_logprob", "<"], ["codec_error", ">"]]
+    assert [[m, op] for m, op, _ in meta["confidence"]["caption"]] == [["avg_logprob", "<"]]
+    assert "| calibrate |" in (bundle / "MODEL_CARD.md").read_text()
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Limits" in card and "| lm |" in card
     quality = card.split("## Quality")[1].split("\n## ")[0]
@@ -172,6 +176,7 @@ def test_ci_recipe_end_to_end(tmp_path):
         k = sorted(a.keys())[0]
         assert not bool((a.get_tensor(k) == b.get_tensor(k)).all())  # trained further
     assert "- Self-training: the LM's own TTS of 8 training texts" in (bundle / "MODEL_CARD.md").read_text()
+    assert "calibrate: running" in r.stderr and json.loads((bundle / "aromni.json").read_text())["confidence"]
     _aromni("asr", str(tmp_path / "s.wav"), *m, cwd=tmp_path)
 
 
