@@ -83,6 +83,50 @@ def test_t2i_draws_what_the_prompt_says(tmp_path):
     assert sum(ok for *_, ok in right) >= 2, right
 
 
+# training scenes asked for in other words: request frames, a synonym ("big"), a capital and a full stop (the
+# default corpus trains four caption forms only; docs/default-model.md, "Paraphrased prompts"). On the build machine
+# all four are drawn right with seeds 0 and 1; a synonym the corpus never saw ("tiny", "middle") is not.
+PARAPHRASES = {"draw a big red circle on the left.": "a large red circle on the left",
+               "please show me a small blue square at the top": "a small blue square at the top",
+               "Draw a large purple circle at the bottom.": "a large purple circle at the bottom",
+               "please draw a small cyan triangle on the left": "a small cyan triangle on the left"}
+
+
+@pytest.mark.slow  # best of 16 per prompt
+def test_t2i_follows_a_paraphrased_prompt(tmp_path):
+    from PIL import Image
+
+    right = []
+    for i, (prompt, caption) in enumerate(PARAPHRASES.items()):
+        aromni("t2i", prompt, "--seed", "0", "--scale", "1", "-o", str(tmp_path / f"{i}.png"))
+        got = scenes.analyse(Image.open(tmp_path / f"{i}.png"))
+        right.append((prompt, got["objects"], scenes.attrs_match(got, scenes.parse_caption(caption))))
+    assert sum(ok for *_, ok in right) >= 3, right
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the bundled model's codec and recogniser have heard espeak-ng voices only: "
+                   "a neural voice gets wrong transcripts, some of them not flagged (docs/default-model.md)")
+def test_asr_of_a_neural_voice_is_right_or_flagged(tmp_path):
+    """A clip in a neural voice (hibari, Apache-2.0) of corpus sentences: each transcript is right or comes with
+    the low-confidence warning, never confidently wrong."""
+    from aromni.core.audio_io import write_wav
+    from aromni.core.corpus import voices as V
+    from aromni.core.eval.wer import word_errors
+
+    if V.missing("hibari"):
+        pytest.skip(V.missing("hibari"))
+    texts = ["the cat is sleeping", "a large red circle on the left", "where is my door"]
+    paths = []
+    for i, text in enumerate(texts):
+        write_wav(str(tmp_path / f"{i}.wav"), V.synthesize("hibari:heart", text, 16000, seed=0), 16000)
+        paths.append(str(tmp_path / f"{i}.wav"))
+    got = [json.loads(x) for x in aromni("asr", "--json", *paths).stdout.decode().splitlines()]
+    wrong_and_sure = [(t, g["text"]) for t, g in zip(texts, got)
+                      if word_errors(t, g["text"]).wer > 0.2 and not g["low_confidence"]]
+    assert wrong_and_sure == []
+
+
 def test_tts_then_asr_round_trip(tmp_path):
     from aromni.core.eval.wer import word_errors
 
