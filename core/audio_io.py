@@ -1,8 +1,12 @@
 """Audio I/O without torchaudio: soundfile to read, soxr to resample, WAV/raw writers that can stream."""
 from __future__ import annotations
 
+import contextlib
 import io
+import signal
 import struct
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -89,6 +93,27 @@ def truncation(data: bytes) -> str | None:
             f"({100 * have / declared:.0f}%)")
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise KeyboardInterrupt.
+
+    soundfile reads in-memory audio through a Python callback; a KeyboardInterrupt raised inside it is swallowed
+    by cffi and the read just ends early, which would be reported as a truncated file.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    got: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if got:
+        raise KeyboardInterrupt
+
+
 def load_audio(src: str | bytes, sample_rate: int, source: str | None = None, resampler: str = "soxr") -> np.ndarray:
     """Any soundfile-readable file (path, or bytes for stdin) -> mono float32 at ``sample_rate``.
 
@@ -112,7 +137,7 @@ def load_audio(src: str | bytes, sample_rate: int, source: str | None = None, re
     if why:
         raise InputError(why, name)
     try:
-        with sf.SoundFile(io.BytesIO(src)) as f:
+        with _sigint_deferred(), sf.SoundFile(io.BytesIO(src)) as f:
             declared = f.frames
             data = f.read(dtype="float32", always_2d=True)
             sr = f.samplerate

@@ -28,8 +28,7 @@
 # phrasings, a neural output voice and many input voices, needs `pip install 'aromni[voices]'`; ci-wide: the same
 # at the size of ci, with --ci), EVAL_SAMPLE (TASK=N,...: evaluate N held-out lines of each task, evenly spread
 # over its groups (steps.py sample), instead of the whole held-out split: e.g.
-# asr=120,caption=60,chat=10,s2i=60,t2i=80,text=30,tts=60, about 20 min against 1.5 h for a wide corpus; the
-# card names the sample).
+# asr=120,caption=60,chat=10,s2i=60,t2i=80,text=30,tts=60, 420 lines in all; the card names the sample).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
