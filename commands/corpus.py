@@ -15,8 +15,9 @@ from aromni.core.errors import AromniError
 def run(
     out_dir: Annotated[str, typer.Argument(help="Folder to write train.jsonl, heldout.jsonl, img/ and wav/ into.")],
     preset: Annotated[str, typer.Option(
-        "--preset", help="default (the bundled model's corpus), wide (everyday lines, free phrasings, a neural "
-                         "output voice and many input voices; needs the voices extra), ci or ci-wide (tiny).")
+        "--preset", help="default (the bundled model's corpus: shapes scenes, also asked for in free phrasings; "
+                         "espeak-ng voices), wide (plus everyday lines, a neural output voice and many input voices; "
+                         "needs the voices extra), ci or ci-wide (tiny).")
     ] = "default",
     seed: Seed = None,
     sample_rate: Annotated[int, typer.Option(

@@ -325,7 +325,7 @@ def test_generation_targets_are_drawn_without_jitter(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# the wide preset: everyday lines, free phrasings, many voices
+# the wide preset: everyday lines, free phrasings, many voices (the default preset has the phrasings too)
 # ----------------------------------------------------------------------------------------------
 WIDE_TINY = dict(world="wide", voices="many", phrasing_prob=0.5, heldout_phrasings=6)
 
@@ -356,6 +356,24 @@ def test_default_preset_manifests_do_not_change_with_the_new_options(tmp_path):
     build_corpus(a, seed=1, preset="ci", speech=False)
     build_corpus(b, seed=1, preset="ci", speech=False, world="shapes", voices="espeak", phrasing_prob=0.0)
     assert manifests(a) == manifests(b)
+
+
+@needs_espeak
+def test_spoken_requests_stay_captions_without_spoken_phrasing(tmp_path):
+    """spoken_phrasing=False (the default preset): free phrasings only in written t2i requests; what speech -> image
+    lines (and the asr lines of the same clips) say is a caption or one of its paraphrases."""
+    from aromni.core.corpus import phrasing as F
+
+    d = str(tmp_path / "c")
+    build_corpus(d, seed=0, preset="ci", sample_rate=SR, n_s2i=24, n_t2i=40, n_chat=0, n_tts_chunks=0,
+                 n_asr_joined=0, max_sentences=2, phrasing_prob=0.5, spoken_phrasing=False)
+    train = read_manifest(os.path.join(d, "train.jsonl"))
+    said = [x for x in train if x["task"] == "s2i"]
+    assert len(said) == 24
+    for x in said:
+        assert x["text"] in {S.caption(x["attrs"], v) for v in range(S.N_VARIANTS)}, x["text"]
+    frames = {F.frame_of(x["text"]) for x in train if x["task"] == "t2i"}
+    assert len(frames & set(F.TRAIN_FRAMES) - {"{}"}) >= 3  # the written requests are phrased
 
 
 @pytest.mark.slow

@@ -254,6 +254,7 @@ def test_card_from_a_build_record(tmp_path):
                                                 + json.dumps({"step": 7, "loss": 1.5, "ntp": 1.25, "val_loss": 2.0,
                                                               "val_ntp": 1.75}) + "\n")
     (build / "times.tsv").write_text("lm\t65\t130\nlm\t5\t10\nrerun\t9\t9\n")
+    (build / "notes.json").write_text(json.dumps(["The LM ran twice."]))
     steps.write_card(str(bundle), str(build), RECIPE + "/ci")
     rec = json.loads((bundle / "build.json").read_text())
     assert rec["ci"] and rec["lm"] == {"step": 7, "loss": 1.5, "ntp": 1.25, "val_ntp": 1.75}
@@ -262,6 +263,7 @@ def test_card_from_a_build_record(tmp_path):
         in card
     assert "| lm | 1 min 10 s | 2 min 20 s |" in card and "| rerun (check, not in the total) | 0 min 09 s |" in card
     assert "The held-out evaluation has not been run" in card
+    assert "\n- The LM ran twice.\n- Rebuild check" in card
     shutil.rmtree(build)
     (bundle / "MODEL_CARD.md").unlink()
     steps.write_card(str(bundle))

@@ -386,7 +386,8 @@ def _trim_report(rep: dict, task: str) -> dict:
 
 def collect_record(build: str, recipe: str) -> dict:
     """Everything the model card says about how a bundle was made and how it measured, read from the build
-    folder (times.tsv, logs/, corpus/corpus.json, ceilings.json, metrics.jsonl, rerun.json, eval/*.json)."""
+    folder (times.tsv, logs/, corpus/corpus.json, ceilings.json, metrics.jsonl, rerun.json, notes.json: a list of
+    sentences saying how the build departs from the recipe, eval/*.json)."""
     corpus = _read_json(os.path.join(build, "corpus", "corpus.json")) or {}
     times = _times(build)
     row = {k: {"wall_s": w, "cpu_s": c, "machine": "build"} for k, (w, c) in times.items()}
@@ -399,7 +400,9 @@ def collect_record(build: str, recipe: str) -> dict:
         "ci": recipe.rstrip("/").endswith("ci"),
         "machines": {"build": _machine()},
         "corpus": {**{k: corpus.get(k) for k in ("preset", "seed", "sample_rate", "espeak_ng", "voices", "lines")},
-                   "canonical_targets": bool((corpus.get("config") or {}).get("canonical_targets"))},
+                   "canonical_targets": bool((corpus.get("config") or {}).get("canonical_targets")),
+                   **{k: (corpus.get("config") or {}).get(k) for k in ("phrasing_prob", "heldout_phrasings",
+                                                                      "spoken_phrasing")}},
         "stages": {k: v for k, v in row.items() if k not in CHECK_STAGES + (EVAL_STAGE,)},
         "checks": {k: v for k, v in row.items() if k in CHECK_STAGES},
         "tokenizers": {s: _result_line(build, s).get("metrics", {}) for s in ("bpe", "image_vq", "codec")},
@@ -407,6 +410,7 @@ def collect_record(build: str, recipe: str) -> dict:
         "lm": _lm_metrics(build),
         "selftrain": selftrain,
         "rerun": _read_json(os.path.join(build, "rerun.json")),
+        "notes": _read_json(os.path.join(build, "notes.json")) or [],  # how this build departs from the recipe
         "eval": {"machine": "build", "wall_s": row.get(EVAL_STAGE, {}).get("wall_s"), "reports": reports}
         if reports else None,
     }
@@ -573,6 +577,14 @@ def _eval_cmd(reports: dict, judges: list[str]) -> str:
     return f"recipes/default/steps.py sample corpus/heldout.jsonl corpus/{data} --n {counts} && {cmd}"
 
 
+def _phrasings(corpus: dict) -> str:
+    p = corpus.get("phrasing_prob")
+    if not p:
+        return ""
+    which = "scene requests" if corpus.get("spoken_phrasing", True) else "written scene requests"
+    return f"; {100 * p:.0f}% of the {which} in free phrasings (\"draw ...\", \"show me ...\", synonyms, word orders)"
+
+
 def card_fields(bundle: str, rec: dict) -> dict[str, str]:
     """The values the card template names, from the bundle's aromni.json, weights and build record."""
     meta = _read_json(os.path.join(bundle, "aromni.json")) or {}
@@ -620,6 +632,9 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
         "jitter": ("pixel jitter in the images it reads, none in the images it learns to draw"
                    if corpus.get("canonical_targets") else "a few pixels of jitter"),
         **_speech_fields(corpus),
+        "phrasings": _phrasings(corpus),
+        "heldout_phrasings": (f", {corpus['heldout_phrasings']} requests in held-out phrasings"
+                              if corpus.get("heldout_phrasings") else ""),
         "input_voices": ", ".join(voices.get("input") or []) or "-",
         "n_voices": str(len(voices.get("input") or []) or "-"),
         "output_voice": str((voices.get("output") or {}).get("name", "-")),
@@ -638,6 +653,7 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
                       f"{st.get('step', '-')} more steps; final training loss {_fmt(st.get('loss'))} (NTP "
                       f"{_fmt(st.get('ntp'))}), held-out NTP {_fmt(st.get('val_ntp'))}.\n" if st else ""),
         "rerun": _rerun(rec.get("rerun")),
+        "notes": "".join(f"- {n}\n" for n in rec.get("notes") or []),
         "quality": "\n".join(_quality(reports)),
         "eval_cmd": _eval_cmd(reports, judges),
         "eval_machine": str(machines.get(ev.get("machine"), ev.get("machine") or "-")),
