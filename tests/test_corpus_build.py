@@ -325,7 +325,7 @@ def test_generation_targets_are_drawn_without_jitter(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# the wide preset: everyday lines, free phrasings, many voices (the default preset has the phrasings too)
+# the wide preset: everyday lines, free phrasings, many voices (the default preset phrases written requests too)
 # ----------------------------------------------------------------------------------------------
 WIDE_TINY = dict(world="wide", voices="many", phrasing_prob=0.5, heldout_phrasings=6)
 

@@ -389,6 +389,7 @@ def collect_record(build: str, recipe: str) -> dict:
     folder (times.tsv, logs/, corpus/corpus.json, ceilings.json, metrics.jsonl, rerun.json, notes.json: a list of
     sentences saying how the build departs from the recipe, eval/*.json)."""
     corpus = _read_json(os.path.join(build, "corpus", "corpus.json")) or {}
+    config = corpus.get("config") or {}
     times = _times(build)
     row = {k: {"wall_s": w, "cpu_s": c, "machine": "build"} for k, (w, c) in times.items()}
     reports = {t: _trim_report(r, t) for t in TARGETS if (r := _read_json(os.path.join(build, "eval", f"{t}.json")))}
@@ -400,9 +401,8 @@ def collect_record(build: str, recipe: str) -> dict:
         "ci": recipe.rstrip("/").endswith("ci"),
         "machines": {"build": _machine()},
         "corpus": {**{k: corpus.get(k) for k in ("preset", "seed", "sample_rate", "espeak_ng", "voices", "lines")},
-                   "canonical_targets": bool((corpus.get("config") or {}).get("canonical_targets")),
-                   **{k: (corpus.get("config") or {}).get(k) for k in ("phrasing_prob", "heldout_phrasings",
-                                                                      "spoken_phrasing")}},
+                   "canonical_targets": bool(config.get("canonical_targets")),
+                   **{k: config.get(k) for k in ("phrasing_prob", "heldout_phrasings", "spoken_phrasing")}},
         "stages": {k: v for k, v in row.items() if k not in CHECK_STAGES + (EVAL_STAGE,)},
         "checks": {k: v for k, v in row.items() if k in CHECK_STAGES},
         "tokenizers": {s: _result_line(build, s).get("metrics", {}) for s in ("bpe", "image_vq", "codec")},
