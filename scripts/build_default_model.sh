@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild aromni's bundled default model from nothing: corpus -> BPE -> image VQ -> speech codec ->
-# token shards (+ unconditional images) -> language model -> self-training (ASR of its own speech) ->
+# token shards (+ unconditional images) -> language model -> self-training (its own speech and drawings) ->
 # bundle (fp16, with MODEL_CARD.md) -> low-confidence rules (calibrate) -> held-out evaluation.
 #
 #   scripts/build_default_model.sh [--ci] [--install] [--no-eval] [OUT]
@@ -22,7 +22,8 @@
 # after the LM, train it again from scratch for N steps into lm-rerun and compare the logged losses with the
 # first run's: rerun.json, in the model card; default 0, off), RECIPE (a recipe folder to use instead of
 # recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1:
-# after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr) and 600 more LM steps with them
+# after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr), T2I lines of its own drawings
+# of training requests that its captioner reads right (steps.py self-t2i) and 600 more LM steps with them
 # (pretokenize_self.yaml, selftrain.yaml); the bundle is then that LM; default 1; 0: the LM's bundle as it is;
 # docs/default-model.md, "Recipe"), CORPUS (the corpus preset: default, or ci with --ci; wide: everyday lines,
 # a neural output voice and many input voices, needs `pip install 'aromni[voices]'`; ci-wide: the same
@@ -143,9 +144,11 @@ if [ "${RERUN:-0}" -gt 0 ]; then
   run_py "$STEPS" rerun-compare lm/metrics.jsonl lm-rerun/metrics.jsonl --out rerun.json
 fi
 LM_BUNDLE=lm/bundle
-if [ "$SELFTRAIN" = 1 ]; then  # the LM's own TTS of the training texts as ASR lines, then 600 more steps
+if [ "$SELFTRAIN" = 1 ]; then  # its own TTS as ASR lines and its own checked drawings as T2I lines, 600 more steps
   stage self_asr corpus/selfwav run_py "$STEPS" self-asr lm/bundle corpus/train.jsonl corpus/self_asr.jsonl \
     --decode "$RECIPE/decode.yaml" $([ "$CI" = 1 ] && echo "--limit 8")
+  stage self_t2i corpus/selfimg run_py "$STEPS" self-t2i lm/bundle corpus/train.jsonl corpus/self_t2i.jsonl \
+    --limit "$([ "$CI" = 1 ] && echo 8 || echo 1500)"
   stage pretokenize_self shards/self train pretokenize_self
   stage selftrain selftrain train selftrain
   LM_BUNDLE=selftrain/bundle
@@ -154,7 +157,7 @@ fi
 stage bundle bundle run_py "$STEPS" assemble "$LM_BUNDLE" bundle --build "$OUT" --recipe "$RECIPE"
 # the low-confidence rules of asr and caption, from the bundle's answers on held-out corpus lines, into its aromni.json
 stage calibrate calibrate run_py "$ROOT/scripts/confidence_calibration.py" --model bundle --data corpus/heldout.jsonl \
-  --n "$([ "$CI" = 1 ] && echo 8 || echo 120)" --write --out calibration.json
+  --n "$([ "$CI" = 1 ] && echo 8 || echo 120)" --n-in "$([ "$CI" = 1 ] && echo 8 || echo 300)" --write --out calibration.json
 if [ "$EVAL" = 1 ]; then
   # 32 rows a batch: the best-of-16 image tasks decode 15 sampled candidates per prompt, ~2.7x faster than at 8
   EVAL_DATA=corpus/heldout.jsonl

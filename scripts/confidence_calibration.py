@@ -1,20 +1,21 @@
 """Calibrate the low-confidence rules of `aromni asr` and `aromni caption` (core/confidence.py) for a model.
 
-    python scripts/confidence_calibration.py [--model DIR] [--data HELDOUT.jsonl] [--n 120] [--write]
-                                             [--out calib.json]
+    python scripts/confidence_calibration.py [--model DIR] [--data HELDOUT.jsonl] [--n 120] [--n-in 300]
+                                             [--quantile 0.03] [--write] [--out calib.json]
 
 In-domain: held-out lines of the model's own corpus: ``--data`` names a corpus manifest (a build's
 ``corpus/heldout.jsonl``: its held-out ASR clips and caption scenes as written); without it the held-out lines of
 `aromni corpus --preset default --seed 0` (the bundled model's recipe) are synthesised (espeak-ng) and drawn here.
 Out-of-domain (evaluation only, never used to set a threshold): real human speech from Debian packages
-(core/eval/real_speech.py; left out with a note when they are not installed), everyday sentences outside the
-corpus said by an espeak-ng voice, and for captions pictures found on this machine (matplotlib's sample data,
-/usr/share/doc) plus procedural pictures (noise, gradients, stripes, text). The in-domain items are split in two
-halves: each of the task's rules (core/confidence.py RULE_MEASURES) gets its threshold at an equal share of 5 %
-of the first half (ASR's two rules 2.5 % each); the report gives the share flagged (by any rule) in the second
-half and in each out-of-domain group, the AUROC of each measure (in-domain vs out-of-domain) and, per measure, the
-in-domain share a threshold flagging 80 % of out-of-domain items would flag. ``--write`` stores the thresholds in
-the model's aromni.json (its ``confidence`` entry), where the commands read them.
+(core/eval/real_speech.py; left out with a note when they are not installed), everyday sentences outside the corpus
+said by an espeak-ng voice, and for captions pictures found on this machine (matplotlib's sample data,
+/usr/share/doc) plus procedural pictures (noise, gradients, stripes, text). The in-domain items (``--n-in``) are
+split in two halves: the task's rules (core/confidence.py RULE_MEASURES) get thresholds at an equal share of the
+first half each, the largest share at which they together flag at most ``--quantile`` of it (3 %, so that the second
+half stays within 5 % despite the sampling noise of a few hundred items); the report gives the share flagged (by any
+rule) in the second half and in each out-of-domain group, the AUROC of each measure (in-domain vs out-of-domain)
+and, per measure, the in-domain share a threshold flagging 80 % of out-of-domain items would flag. ``--write``
+stores the thresholds in the model's aromni.json (its ``confidence`` entry), where the commands read them.
 Prints a Markdown table; --out writes every item's scores.
 """
 from __future__ import annotations
@@ -76,10 +77,10 @@ def sample(items: list, n: int, seed: int) -> list:
     return [items[int(i)] for i in sorted(idx)]
 
 
-def asr_sets(n: int, sr: int, data: str | None = None) -> dict[str, list[tuple[str, np.ndarray]]]:
+def asr_sets(n: int, n_in: int, sr: int, data: str | None = None) -> dict[str, list[tuple[str, np.ndarray]]]:
     from aromni.core.audio_io import load_audio
 
-    lines = sample(heldout_lines(("asr",), data), n, 1)
+    lines = sample(heldout_lines(("asr",), data), n_in, 1)
     if data is None:
         ind = [(ln["text"], P.synthesize(ln["text"], P.Voice(ln["voice"], ln["speed"]), sr)) for ln in lines]
     else:
@@ -140,8 +141,8 @@ def found_images(n: int) -> list[tuple[str, Image.Image]]:
     return out
 
 
-def caption_sets(n: int, data: str | None = None) -> dict[str, list[tuple[str, Image.Image]]]:
-    lines = sample(heldout_lines(("caption",), data), n, 4)
+def caption_sets(n: int, n_in: int, data: str | None = None) -> dict[str, list[tuple[str, Image.Image]]]:
+    lines = sample(heldout_lines(("caption",), data), n_in, 4)
     if data is None:
         size = B.PRESETS["default"].image_size
         ind = [(ln["text"], S.draw(ln["attrs"], size)) for ln in lines]
@@ -155,10 +156,26 @@ def caption_sets(n: int, data: str | None = None) -> dict[str, list[tuple[str, I
 MEASURES = ("avg_logprob", "first_logprob", "min_logprob", "codec_error")
 
 
+def union_limits(task: str, cal: list, quantile: float) -> list[tuple[str, str, float]]:
+    """The task's rules (core/confidence.py RULE_MEASURES) with each threshold at the same per-rule share ``q`` of
+    ``cal``, ``q`` the largest (on a grid of 200) at which the rules together flag at most ``quantile`` of ``cal``."""
+    def limits_at(q: float) -> list[tuple[str, str, float]]:
+        return [(m, op, float(np.quantile([getattr(a.confidence, m) for a in cal], q if op == "<" else 1 - q)))
+                for m, op in RULE_MEASURES[task]]
+
+    best = limits_at(0.0)
+    for q in np.linspace(0.0, quantile, 201)[1:]:
+        lim = limits_at(float(q))
+        if sum(bool(why_low(a.confidence, tuple(lim))) for a in cal) > quantile * len(cal):
+            break
+        best = lim
+    return best
+
+
 def report(task: str, answers: dict, quantile: float) -> tuple[list[str], dict]:
-    """Thresholds from in-domain half A (the task's measures in core/confidence.py RULE_MEASURES, each at an equal
-    share of ``quantile``); shares flagged (any rule) in half B and in each out-of-domain group; AUROC of every measure;
-    for each rule's measure alone, the in-domain share a threshold flagging 80 % of out-of-domain items flags."""
+    """Thresholds from in-domain half A (``union_limits``: together the rules flag at most ``quantile`` of it);
+    shares flagged (any rule) in half B and in each out-of-domain group; AUROC of every measure; for each rule's
+    measure alone, the in-domain share a threshold flagging 80 % of out-of-domain items flags."""
     ind_name = next(iter(answers))
     ind = answers[ind_name]
     cal, test = ind[0::2], ind[1::2]
@@ -168,11 +185,9 @@ def report(task: str, answers: dict, quantile: float) -> tuple[list[str], dict]:
         x = getattr(a.confidence, key)
         return None if x is None else (-x if key == "codec_error" else x)
 
-    rows, limits = [], []
-    for measure, op in RULE_MEASURES[task]:
-        q = quantile / len(RULE_MEASURES[task])
-        thr = float(np.quantile([getattr(a.confidence, measure) for a in cal], q if op == "<" else 1 - q))
-        limits.append((measure, op, thr))
+    rows, limits = [], union_limits(task, cal, quantile)
+    for measure, op, thr in limits:
+        q = sum(bool(why_low(a.confidence, ((measure, op, thr),))) for a in cal) / max(1, len(cal))
         rows.append(f"| {task} | threshold: {measure} {op} {thr:.4f} ({100 * q:.1f}% of in-domain half A) | | "
                     f"{len(cal)} |")
         sc_ood = sorted(score(a, measure) for a in ood_all)
@@ -199,8 +214,10 @@ def report(task: str, answers: dict, quantile: float) -> tuple[list[str], dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
-    ap.add_argument("--n", type=int, default=120, help="items per group (at most)")
-    ap.add_argument("--quantile", type=float, default=0.05, help="share of in-domain half A below the threshold")
+    ap.add_argument("--n", type=int, default=120, help="items per out-of-domain group (at most)")
+    ap.add_argument("--n-in", type=int, default=300, help="in-domain items (at most; half set the thresholds)")
+    ap.add_argument("--quantile", type=float, default=0.03,
+                    help="share of in-domain half A the rules together may flag")
     ap.add_argument("--tasks", default="asr,caption")
     ap.add_argument("--out", default=None, help="JSON with every item's scores")
     ap.add_argument("--data", default=None, help="in-domain held-out lines from this corpus manifest")
@@ -214,10 +231,10 @@ def main() -> int:
     out = {}
     for task in a.tasks.split(","):
         if task == "asr":
-            sets = asr_sets(a.n, omni.speech.sample_rate, a.data)
+            sets = asr_sets(a.n, a.n_in, omni.speech.sample_rate, a.data)
             answers = {k: tasks.asr_answers(omni, [w for _, w in v], seed=0) for k, v in sets.items()}
         else:
-            sets = caption_sets(a.n, a.data)
+            sets = caption_sets(a.n, a.n_in, a.data)
             answers = {k: tasks.caption_answers(omni, [im for _, im in v], seed=0) for k, v in sets.items()}
         r, out[task] = report(task, answers, a.quantile)
         rows += r

@@ -3,7 +3,9 @@
     python scripts/eval_default.py --data corpus/manifest.jsonl [--model DIR] [--out eval/] [--judge whisper]
                                    [--resume]
 
-Writes OUT/<task>.json (the `aromni eval` reports) and prints a Markdown table of the headline numbers.
+Writes OUT/<task>.json (the `aromni eval` reports) and prints a Markdown table of the headline numbers. Besides
+the tasks of `aromni eval`, ``t2i-1`` is T2I with one candidate (the argmax drawing; OUT/t2i-1.json), beside the
+model's default best of N.
 The model is loaded once. Tasks with no held-out items in the manifest are skipped (said on stderr).
 With --resume a task whose report is already in OUT is kept, not run again, when that report is of the same
 model (path; the report newer than every file of it), data (sha256, split, items), seed, batch size and TTS
@@ -21,6 +23,10 @@ from aromni.core.eval.report import markdown_summary, read_report, write_report
 from aromni.core.eval.runner import EVALUATORS, EvalConfig, evaluate
 
 
+# report name -> (task, decoding overrides): runs of a task with other decoding options than the model's defaults
+VARIANTS = {"t2i-1": ("t2i", {"candidates": 1})}
+
+
 def _newest_mtime(path: str) -> float:
     if os.path.isfile(path):
         return os.path.getmtime(path)
@@ -31,8 +37,11 @@ def _judge_names(spec: str) -> str:
     return ",".join("self" if j == "model" else j.split(":")[0] for j in spec.split(","))
 
 
-def finished_report(path: str, a: argparse.Namespace, task: str, model_dir: str) -> dict | None:
-    """The report at ``path`` if it is of this run's model (unchanged since), data and settings, else None."""
+def finished_report(path: str, a: argparse.Namespace, task: str, model_dir: str,
+                    overrides: dict | None = None) -> dict | None:
+    """The report at ``path`` if it is of this run's model (unchanged since), data and settings (and decoding
+    ``overrides``), else None."""
+    overrides = overrides or {}
     if not os.path.isfile(path) or os.path.getmtime(path) < _newest_mtime(model_dir):
         return None
     try:
@@ -45,7 +54,8 @@ def finished_report(path: str, a: argparse.Namespace, task: str, model_dir: str)
             and all(data.get(k) == want[k] for k in ("sha256", "split", "n"))
             and rep.get("seed") == a.seed and rep.get("batch_size") == a.batch_size
             and (task != "tts" or rep.get("settings", {}).get("judge") == _judge_names(a.judge))
-            and not (task == "t2i" and a.clip_checkpoint))  # CLIPScore settings are not compared: run it again
+            and not (task == "t2i" and a.clip_checkpoint)  # CLIPScore settings are not compared: run it again
+            and all(rep.get("decoding", {}).get(k) == v for k, v in overrides.items()))
     return rep if same else None
 
 
@@ -54,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="corpus manifest (JSONL)")
     ap.add_argument("--model", default=None, help="model (default: the bundled default model)")
     ap.add_argument("--out", default="eval", help="directory for the JSON reports")
-    ap.add_argument("--tasks", default=",".join(EVALUATORS), help="comma-separated tasks")
+    ap.add_argument("--tasks", default=",".join([*EVALUATORS, *VARIANTS]),
+                    help=f"comma-separated tasks ({', '.join([*EVALUATORS, *VARIANTS])})")
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--judge", default="whisper",
                     help="tts judge(s): whisper, whisper:DIR, self, or several: whisper,self")
@@ -73,19 +84,21 @@ def main(argv: list[str] | None = None) -> int:
 
     os.makedirs(a.out, exist_ok=True)
     reports, todo = [], []
-    for task in a.tasks.split(","):
-        path = os.path.join(a.out, f"{task}.json")
-        rep = finished_report(path, a, task, a.model or DEFAULT_DIR) if a.resume else None
+    for name in a.tasks.split(","):
+        task, overrides = VARIANTS.get(name, (name, {}))
+        path = os.path.join(a.out, f"{name}.json")
+        rep = finished_report(path, a, task, a.model or DEFAULT_DIR, overrides) if a.resume else None
         if rep is None:
-            todo.append(task)
+            todo.append(name)
         else:
-            print(f"{task}: kept {path} (--resume)", file=sys.stderr)
-            reports.append(rep)
+            print(f"{name}: kept {path} (--resume)", file=sys.stderr)
+            reports.append((name, rep))
     omni = load(a.model, device=a.device, dtype=a.dtype) if todo else None
-    for task in todo:
+    for name in todo:
+        task, overrides = VARIANTS.get(name, (name, {}))
         cfg = EvalConfig(task=task, data=a.data, model=a.model, split=a.split, limit=a.limit,
                          batch_size=a.batch_size, seed=a.seed, device=a.device, dtype=a.dtype, judge=a.judge,
-                         clip_checkpoint=a.clip_checkpoint, quiet=a.quiet)
+                         clip_checkpoint=a.clip_checkpoint, quiet=a.quiet, decode=dict(overrides))
         try:
             rep = evaluate(cfg, omni=omni)
         except InputError as e:
@@ -93,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"skipping {task}: {e}", file=sys.stderr)
             continue
-        write_report(rep, os.path.join(a.out, f"{task}.json"))
-        reports.append(rep)
+        write_report(rep, os.path.join(a.out, f"{name}.json"))
+        reports.append((name, rep))
     order = a.tasks.split(",")
-    reports.sort(key=lambda r: order.index(r["task"]))
-    print(markdown_summary(reports))
+    reports.sort(key=lambda nr: order.index(nr[0]))
+    print(markdown_summary([r for _, r in reports], [n for n, _ in reports]))
     return 0
 
 

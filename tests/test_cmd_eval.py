@@ -326,8 +326,11 @@ def test_eval_default_script(tiny_bundle, corpus, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     rows = r.stdout.decode().strip().splitlines()
     assert rows[0].startswith("| task |") and [row.split("|")[1].strip() for row in rows[2:]] == \
-        ["asr", "tts", "caption", "t2i", "s2i"]
-    assert sorted(os.listdir(tmp_path / "ev")) == ["asr.json", "caption.json", "s2i.json", "t2i.json", "tts.json"]
+        ["asr", "tts", "caption", "t2i", "s2i", "t2i-1"]
+    assert sorted(os.listdir(tmp_path / "ev")) == ["asr.json", "caption.json", "s2i.json", "t2i-1.json", "t2i.json",
+                                                   "tts.json"]
+    one = json.loads((tmp_path / "ev" / "t2i-1.json").read_text())  # the argmax drawing alone
+    assert one["task"] == "t2i" and one["decoding"]["candidates"] == 1
 
     # --resume keeps the reports of this model, data and settings and runs only what is missing or stale
     def resume(*extra):

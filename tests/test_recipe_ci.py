@@ -78,6 +78,34 @@ def test_mix_repeats_each_task_and_drills_apart(tmp_path):
     assert [d.get("joined") for d in out if d["task"] == "asr"] == [True, True]
 
 
+def test_self_t2i_keeps_only_drawings_its_captioner_reads_as_the_scene(tmp_path):
+    """The bundled model draws each request; a drawing is kept only when the model's own caption of it names the
+    line's scene. Lines whose scene contradicts their text are drawn as the text says and must be dropped."""
+    from aromni.core import api, tasks
+    from aromni.core.corpus.scenes import attrs_match, parse_caption
+    from PIL import Image
+
+    steps = _steps()
+    obj = lambda s, c, z, p: {"shape": s, "colour": c, "size": z, "position": p, "offset": [0, 0]}  # noqa: E731
+    right = [("a large red circle on the left", obj("circle", "red", "large", "left")),
+             ("Draw a small blue square at the top.", obj("square", "blue", "small", "top")),
+             ("a large yellow star on the right", obj("star", "yellow", "large", "right"))]
+    wrong = [(t, obj("triangle", "green", "small", "bottom"))
+             for t in ("a large purple circle on the right", "Show me a small blue star at the top.")]
+    lines = [{"id": f"t{i}", "task": "t2i", "split": "train", "text": t, "attrs": {"background": "white",
+              "objects": [o]}} for i, (t, o) in enumerate(right + wrong)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    got = steps.write_self_t2i(api.DEFAULT_DIR, str(tmp_path / "train.jsonl"), str(tmp_path / "self_t2i.jsonl"))
+    kept = [json.loads(x) for x in (tmp_path / "self_t2i.jsonl").read_text().splitlines()]
+    assert got == {"requests": 5, "kept": len(kept)} and kept
+    by_text = {d["text"]: d for d in lines}
+    assert all(d["attrs"] == by_text[d["text"]]["attrs"] and d["task"] == "t2i" for d in kept)
+    assert not [d for d in kept if d["attrs"]["objects"][0]["shape"] == "triangle"]  # contradicted: dropped
+    omni = api.load(api.DEFAULT_DIR)
+    said = tasks.caption(omni, [Image.open(tmp_path / d["image"]) for d in kept], seed=0)
+    assert all(attrs_match(parse_caption(t), d["attrs"]) for t, d in zip(said, kept)), said
+
+
 def test_small_config_fits_the_bundle_budget():
     """The shipped LM (fp16) plus the small tokenizers must stay under the 40 MB bundle budget."""
     from aromni.core.image_tokenizer import build_image_tokenizer

@@ -158,10 +158,11 @@ def _headline_value(v, kind: str) -> str:
     return {"pct": f"{100 * v:.1f}%", "ms": f"{1000 * v:.0f} ms", "f2": f"{v:.2f}", "f3": f"{v:.3f}"}[kind]
 
 
-def markdown_summary(reports: list[dict]) -> str:
-    """A Markdown table of each report's headline metrics (one row per report)."""
+def markdown_summary(reports: list[dict], labels: list[str] | None = None) -> str:
+    """A Markdown table of each report's headline metrics (one row per report, named by ``labels`` or its
+    task)."""
     lines = ["| task | items | metrics | judge / device |", "|---|---|---|---|"]
-    for r in reports:
+    for i, r in enumerate(reports):
         m = r["metrics"]
         cells = [f"{label} {_headline_value(m.get(k), kind)}" for k, label, kind in HEADLINE.get(r["task"], [])
                  if k in m]
@@ -174,6 +175,7 @@ def markdown_summary(reports: list[dict]) -> str:
                                    for g, gm in m["by_group"].items() if head[0] in gm))
         where = r.get("settings", {}).get("judge") or ""
         where = f"{where} judge, " if where else ""
-        lines.append(f"| {r['task']} | {m.get('n', r['data'].get('n'))} | {', '.join(cells) or '-'} | "
+        name = labels[i] if labels else r["task"]
+        lines.append(f"| {name} | {m.get('n', r['data'].get('n'))} | {', '.join(cells) or '-'} | "
                      f"{where}{r['device']} {r['dtype']} |")
     return "\n".join(lines)

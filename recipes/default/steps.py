@@ -4,6 +4,7 @@
     steps.py mix MIX.yaml TRAIN.jsonl OUT.jsonl      # TRAIN.jsonl with each task's lines repeated MIX times
     steps.py uncond SHARDS OUT --mix MIX.yaml --tokenizers KIND=DIR...  # unconditional images (for CFG)
     steps.py self-asr LM_BUNDLE TRAIN.jsonl OUT.jsonl --decode DECODE.yaml [--limit N]  # ASR of the LM's own TTS
+    steps.py self-t2i LM_BUNDLE TRAIN.jsonl OUT.jsonl [--limit N] [--candidates K]  # its own verified drawings
     steps.py assemble LM_BUNDLE OUT --build B --recipe R   # fp16 weights + stage configs -> the shipped bundle
     steps.py card BUNDLE [--build B --recipe R]      # BUNDLE/MODEL_CARD.md from BUNDLE/build.json (first
                                                      # rewritten from the build's records when --build is given)
@@ -352,8 +353,10 @@ def _machine() -> str:
 # task -> (metric, comparison, threshold). docs/default-model.md explains each.
 TARGETS = {
     "t2i": ("scp_accuracy", ">=", 0.80),  # shape, colour and position all recovered
+    "t2i-1": ("attr_accuracy", ">=", 0.80),  # one candidate (eval_default.py's variant), every attribute
     "caption": ("attr_accuracy", ">=", 0.80), "asr": ("wer", "<=", 0.10), "tts": ("wer", "<=", 0.15),
     "s2i": ("attr_accuracy", ">=", 0.70)}
+LABELS = {"t2i-1": "t2i, one candidate"}
 ALSO = {"t2i": "attr_accuracy"}  # shown without a target: T2I with the size judged too
 # Tasks whose target is judged in one speaker group: the training voices; the held-out voice and all clips are
 # shown beside.
@@ -396,6 +399,8 @@ def collect_record(build: str, recipe: str) -> dict:
     selftrain = _lm_metrics(build, "selftrain")
     if selftrain:
         selftrain["texts"] = _count_lines(os.path.join(build, "corpus", "self_asr.jsonl"))
+        if os.path.exists(os.path.join(build, "corpus", "self_t2i.jsonl")):
+            selftrain["images"] = _count_lines(os.path.join(build, "corpus", "self_t2i.jsonl"))
     return {
         "format": RECORD_FORMAT,
         "ci": recipe.rstrip("/").endswith("ci"),
@@ -420,10 +425,11 @@ def _quality(reports: dict) -> list[str]:
     """The card's quality table from the trimmed eval reports (task -> ``_trim_report``)."""
     rows = ["| task | metric | held-out | target | met |", "|---|---|---|---|---|"]
     have = False
-    for task, (key, op, thr) in TARGETS.items():
-        rep = reports.get(task) or {}
+    for name, (key, op, thr) in TARGETS.items():
+        rep = reports.get(name) or {}
         m = rep.get("metrics") or {}
         v = m.get(key)
+        task = LABELS.get(name, name)
         if v is None:
             rows.append(f"| {task} | {key} | not measured | {op} {100 * thr:.0f}% | - |")
             continue
@@ -649,8 +655,10 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
         "ceilings": _ceilings(rec.get("ceilings")),
         "lm_steps": str(lm.get("step", "-")), "lm_loss": _fmt(lm.get("loss")), "lm_ntp": _fmt(lm.get("ntp")),
         "lm_val_ntp": _fmt(lm.get("val_ntp")),
-        "selftrain": (f"- Self-training: the LM's own TTS of {st.get('texts', '-')} training texts as ASR lines, then "
-                      f"{st.get('step', '-')} more steps; final training loss {_fmt(st.get('loss'))} (NTP "
+        "selftrain": (f"- Self-training: the LM's own TTS of {st.get('texts', '-')} training texts as ASR lines"
+                      + (f" and {st['images']} of its own drawings of training requests, read right by its "
+                         "captioner, as T2I lines" if st.get("images") is not None else "")
+                      + f", then {st.get('step', '-')} more steps; final training loss {_fmt(st.get('loss'))} (NTP "
                       f"{_fmt(st.get('ntp'))}), held-out NTP {_fmt(st.get('val_ntp'))}.\n" if st else ""),
         "rerun": _rerun(rec.get("rerun")),
         "notes": "".join(f"- {n}\n" for n in rec.get("notes") or []),
@@ -788,6 +796,55 @@ def write_self_asr(bundle: str, train: str, out: str, decode_yaml: str, limit: i
     return len(lines)
 
 
+def write_self_t2i(bundle: str, train: str, out: str, limit: int | None = None, candidates: int = 4,
+                   batch: int = 32) -> dict:
+    """T2I lines (``out``, next to ``train``) whose images are ``bundle``'s own drawings of training T2I requests
+    (PNGs in selfimg/): per request the best of ``candidates`` (argmax, then sampled at the bundle's image
+    temperature) by its captioner's likelihood of the scene's canonical caption, kept only when its own greedy
+    caption of the drawing names every attribute of the scene. Like self-asr, the LM then trains on what it
+    produces well, here so that its single drawing lands on the modes it can also recognise
+    (docs/default-model.md, "Recipe"). Returns counts."""
+    import random
+
+    from aromni.core import api, rerank, tasks
+    from aromni.core.corpus.scenes import attrs_match, caption, parse_caption
+    from aromni.core.media import decode_images
+    from aromni.core.prompts import PromptContext, t2i_prompt
+    from aromni.core.tokens import image_codes_of
+
+    _beside(train, out, "self-t2i")
+    with open(train, encoding="utf-8") as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    rows = [r for r in rows if r.get("task") == "t2i" and r.get("attrs")]
+    random.Random(0).shuffle(rows)
+    rows = rows[:limit] if limit else rows
+    omni = api.load(bundle)
+    opts = tasks.model_options(omni, None, "t2i").replace(candidates=candidates, batch_size=batch)
+    v, ctx = omni.vocab, PromptContext.of(omni)
+    root = os.path.dirname(os.path.abspath(out))
+    os.makedirs(os.path.join(root, "selfimg"), exist_ok=True)
+    lines = []
+    for i in range(0, len(rows), batch):
+        chunk = rows[i: i + batch]
+        prompts = [t2i_prompt(ctx, r["text"]) + [v.boi] for r in chunk]
+        canon = [caption(r["attrs"]) for r in chunk]
+        drawn, _ = rerank.best_of(omni, prompts, opts, i, rerank.image_scorer(omni, ctx, canon))
+        images = decode_images(omni, [image_codes_of(d, v) for d in drawn])
+        said = tasks.caption(omni, images, seed=i)
+        for k, (r, img, text) in enumerate(zip(chunk, images, said)):
+            if not attrs_match(parse_caption(text), r["attrs"]):
+                continue
+            rel = f"selfimg/self_{i + k:05d}.png"
+            img.save(os.path.join(root, rel))
+            lines.append({"id": f"self-t2i-{i + k:05d}", "task": "t2i", "split": "train", "text": r["text"],
+                          "image": rel, "audio": None, "voice": "self", "speed": None, "attrs": r["attrs"]})
+        print(f"self-t2i: {len(lines)} kept of {i + len(chunk)}/{len(rows)}", file=sys.stderr, flush=True)
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(d) + "\n" for d in lines)
+    os.replace(out + ".tmp", out)
+    return {"requests": len(rows), "kept": len(lines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -814,6 +871,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--decode", required=True, help="decode.yaml: its tts section sets how the LM speaks")
     p.add_argument("--limit", type=int, default=None, help="at most N texts (the first of a seeded shuffle)")
+    p = sub.add_parser("self-t2i")
+    p.add_argument("bundle")
+    p.add_argument("train")
+    p.add_argument("out")
+    p.add_argument("--limit", type=int, default=None, help="at most N requests (the first of a seeded shuffle)")
+    p.add_argument("--candidates", type=int, default=4, help="drawings per request (the best is kept)")
     p = sub.add_parser("codec-corpus", help="many-voice, augmented training clips for the speech codec")
     p.add_argument("out")
     p.add_argument("--n", type=int, default=3000, help="clips")
@@ -846,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         write_ceilings(a.heldout, a.out, dict(t.split("=", 1) for t in a.tokenizers), a.judge, a.limit)
     elif a.cmd == "self-asr":
         write_self_asr(a.bundle, a.train, a.out, a.decode, a.limit)
+    elif a.cmd == "self-t2i":
+        print(json.dumps(write_self_t2i(a.bundle, a.train, a.out, a.limit, a.candidates)))
     elif a.cmd == "codec-corpus":
         from aromni.core.corpus.codec_data import CodecCorpusConfig, write_codec_corpus
 
