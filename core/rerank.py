@@ -1,6 +1,6 @@
 """Best of N by the model's own inverse task: score drawn candidates by how likely the model finds the prompt's
-words given each candidate (an image's caption, a clip's transcript), as DALL-E ranks samples with CLIP but
-with no second model.
+words given each candidate (an image's caption, each word's log-probability floored; a clip's transcript), as
+DALL-E ranks samples with CLIP but with no second model.
 
 ``--candidates N``: candidate 0 is decoded with the task's options as they are (so ``N = 1`` changes nothing),
 candidates 1..N-1 are sampled (images at ``image_temperature``, speech at ``temperature``); the one whose
@@ -38,13 +38,17 @@ def candidate_seed(row_seed: int, j: int) -> int:
 
 
 LOGITS_BUDGET = 256 * 2**20  # bytes of fp32 logits per scoring pass (a 65k vocabulary: ~1k tokens per pass)
+# Images are scored with each token's log-probability floored here: words the captioner never says (a request
+# frame, a synonym: "please show me a huge box") are about equally unlikely under every candidate, but their
+# large, noisy log-probabilities would otherwise decide the pick (docs/decoding.md#best-of-n).
+CAPTION_TOKEN_FLOOR = -3.0
 
 
 @torch.no_grad()
-def response_logprobs(model, examples: list[Example], batch_size: int = 16) -> list[float]:
+def response_logprobs(model, examples: list[Example], batch_size: int = 16, floor: float | None = None) -> list[float]:
     """Sum of log p over each example's last ``response_len`` tokens (teacher forcing, one causal pass per
-    batch of at most ``batch_size`` examples and ``LOGITS_BUDGET`` bytes of logits); ``-inf`` for an example
-    longer than the model's context."""
+    batch of at most ``batch_size`` examples and ``LOGITS_BUDGET`` bytes of logits), each token's log p raised to
+    ``floor`` when given; ``-inf`` for an example longer than the model's context."""
     ctx, V = model.cfg.max_seq_len, model.cfg.vocab_size
     dev = model.tok_embeddings.weight.device
     out = [-math.inf] * len(examples)
@@ -64,13 +68,16 @@ def response_logprobs(model, examples: list[Example], batch_size: int = 16) -> l
         for b, i in enumerate(idx):
             n, r = len(examples[i].ids), examples[i].response_len
             logp = torch.log_softmax(logits[b, n - r - 1: n - 1].float(), dim=-1)  # [r, V]
-            out[i] = float(logp.gather(-1, x[b, n - r: n].to(dev)[:, None]).sum())
+            tok = logp.gather(-1, x[b, n - r: n].to(dev)[:, None])
+            out[i] = float((tok if floor is None else tok.clamp(min=floor)).sum())
     return out
 
 
 def caption_scores(omni, ctx: PromptContext, images: list[list[int]], text: str) -> list[float]:
-    """log p(``text`` | image) under the caption template, for each image's codes."""
-    return response_logprobs(omni.model, [build_example(ctx, "caption", text=text, image_codes=c) for c in images])
+    """log p(``text`` | image) under the caption template, for each image's codes, each token's log p floored at
+    ``CAPTION_TOKEN_FLOOR``."""
+    return response_logprobs(omni.model, [build_example(ctx, "caption", text=text, image_codes=c) for c in images],
+                             floor=CAPTION_TOKEN_FLOOR)
 
 
 def transcript_scores(omni, ctx: PromptContext, clips: list[list[int]], text: str) -> list[float]:

@@ -34,6 +34,23 @@ def test_response_logprobs_is_the_sum_over_the_response(omni):
     assert got[2] == -math.inf
 
 
+def test_a_floor_raises_each_token_not_the_sum(omni):
+    """``floor`` bounds every token's log p (a word no candidate explains costs each the same), not the total."""
+    m = omni.model
+    ids = [1, 5, 9, 13, 17, 21, 25]
+    with torch.no_grad():
+        logp = torch.log_softmax(m(torch.tensor([ids])), -1)[0]
+    toks = [float(logp[k - 1, ids[k]]) for k in range(4, 7)]
+    floor = sorted(toks)[1]  # between the lowest token and the others
+    got = rerank.response_logprobs(m, [Example(ids, "caption", 3)], floor=floor)[0]
+    assert got == pytest.approx(sum(max(t, floor) for t in toks), abs=1e-4) and got > sum(toks) + 1e-6
+    ctx = PromptContext.of(omni)
+    codes = [list(range(omni.vocab.image_tokens))]
+    ex = build_example(ctx, "caption", text="a red square", image_codes=codes[0])
+    assert rerank.caption_scores(omni, ctx, codes, "a red square") == pytest.approx(
+        rerank.response_logprobs(m, [ex], floor=rerank.CAPTION_TOKEN_FLOOR), abs=1e-4)
+
+
 def test_response_logprobs_keeps_to_its_logits_budget(omni, monkeypatch):
     """A large vocabulary scores fewer examples per pass (one at a time here), with the same results."""
     exs = [Example([1] + list(range(5, 5 + k)), "caption", 2) for k in (3, 9, 5, 12)]
