@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as e:
             if f"no {task} items" not in str(e):
                 raise
-            print(f"skipping {task}: {e}", file=sys.stderr)
+            print(f"skipping {name}: {e}", file=sys.stderr)
             continue
         write_report(rep, os.path.join(a.out, f"{name}.json"))
         reports.append((name, rep))

@@ -60,6 +60,13 @@ def _beside(train: str, out: str, step: str) -> None:
         sys.exit(f"{step}: OUT must sit next to TRAIN (manifest paths are relative to the manifest)")
 
 
+def _write_jsonl(out: str, rows: list[dict]) -> None:
+    """``rows`` as a JSONL manifest at ``out``, written whole or not at all (a temporary file, then renamed)."""
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(d) + "\n" for d in rows)
+    os.replace(out + ".tmp", out)
+
+
 def write_mix(mix_yaml: str, train: str, out: str) -> dict:
     """``train`` with each line written ``mix[task]`` times (default 1; drill lines, corpus ``n_tts_drills``, under
     ``tts_drill``; chunk lines, ``n_tts_chunks``, under ``tts_chunk``; joined-piece ASR lines, ``n_asr_joined``, under
@@ -399,8 +406,9 @@ def collect_record(build: str, recipe: str) -> dict:
     selftrain = _lm_metrics(build, "selftrain")
     if selftrain:
         selftrain["texts"] = _count_lines(os.path.join(build, "corpus", "self_asr.jsonl"))
-        if os.path.exists(os.path.join(build, "corpus", "self_t2i.jsonl")):
-            selftrain["images"] = _count_lines(os.path.join(build, "corpus", "self_t2i.jsonl"))
+        images = _count_lines(os.path.join(build, "corpus", "self_t2i.jsonl"))  # None: no self-drawn lines
+        if images is not None:
+            selftrain["images"] = images
     return {
         "format": RECORD_FORMAT,
         "ci": recipe.rstrip("/").endswith("ci"),
@@ -437,7 +445,7 @@ def _quality(reports: dict) -> list[str]:
         best_of = int(rep.get("candidates") or 1)
         n_note = f"n={rep.get('n')}" + (f", best of {best_of}" if best_of > 1 else "")
         groups = m.get("by_group") or {}
-        target_group = TARGET_GROUP.get(task) if TARGET_GROUP.get(task) in groups else None
+        target_group = TARGET_GROUP.get(name) if TARGET_GROUP.get(name) in groups else None
 
         def row(label: str, value: float, note: str, checked: bool, key=key, op=op, thr=thr) -> str:
             met = ("yes" if (value >= thr if op == ">=" else value <= thr) else "no") if checked else ""
@@ -456,8 +464,8 @@ def _quality(reports: dict) -> list[str]:
         for j, acc in ((j, a) for j, a in ca.items() if isinstance(a, dict)):  # TTS: which caption words go wrong
             heard = ", ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items())
             rows.append(f"| {task}, spoken captions | attribute heard right, judge {j} | {heard} (n={ca['n']}) | | |")
-        if m.get(ALSO.get(task)) is not None:
-            rows.append(f"| {task} | {ALSO[task]} | {100 * m[ALSO[task]]:.1f}% ({n_note}) | | |")
+        if m.get(ALSO.get(name)) is not None:
+            rows.append(f"| {task} | {ALSO[name]} | {100 * m[ALSO[name]]:.1f}% ({n_note}) | | |")
     return rows if have else rows + ["", "The held-out evaluation has not been run on this bundle "
                                       "(`scripts/eval_default.py --data corpus/heldout.jsonl --model BUNDLE`)."]
 
@@ -730,9 +738,7 @@ def write_sample(heldout: str, out: str, counts: dict[str, int]) -> dict[str, in
             rows += [lines[int(i * len(lines) / n)] for i in range(n)]
             n_task += n
         written[task] = n_task
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(d) + "\n" for d in rows)
-    os.replace(out + ".tmp", out)
+    _write_jsonl(out, rows)
     return written
 
 
@@ -790,9 +796,7 @@ def write_self_asr(bundle: str, train: str, out: str, decode_yaml: str, limit: i
             lines.append({"id": f"self-{i + k:05d}", "task": "asr", "split": "train", "text": text, "image": None,
                           "audio": rel, "voice": "self", "speed": None, "attrs": None})
         print(f"self-asr: {len(lines)}/{len(texts)}", file=sys.stderr, flush=True)
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(d) + "\n" for d in lines)
-    os.replace(out + ".tmp", out)
+    _write_jsonl(out, lines)
     return len(lines)
 
 
@@ -839,9 +843,7 @@ def write_self_t2i(bundle: str, train: str, out: str, limit: int | None = None, 
             lines.append({"id": f"self-t2i-{i + k:05d}", "task": "t2i", "split": "train", "text": r["text"],
                           "image": rel, "audio": None, "voice": "self", "speed": None, "attrs": r["attrs"]})
         print(f"self-t2i: {len(lines)} kept of {i + len(chunk)}/{len(rows)}", file=sys.stderr, flush=True)
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(d) + "\n" for d in lines)
-    os.replace(out + ".tmp", out)
+    _write_jsonl(out, lines)
     return {"requests": len(rows), "kept": len(lines)}
 
 
