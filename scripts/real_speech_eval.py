@@ -8,7 +8,7 @@ Writes OUT/real_speech.jsonl (an `aromni eval --task asr --split real` manifest)
 WER per group) and OUT/ceiling.json (Whisper tiny.en WER on the original clips and on the model's codec
 reconstructions, per group), and prints a Markdown table. ``--codec DIR`` measures the ceiling of the speech
 tokenizer in DIR (a tokenizer directory, e.g. a build's ``codec/``) instead of the model's (no model is loaded
-with ``--no-asr``). ``--voices`` adds synthetic groups: N held-out corpus sentences said by each voice.
+with ``--no-asr``). ``--voices`` adds synthetic groups to both: N held-out corpus sentences said by each voice.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def synthetic_clips(out: str, voices: list[str], n: int) -> list:
     items = []
     for v in voices:
         for i, text in enumerate(held[:n]):
-            path = os.path.join(out, f"{v.replace(':', '_')}_{i:03d}.wav")
+            path = os.path.abspath(os.path.join(out, f"{v.replace(':', '_')}_{i:03d}.wav"))
             if not os.path.exists(path):
                 write_wav(path, V.synthesize(v, sentences.written(text), 16000), 16000)
             items.append(real_speech.Clip(path, text, f"voice {v}"))
@@ -60,10 +60,10 @@ def main() -> int:
     items = real_speech.clips(groups)
     if a.limit is not None:
         items = [c for g in groups for c in [c for c in items if c.group == g][: a.limit]]
-    manifest = os.path.join(a.out, "real_speech.jsonl")
-    real_speech.write_manifest(manifest, items)
     if a.voices:
         items += synthetic_clips(os.path.join(a.out, "voices"), a.voices.split(","), a.voice_clips)
+    manifest = os.path.join(a.out, "real_speech.jsonl")
+    real_speech.write_manifest(manifest, items)
     omni = None
     if not a.no_asr or a.codec is None:
         from aromni.core.api import load
@@ -76,7 +76,7 @@ def main() -> int:
 
         rep = evaluate(EvalConfig(task="asr", data=manifest, model=a.model, split="real", quiet=True), omni=omni)
         write_report(rep, os.path.join(a.out, "asr.json"))
-        by = rep["metrics"].get("by_group") or {groups[0]: rep["metrics"]}
+        by = rep["metrics"].get("by_group") or {items[0].group: rep["metrics"]}
         for g, m in by.items():
             rows.append(f"| ASR, {g} | WER | {100 * m['wer']:.1f}% ({m.get('n', '?')} clips) |")
     if not a.no_ceiling:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "default")
 SCRIPT = os.path.join(ROOT, "scripts", "build_default_model.sh")
 STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm")
-SELF_STAGES = ("pretokenize_self", "selftrain")  # SELFTRAIN=1
-KINDS = {"pretokenize_self": "pretokenize", "selftrain": "lm"}
+SELF_STAGES = ("pretokenize_self", "pretokenize_voices", "selftrain")  # SELFTRAIN=1
+KINDS = {"pretokenize_self": "pretokenize", "pretokenize_voices": "pretokenize", "selftrain": "lm"}
 # what the CI variant may change: sizes, lengths and step counts, never the recipe itself
 SIZE_KEYS = {"tokenizer.vocab_size", "tokenizer.preset", "tokenizer.max_items", "data.batch_size", "data.max_len",
              "data.seq_len", "optim.lr", "optim.warmup_steps", "train.max_steps", "train.eval_every",
@@ -104,6 +105,36 @@ def test_self_t2i_keeps_only_drawings_its_captioner_reads_as_the_scene(tmp_path)
     omni = api.load(api.DEFAULT_DIR)
     said = tasks.caption(omni, [Image.open(tmp_path / d["image"]) for d in kept], seed=0)
     assert all(attrs_match(parse_caption(t), d["attrs"]) for t, d in zip(said, kept)), said
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (scripts/test.sh installs it)")
+def test_voice_lines_say_training_texts_in_many_voices_never_the_heldout_one(tmp_path):
+    """Each training ASR text in four pool voices and each spoken caption in two more; no clip in any voice with the
+    held-out voice's variant; the same seed gives the same lines."""
+    steps = _steps()
+    pool = steps.voice_pool(("f4",))
+    assert len(pool) > 500 and "en-us+f4" not in pool and not [v for v in pool if v.endswith("+f4")]
+    assert {"en-us", "en-gb+m4", "en-us+f5"} <= set(pool)
+    obj = {"shape": "star", "colour": "red", "size": "large", "position": "left", "offset": [0, 0]}
+    rows = [{"id": "a1", "task": "asr", "text": "the cat is asleep", "voice": "en-us"},
+            {"id": "a2", "task": "asr", "text": "the cat is asleep", "voice": "en-gb"},
+            {"id": "a3", "task": "asr", "text": "open the door", "voice": "en-us"},
+            {"id": "j", "task": "asr", "text": "open the door", "joined": True},
+            {"id": "s", "task": "s2i", "text": "a large red star on the left", "image": "img/x.png",
+             "attrs": {"background": "white", "objects": [obj]}},
+            {"id": "t", "task": "tts", "text": "hello there"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in rows))
+    (tmp_path / "corpus.json").write_text(json.dumps({"sample_rate": 16000}))
+    got = steps.write_voice_lines(str(tmp_path / "train.jsonl"), str(tmp_path / "voices.jsonl"))
+    assert (got["asr"], got["s2i"], got["heldout_variants"]) == (8, 2, ["f4"])
+    first = (tmp_path / "voices.jsonl").read_text()
+    lines = [json.loads(x) for x in first.splitlines()]
+    assert sorted(d["text"] for d in lines if d["task"] == "asr") == ["open the door"] * 4 + ["the cat is asleep"] * 4
+    s2i = [d for d in lines if d["task"] == "s2i"]
+    assert [(d["image"], d["attrs"]) for d in s2i] == [("img/x.png", rows[4]["attrs"])] * 2
+    assert all(d["voice"] in pool and (tmp_path / d["audio"]).stat().st_size > 1000 for d in lines)
+    steps.write_voice_lines(str(tmp_path / "train.jsonl"), str(tmp_path / "voices.jsonl"))
+    assert (tmp_path / "voices.jsonl").read_text() == first
 
 
 def test_small_config_fits_the_bundle_budget():
@@ -197,6 +228,8 @@ def test_ci_recipe_end_to_end(tmp_path):
     lines = [json.loads(x) for x in (out / "corpus" / "self_asr.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and all((out / "corpus" / d["audio"]).stat().st_size > 44 for d in lines)
     assert {d["task"] for d in lines} == {"asr"}
+    voiced = [json.loads(x) for x in (out / "corpus" / "voice_lines.jsonl").read_text().splitlines()]
+    assert sum(d["task"] == "asr" for d in voiced) == 32 and {d["task"] for d in voiced} == {"asr", "s2i"}
     assert sorted(os.listdir(bundle / "recipe")) == sorted([f"{s}.yaml" for s in STAGES + SELF_STAGES]
                                                            + ["mix.yaml", "decode.yaml"])
     with safe_open(str(out / "selftrain" / "bundle" / "model.safetensors"), "pt") as a, \

@@ -28,8 +28,8 @@ import numpy as np
 from aromni.core import yamlio
 
 MAX_BUNDLE_MB = 40.0
-STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm", "pretokenize_self", "selftrain")
-STAGE_DIRS = {"pretokenize": "shards", "pretokenize_self": "shards/self"}
+STAGES = ("bpe", "image_vq", "codec", "pretokenize", "lm", "pretokenize_self", "pretokenize_voices", "selftrain")
+STAGE_DIRS = {"pretokenize": "shards", "pretokenize_self": "shards/self", "pretokenize_voices": "shards/voices"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,6 +309,16 @@ def _lm_metrics(build: str, stage: str = "lm") -> dict | None:
             "val_ntp": val.get("val_ntp")} if last else None
 
 
+def _voice_lines(path: str) -> dict | None:
+    """Lines and distinct voices of a ``voice-lines`` manifest, or None when there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(x) for x in f if x.strip()]
+    except OSError:
+        return None
+    return {"lines": len(rows), "voices": len({r["voice"] for r in rows})}
+
+
 def _count_lines(path: str) -> int | None:
     """Non-blank lines of a text file, or None when it cannot be read."""
     try:
@@ -404,11 +414,14 @@ def collect_record(build: str, recipe: str) -> dict:
     row = {k: {"wall_s": w, "cpu_s": c, "machine": "build"} for k, (w, c) in times.items()}
     reports = {t: _trim_report(r, t) for t in TARGETS if (r := _read_json(os.path.join(build, "eval", f"{t}.json")))}
     selftrain = _lm_metrics(build, "selftrain")
+    voice_lines = _voice_lines(os.path.join(build, "corpus", "voice_lines.jsonl"))
     if selftrain:
         selftrain["texts"] = _count_lines(os.path.join(build, "corpus", "self_asr.jsonl"))
         images = _count_lines(os.path.join(build, "corpus", "self_t2i.jsonl"))  # None: no self-drawn lines
         if images is not None:
             selftrain["images"] = images
+        if voice_lines:
+            selftrain["voice_lines"] = voice_lines["lines"]
     return {
         "format": RECORD_FORMAT,
         "ci": recipe.rstrip("/").endswith("ci"),
@@ -422,6 +435,7 @@ def collect_record(build: str, recipe: str) -> dict:
         "ceilings": _read_json(os.path.join(build, "ceilings.json")),
         "lm": _lm_metrics(build),
         "selftrain": selftrain,
+        "voice_lines": voice_lines,
         "rerun": _read_json(os.path.join(build, "rerun.json")),
         "notes": _read_json(os.path.join(build, "notes.json")) or [],  # how this build departs from the recipe
         "eval": {"machine": "build", "wall_s": row.get(EVAL_STAGE, {}).get("wall_s"), "reports": reports}
@@ -651,6 +665,8 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
                               if corpus.get("heldout_phrasings") else ""),
         "input_voices": ", ".join(voices.get("input") or []) or "-",
         "n_voices": str(len(voices.get("input") or []) or "-"),
+        "more_voices": (f" (its self-training also heard {vl['voices']} more espeak-ng voices)"
+                        if (vl := rec.get("voice_lines")) else ""),
         "output_voice": str((voices.get("output") or {}).get("name", "-")),
         "lines_train": _lines((corpus.get("lines") or {}).get("train")),
         "lines_heldout": _lines((corpus.get("lines") or {}).get("heldout")),
@@ -666,6 +682,8 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
         "selftrain": (f"- Self-training: the LM's own TTS of {st.get('texts', '-')} training texts as ASR lines"
                       + (f" and {st['images']} of its own drawings of training requests, read right by its "
                          "captioner, as T2I lines" if st.get("images") is not None else "")
+                      + (f", with {st['voice_lines']} ASR and speech -> image lines of training texts said in "
+                         "espeak-ng voices the corpus does not use" if st.get("voice_lines") is not None else "")
                       + f", then {st.get('step', '-')} more steps; final training loss {_fmt(st.get('loss'))} (NTP "
                       f"{_fmt(st.get('ntp'))}), held-out NTP {_fmt(st.get('val_ntp'))}.\n" if st else ""),
         "rerun": _rerun(rec.get("rerun")),
@@ -847,6 +865,59 @@ def write_self_t2i(bundle: str, train: str, out: str, limit: int | None = None, 
     return {"requests": len(rows), "kept": len(lines)}
 
 
+def voice_pool(heldout_variants: tuple[str, ...]) -> list[str]:
+    """Every English espeak-ng voice (language, or language+variant) whose variant is not one of
+    ``heldout_variants``: a held-out voice's variant stays unheard in every language."""
+    from aromni.core.corpus.voices import list_voices
+
+    return [v.name for v in list_voices(("espeak-ng",)) if v.name.partition("+")[2] not in heldout_variants]
+
+
+def write_voice_lines(train: str, out: str, asr_per_text: int = 4, s2i_per_line: int = 2, limit: int | None = None,
+                      seed: int = 0, workers: int = 2) -> dict:
+    """ASR and speech -> image lines (``out``, next to ``train``) that say the corpus's training texts in many
+    more voices: each distinct training ASR text (joined-piece lines left out) in ``asr_per_text`` voices and each
+    training spoken caption in ``s2i_per_line`` more, every clip in a voice drawn at random from all of
+    espeak-ng's English voices and variants (``voice_pool``; the held-out voice's variant excluded) at one of the
+    corpus's speeds. Clips go to the corpus's wav/ (content-addressed). A recogniser trained on six voices
+    hears an unfamiliar one badly (docs/default-model.md, "Recipe"). Returns counts."""
+    import random
+
+    from aromni.core.corpus import speech as P
+
+    _beside(train, out, "voice-lines")
+    with open(train, encoding="utf-8") as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    held = tuple(sorted({v.name.partition("+")[2] for v in P.VOICE_SETS["espeak"].heldout} - {""}))
+    pool = voice_pool(held)
+    rng = random.Random(seed)
+    texts = sorted({r["text"] for r in rows if r.get("task") == "asr" and not r.get("joined")})
+    spoken = [r for r in rows if r.get("task") == "s2i"]
+    rng.shuffle(texts)
+    rng.shuffle(spoken)
+    if limit:
+        texts, spoken = texts[:limit], spoken[:limit]
+
+    def voice() -> P.Voice:
+        return P.Voice(rng.choice(pool), rng.choice(P.INPUT_SPEEDS))
+
+    todo = [("asr", t, None, voice()) for t in texts for _ in range(asr_per_text)]
+    todo += [("s2i", r["text"], r, voice()) for r in spoken for _ in range(s2i_per_line)]
+    root = os.path.dirname(os.path.abspath(out))
+    sr = _read_json(os.path.join(root, "corpus.json"))["sample_rate"]
+    names = P.synthesize_many([P.SpeechJob(text, v) for _, text, _, v in todo], os.path.join(root, "wav"), sr,
+                              workers=workers)
+    lines = []
+    for i, (task, text, r, v) in enumerate(todo):
+        lines.append({"id": f"voices-{i:05d}", "task": task, "split": "train", "text": text,
+                      "image": r["image"] if r else None, "audio": "wav/" + names[P.SpeechJob(text, v)],
+                      "voice": v.name, "speed": v.speed, "attrs": r["attrs"] if r else None})
+    _write_jsonl(out, lines)
+    return {"asr": sum(t == "asr" for t, *_ in todo), "s2i": sum(t == "s2i" for t, *_ in todo),
+            "voices": len({v.name for *_, v in todo}),
+            "pool": len(pool), "heldout_variants": list(held)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -879,6 +950,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--limit", type=int, default=None, help="at most N requests (the first of a seeded shuffle)")
     p.add_argument("--candidates", type=int, default=4, help="drawings per request (the best is kept)")
+    p = sub.add_parser("voice-lines", help="training texts and spoken captions said in many more espeak-ng voices")
+    p.add_argument("train")
+    p.add_argument("out")
+    p.add_argument("--asr-per-text", type=int, default=4, help="voices per distinct training ASR text")
+    p.add_argument("--s2i-per-line", type=int, default=2, help="voices per training spoken caption")
+    p.add_argument("--limit", type=int, default=None, help="at most N texts and N spoken captions")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("codec-corpus", help="many-voice, augmented training clips for the speech codec")
     p.add_argument("out")
     p.add_argument("--n", type=int, default=3000, help="clips")
@@ -913,6 +991,8 @@ def main(argv: list[str] | None = None) -> int:
         write_self_asr(a.bundle, a.train, a.out, a.decode, a.limit)
     elif a.cmd == "self-t2i":
         print(json.dumps(write_self_t2i(a.bundle, a.train, a.out, a.limit, a.candidates)))
+    elif a.cmd == "voice-lines":
+        print(json.dumps(write_voice_lines(a.train, a.out, a.asr_per_text, a.s2i_per_line, a.limit, a.seed)))
     elif a.cmd == "codec-corpus":
         from aromni.core.corpus.codec_data import CodecCorpusConfig, write_codec_corpus
 
