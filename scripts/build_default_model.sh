@@ -27,8 +27,8 @@
 # training texts in espeak-ng voices the corpus does not use (steps.py voice-lines) and 600 more LM steps with
 # them (pretokenize_self.yaml, pretokenize_voices.yaml, selftrain.yaml); the bundle is then that LM; default 1;
 # 0: the LM's bundle as it is; docs/default-model.md, "Recipe"), CORPUS (the corpus preset: default, or ci with
-# --ci; wide: everyday lines, a neural output voice and many input voices, needs `pip install 'aromni[voices]'`; ci-wide: the same
-# at the size of ci, with --ci), EVAL_SAMPLE (TASK=N,...: evaluate N held-out lines of each task, evenly spread
+# --ci; wide: everyday lines, a neural output voice and many input voices, needs `pip install 'aromni[voices]'`;
+# ci-wide: the same at the size of ci, with --ci), EVAL_SAMPLE (TASK=N,...: evaluate N held-out lines of each task, evenly spread
 # over its groups (steps.py sample), instead of the whole held-out split: e.g.
 # asr=120,caption=60,chat=10,s2i=60,t2i=80,text=30,tts=60, 420 lines in all; the card names the sample).
 set -euo pipefail
