@@ -17,19 +17,19 @@
 # Environment: PYTHON (default .venv/bin/python if present, else python3), THREADS (torch threads, default
 # all cores; use 1 on a busy machine), PARALLEL (1: train the image and speech tokenizers side by side, the
 # default on 2+ cores), SEED (corpus seed, default 0), NICE (niceness of the stages, default 0), JUDGE (TTS judge of
-# the evaluation: whisper (offline Whisper tiny.en), self (the model's own ASR; --ci default), or both:
-# whisper,self (default; the speech is synthesised once; the tokenizer ceilings use the first)), RERUN (N > 0:
-# after the LM, train it again from scratch for N steps into lm-rerun and compare the logged losses with the
-# first run's: rerun.json, in the model card; default 0, off), RECIPE (a recipe folder to use instead of
-# recipes/default or recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1:
-# after the LM, ASR lines of its own TTS of the training texts (steps.py self-asr), T2I lines of its own drawings
-# of training requests that its captioner reads right (steps.py self-t2i), ASR and speech -> image lines of
-# training texts in espeak-ng voices the corpus does not use (steps.py voice-lines) and 600 more LM steps with
-# them (pretokenize_self.yaml, pretokenize_voices.yaml, selftrain.yaml); the bundle is then that LM; default 1;
-# 0: the LM's bundle as it is; docs/default-model.md, "Recipe"), CORPUS (the corpus preset: default, or ci with
-# --ci; wide: everyday lines, a neural output voice and many input voices, needs `pip install 'aromni[voices]'`;
-# ci-wide: the same at the size of ci, with --ci), EVAL_SAMPLE (TASK=N,...: evaluate N held-out lines of each task, evenly spread
-# over its groups (steps.py sample), instead of the whole held-out split: e.g.
+# the evaluation: whisper (offline Whisper tiny.en), self (the model's own ASR; --ci default), or both: whisper,self
+# (default; the speech is synthesised once; the tokenizer ceilings use the first)), RERUN (N > 0: after the LM,
+# train it again from scratch for N steps into lm-rerun and compare the logged losses with the first run's:
+# rerun.json, in the model card; default 0, off), RECIPE (a recipe folder to use instead of recipes/default or
+# recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1: after the LM, ASR lines
+# of its own TTS of the training texts (steps.py self-asr), T2I lines of its own drawings of training requests that
+# its captioner reads right (steps.py self-t2i), ASR and speech -> image lines of training texts in espeak-ng voices
+# the corpus does not use (steps.py voice-lines) and 600 more LM steps with them (pretokenize_self.yaml,
+# pretokenize_voices.yaml, selftrain.yaml); the bundle is then that LM; default 1; 0: the LM's bundle as it is;
+# docs/default-model.md, "Recipe"), CORPUS (the corpus preset: default, or ci with --ci; wide: everyday lines, a
+# neural output voice and many input voices, needs `pip install 'aromni[voices]'`; ci-wide: the same at the size of
+# ci, with --ci), EVAL_SAMPLE (TASK=N,...: evaluate N held-out lines of each task, evenly spread over its groups
+# (steps.py sample), instead of the whole held-out split: e.g.
 # asr=120,caption=60,chat=10,s2i=60,t2i=80,text=30,tts=60, 420 lines in all; the card names the sample).
 set -euo pipefail
 
