@@ -89,13 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(a.out, f"{name}.json")
         rep = finished_report(path, a, task, a.model or DEFAULT_DIR, overrides) if a.resume else None
         if rep is None:
-            todo.append(name)
+            todo.append((name, task, overrides))
         else:
             print(f"{name}: kept {path} (--resume)", file=sys.stderr)
             reports.append((name, rep))
     omni = load(a.model, device=a.device, dtype=a.dtype) if todo else None
-    for name in todo:
-        task, overrides = VARIANTS.get(name, (name, {}))
+    for name, task, overrides in todo:
         cfg = EvalConfig(task=task, data=a.data, model=a.model, split=a.split, limit=a.limit,
                          batch_size=a.batch_size, seed=a.seed, device=a.device, dtype=a.dtype, judge=a.judge,
                          clip_checkpoint=a.clip_checkpoint, quiet=a.quiet, decode=dict(overrides))

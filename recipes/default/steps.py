@@ -5,6 +5,7 @@
     steps.py uncond SHARDS OUT --mix MIX.yaml --tokenizers KIND=DIR...  # unconditional images (for CFG)
     steps.py self-asr LM_BUNDLE TRAIN.jsonl OUT.jsonl --decode DECODE.yaml [--limit N]  # ASR of the LM's own TTS
     steps.py self-t2i LM_BUNDLE TRAIN.jsonl OUT.jsonl [--limit N] [--candidates K]  # its own verified drawings
+    steps.py voice-lines TRAIN.jsonl OUT.jsonl [--asr-per-text N] [--s2i-per-line N]  # many espeak-ng voices
     steps.py assemble LM_BUNDLE OUT --build B --recipe R   # fp16 weights + stage configs -> the shipped bundle
     steps.py card BUNDLE [--build B --recipe R]      # BUNDLE/MODEL_CARD.md from BUNDLE/build.json (first
                                                      # rewritten from the build's records when --build is given)
@@ -311,9 +312,10 @@ def _lm_metrics(build: str, stage: str = "lm") -> dict | None:
 
 def _voice_lines(path: str) -> dict | None:
     """Lines and distinct voices of a ``voice-lines`` manifest, or None when there is none."""
+    from aromni.core.corpus.build import read_manifest
+
     try:
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(x) for x in f if x.strip()]
+        rows = read_manifest(path)
     except OSError:
         return None
     return {"lines": len(rows), "voices": len({r["voice"] for r in rows})}
@@ -791,11 +793,11 @@ def write_self_asr(bundle: str, train: str, out: str, decode_yaml: str, limit: i
 
     from aromni.core import api, tasks
     from aromni.core.audio_io import write_wav
+    from aromni.core.corpus.build import read_manifest
     from aromni.core.decoding import options_for
 
     _beside(train, out, "self-asr")
-    with open(train, encoding="utf-8") as f:
-        rows = [json.loads(x) for x in f if x.strip()]
+    rows = read_manifest(train)
     texts = sorted({r["text"] for r in rows if r.get("task") == "asr" and not r.get("joined")})
     random.Random(0).shuffle(texts)
     texts = texts[:limit] if limit else texts
@@ -829,14 +831,14 @@ def write_self_t2i(bundle: str, train: str, out: str, limit: int | None = None, 
     import random
 
     from aromni.core import api, rerank, tasks
+    from aromni.core.corpus.build import read_manifest
     from aromni.core.corpus.scenes import attrs_match, caption, parse_caption
     from aromni.core.media import decode_images
     from aromni.core.prompts import PromptContext, t2i_prompt
     from aromni.core.tokens import image_codes_of
 
     _beside(train, out, "self-t2i")
-    with open(train, encoding="utf-8") as f:
-        rows = [json.loads(x) for x in f if x.strip()]
+    rows = read_manifest(train)
     rows = [r for r in rows if r.get("task") == "t2i" and r.get("attrs")]
     random.Random(0).shuffle(rows)
     rows = rows[:limit] if limit else rows
@@ -884,10 +886,10 @@ def write_voice_lines(train: str, out: str, asr_per_text: int = 4, s2i_per_line:
     import random
 
     from aromni.core.corpus import speech as P
+    from aromni.core.corpus.build import read_manifest
 
     _beside(train, out, "voice-lines")
-    with open(train, encoding="utf-8") as f:
-        rows = [json.loads(x) for x in f if x.strip()]
+    rows = read_manifest(train)
     held = tuple(sorted({v.name.partition("+")[2] for v in P.VOICE_SETS["espeak"].heldout} - {""}))
     pool = voice_pool(held)
     rng = random.Random(seed)
@@ -905,12 +907,12 @@ def write_voice_lines(train: str, out: str, asr_per_text: int = 4, s2i_per_line:
     todo += [("s2i", r["text"], r, voice()) for r in spoken for _ in range(s2i_per_line)]
     root = os.path.dirname(os.path.abspath(out))
     sr = _read_json(os.path.join(root, "corpus.json"))["sample_rate"]
-    names = P.synthesize_many([P.SpeechJob(text, v) for _, text, _, v in todo], os.path.join(root, "wav"), sr,
-                              workers=workers)
+    jobs = [P.SpeechJob(text, v) for _, text, _, v in todo]
+    names = P.synthesize_many(jobs, os.path.join(root, "wav"), sr, workers=workers)
     lines = []
-    for i, (task, text, r, v) in enumerate(todo):
+    for i, ((task, text, r, v), job) in enumerate(zip(todo, jobs)):
         lines.append({"id": f"voices-{i:05d}", "task": task, "split": "train", "text": text,
-                      "image": r["image"] if r else None, "audio": "wav/" + names[P.SpeechJob(text, v)],
+                      "image": r["image"] if r else None, "audio": "wav/" + names[job],
                       "voice": v.name, "speed": v.speed, "attrs": r["attrs"] if r else None})
     _write_jsonl(out, lines)
     return {"asr": sum(t == "asr" for t, *_ in todo), "s2i": sum(t == "s2i" for t, *_ in todo),
