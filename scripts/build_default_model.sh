@@ -23,8 +23,9 @@
 # rerun.json, in the model card; default 0, off), RECIPE (a recipe folder to use instead of recipes/default or
 # recipes/default/ci: an experiment's copy with other mix or decode settings), SELFTRAIN (1: after the LM, ASR lines
 # of its own TTS of the training texts (steps.py self-asr), T2I lines of its own drawings of training requests that
-# its captioner reads right (steps.py self-t2i), ASR and speech -> image lines of training texts in espeak-ng voices
-# the corpus does not use (steps.py voice-lines) and 600 more LM steps with them (pretokenize_self.yaml,
+# its captioner reads right, drawn with guidance (steps.py self-t2i), ASR and speech -> image lines of training
+# texts in espeak-ng voices the corpus does not use and new sentences of its words, heard in those voices and spoken
+# by the output voice (steps.py voice-lines), and 600 more LM steps with them (pretokenize_self.yaml,
 # pretokenize_voices.yaml, selftrain.yaml); the bundle is then that LM; default 1; 0: the LM's bundle as it is;
 # docs/default-model.md, "Recipe"), CORPUS (the corpus preset: default, or ci with --ci; wide: everyday lines, a
 # neural output voice and many input voices, needs `pip install 'aromni[voices]'`; ci-wide: the same at the size of
@@ -149,9 +150,9 @@ if [ "$SELFTRAIN" = 1 ]; then  # its own TTS as ASR lines, its own checked drawi
   stage self_asr corpus/selfwav run_py "$STEPS" self-asr lm/bundle corpus/train.jsonl corpus/self_asr.jsonl \
     --decode "$RECIPE/decode.yaml" $([ "$CI" = 1 ] && echo "--limit 8")
   stage self_t2i corpus/selfimg run_py "$STEPS" self-t2i lm/bundle corpus/train.jsonl corpus/self_t2i.jsonl \
-    --limit "$([ "$CI" = 1 ] && echo 8 || echo 1500)"
+    --limit "$([ "$CI" = 1 ] && echo 8 || echo 1500)" --cfg-text 1.5
   stage voice_lines corpus/voice_lines run_py "$STEPS" voice-lines corpus/train.jsonl corpus/voice_lines.jsonl \
-    $([ "$CI" = 1 ] && echo "--limit 8")
+    --asr-per-text 8 --s2i-per-line 4 --wider 4 $([ "$CI" = 1 ] && echo "--limit 8")
   stage pretokenize_self shards/self train pretokenize_self
   stage pretokenize_voices shards/voices train pretokenize_voices
   stage selftrain selftrain train selftrain

@@ -3,6 +3,7 @@ training-frame phrasing of the same scene (core/corpus/phrasing.py), with one ca
 default best-of-N.
 
     python scripts/phrasing_eval.py [--model DIR] [--n 60] [--seed 7] [--out phrasing/] [--candidates 1,default]
+                                    [--eval-args "--cfg-text 1.5"]
 
 Builds the held-out split of the default corpus (seed 0, no speech) into OUT/corpus, writes OUT/phrasings.jsonl
 (N scenes x 3 phrasings, eval groups "canonical", "held-out phrasing", "training-frame phrasing"), runs
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -44,6 +46,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7, help="seed of the phrasings")
     ap.add_argument("--out", default="phrasing")
     ap.add_argument("--candidates", default="1,default", help="comma-separated: numbers, or default")
+    ap.add_argument("--eval-args", default="", help="more options for every `aromni eval t2i` (e.g. CFG's)")
     args = ap.parse_args()
     corpus = os.path.join(args.out, "corpus")
     aromni = [sys.executable, "-m", "aromni"]
@@ -57,6 +60,7 @@ def main() -> int:
         cmd = aromni + ["eval", "t2i", "--data", manifest, "-q", "-o", report, "--seed", "0"]
         cmd += [] if c == "default" else ["--candidates", c]
         cmd += ["--model", args.model] if args.model else []
+        cmd += shlex.split(args.eval_args)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(report, encoding="utf-8") as f:
             by = json.load(f)["metrics"]["by_group"]

@@ -326,11 +326,15 @@ def test_eval_default_script(tiny_bundle, corpus, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     rows = r.stdout.decode().strip().splitlines()
     assert rows[0].startswith("| task |") and [row.split("|")[1].strip() for row in rows[2:]] == \
-        ["asr", "tts", "caption", "t2i", "s2i", "t2i-1"]
-    assert sorted(os.listdir(tmp_path / "ev")) == ["asr.json", "caption.json", "s2i.json", "t2i-1.json", "t2i.json",
-                                                   "tts.json"]
+        ["asr", "tts", "caption", "t2i", "s2i", "t2i-1", "t2i-16"]
+    assert sorted(os.listdir(tmp_path / "ev")) == ["asr.json", "caption.json", "s2i.json", "t2i-1.json",
+                                                   "t2i-16.json", "t2i.json", "tts.json"]
     one = json.loads((tmp_path / "ev" / "t2i-1.json").read_text())  # the argmax drawing alone
     assert one["task"] == "t2i" and one["decoding"]["candidates"] == 1
+    # the tiny bundle's own default is one candidate: t2i-1 is that report, not a second run
+    assert one == json.loads((tmp_path / "ev" / "t2i.json").read_text())
+    best = json.loads((tmp_path / "ev" / "t2i-16.json").read_text())
+    assert best["decoding"]["candidates"] == 16 and best["data"] == one["data"]
 
     # --resume keeps the reports of this model, data and settings and runs only what is missing or stale
     def resume(*extra):

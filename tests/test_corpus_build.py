@@ -72,6 +72,16 @@ def test_sentences_split():
     assert T.normalise(T.written("hello world")) == "hello world"
 
 
+def test_wider_sentences_are_new_sentences_of_the_corpus_words():
+    wider = T.wider()
+    assert wider == T.wider() and len(wider) == len(set(wider)) > 400
+    assert not set(wider) & set(T.all_sentences())
+    words = {w for s in T.all_sentences() for w in s.split()}
+    assert all(w in words for s in wider for w in s.split())
+    assert all(s == T.normalise(s) for s in wider)
+    assert {"i have eleven apples", "my mother is hungry", "three plus nine is twelve"} <= set(wider)
+
+
 # --- text-only build (no espeak-ng needed) -------------------------------------------------------
 def test_build_is_deterministic_and_schema(textonly, tmp_path):
     d, summary = textonly

@@ -64,14 +64,13 @@ def test_captions_name_held_out_scenes(tmp_path):
     assert sum(right) >= 2, list(zip(texts, right))
 
 
-# held-out prompts; T2I draws 80% of unseen combinations right with the bundle's default best of 16 (model card):
-# on the build machine these three were drawn right at 9 of 9, 15 of 16 and 11 of 11 of their positions in the
-# held-out evaluation (each position decodes with other seeds)
+# held-out prompts; one guided argmax drawing, the bundle's default, draws 72% of unseen combinations right (model
+# card) and does not depend on the seed: on the build machine the last two are drawn right, the first comes out
+# small and on the left
 T2I_PROMPTS = ["a large green triangle in the centre", "a small purple star at the bottom",
                "a small blue square on the left"]
 
 
-@pytest.mark.slow  # best of 16 per prompt: minutes on two cores
 def test_t2i_draws_what_the_prompt_says(tmp_path):
     from PIL import Image
 
@@ -85,14 +84,14 @@ def test_t2i_draws_what_the_prompt_says(tmp_path):
 
 # training scenes asked for in other words: request frames, a synonym ("big"), a capital and a full stop (the
 # default corpus trains four caption forms only; docs/default-model.md, "Paraphrased prompts"). On the build machine
-# all four are drawn right with seeds 0 and 1; a synonym the corpus never saw ("tiny", "middle") is not.
+# all four are drawn right by the default guided argmax drawing, and so are "please show me a tiny red circle" and
+# "a huge green box in the middle".
 PARAPHRASES = {"draw a big red circle on the left.": "a large red circle on the left",
                "please show me a small blue square at the top": "a small blue square at the top",
                "Draw a large purple circle at the bottom.": "a large purple circle at the bottom",
                "please draw a small cyan triangle on the left": "a small cyan triangle on the left"}
 
 
-@pytest.mark.slow  # best of 16 per prompt
 def test_t2i_follows_a_paraphrased_prompt(tmp_path):
     from PIL import Image
 

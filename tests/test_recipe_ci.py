@@ -96,7 +96,8 @@ def test_self_t2i_keeps_only_drawings_its_captioner_reads_as_the_scene(tmp_path)
     lines = [{"id": f"t{i}", "task": "t2i", "split": "train", "text": t, "attrs": {"background": "white",
               "objects": [o]}} for i, (t, o) in enumerate(right + wrong)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
-    got = steps.write_self_t2i(api.DEFAULT_DIR, str(tmp_path / "train.jsonl"), str(tmp_path / "self_t2i.jsonl"))
+    got = steps.write_self_t2i(api.DEFAULT_DIR, str(tmp_path / "train.jsonl"), str(tmp_path / "self_t2i.jsonl"),
+                               cfg_text=1.5)
     kept = [json.loads(x) for x in (tmp_path / "self_t2i.jsonl").read_text().splitlines()]
     assert got == {"requests": 5, "kept": len(kept)} and kept
     by_text = {d["text"]: d for d in lines}
@@ -135,6 +136,32 @@ def test_voice_lines_say_training_texts_in_many_voices_never_the_heldout_one(tmp
     assert all(d["voice"] in pool and (tmp_path / d["audio"]).stat().st_size > 1000 for d in lines)
     steps.write_voice_lines(str(tmp_path / "train.jsonl"), str(tmp_path / "voices.jsonl"))
     assert (tmp_path / "voices.jsonl").read_text() == first
+
+
+def test_voice_lines_wider_sentences_are_said_and_spoken_but_never_held_out(tmp_path):
+    """--wider: new sentences of the corpus's words in pool voices (ASR) and in the output voice, whole and in
+    pieces of 1-3 words (TTS); none is a training text or holds a held-out one."""
+    steps = _steps()
+    from aromni.core.corpus.sentences import wider
+
+    rows = [{"id": "a1", "task": "asr", "text": "i have eleven apples", "voice": "en-us"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in rows))
+    (tmp_path / "heldout.jsonl").write_text(json.dumps({"id": "h", "task": "asr", "text": "my dog is red"}) + "\n")
+    (tmp_path / "corpus.json").write_text(json.dumps({"sample_rate": 16000, "config": {"voices": "espeak"}}))
+    kept = steps.wider_sentences(wider(), rows, str(tmp_path / "heldout.jsonl"))
+    assert "i have eleven apples" not in kept and "my dog is red" not in kept and "my dog is green" in kept
+    assert len(kept) == len(wider()) - 2
+    got = steps.write_voice_lines(str(tmp_path / "train.jsonl"), str(tmp_path / "voices.jsonl"), asr_per_text=0,
+                                  s2i_per_line=0, limit=3, wider=2)
+    lines = [json.loads(x) for x in (tmp_path / "voices.jsonl").read_text().splitlines()]
+    said = sorted({d["text"] for d in lines if d["task"] == "asr"})
+    assert (got["wider"], got["asr"], got["tts"]) == (3, 6, 3) and len(said) == 3 and set(said) <= set(kept)
+    tts = [d for d in lines if d["task"] == "tts"]
+    assert all(d["voice"] == "en-us" and d["speed"] == 160 for d in tts)
+    pieces = [d["text"] for d in tts if d.get("chunk")]
+    assert len(pieces) == got["chunk"] and all(1 <= len(p.split()) <= 3 for p in pieces)
+    assert sorted(" ".join(pieces).split()) == sorted(" ".join(said).split())
+    assert all((tmp_path / d["audio"]).stat().st_size > 1000 for d in lines)
 
 
 def test_small_config_fits_the_bundle_budget():
@@ -229,7 +256,8 @@ def test_ci_recipe_end_to_end(tmp_path):
     assert len(lines) == 8 and all((out / "corpus" / d["audio"]).stat().st_size > 44 for d in lines)
     assert {d["task"] for d in lines} == {"asr"}
     voiced = [json.loads(x) for x in (out / "corpus" / "voice_lines.jsonl").read_text().splitlines()]
-    assert sum(d["task"] == "asr" for d in voiced) == 32 and {d["task"] for d in voiced} == {"asr", "s2i"}
+    assert sum(d["task"] == "asr" for d in voiced) == 8 * 8 + 8 * 4  # 8 texts in 8 voices, 8 new sentences in 4
+    assert {d["task"] for d in voiced} == {"asr", "s2i", "tts"}
     assert sorted(os.listdir(bundle / "recipe")) == sorted([f"{s}.yaml" for s in STAGES + SELF_STAGES]
                                                            + ["mix.yaml", "decode.yaml"])
     with safe_open(str(out / "selftrain" / "bundle" / "model.safetensors"), "pt") as a, \
@@ -288,6 +316,25 @@ def test_card_quality_rows(tmp_path):
     assert "| s2i, all voices | attr_accuracy | 45.0% (n=300, best of 16) |  |  |" in rows
     assert "| s2i, train voices | attr_accuracy | 85.0% (n=150) | >= 70% | yes |" in rows
     assert "| s2i, held-out voice | attr_accuracy | 6.0% (n=150) |  |  |" in rows
+
+
+def test_card_low_confidence_table(tmp_path):
+    """The card's low-confidence section: the bundle's rules, and from calibration.json how often they flag the
+    in-domain half they were not set on and each out-of-domain group, with the out-of-domain total."""
+    steps = _steps()
+    cal = {"asr": {"rules": [["first_logprob", "<", -1.25]],
+                   "groups": {"in-domain (held-out corpus clips), half B": {"n": 150, "flagged": 3},
+                              "real speech, librivox": {"n": 5, "flagged": 5},
+                              "espeak-ng, everyday sentences": {"n": 20, "flagged": 1}}}}
+    (tmp_path / "calibration.json").write_text(json.dumps(cal))
+    rec = steps.collect_record(str(tmp_path), RECIPE)
+    assert rec["confidence"] == {"asr": {"in-domain (held-out corpus clips), half B": [3, 150],
+                                         "real speech, librivox": [5, 5], "espeak-ng, everyday sentences": [1, 20]}}
+    rules = {"asr": [["first_logprob", "<", -1.25], ["codec_error", ">", 0.0175]]}
+    table = steps._confidence_rows(rules, rec["confidence"])
+    assert ("| asr | `first_logprob` < -1.25 or `codec_error` > 0.0175 | 2.0% (n=150) | **24.0% (n=25)**: real "
+            "speech, librivox 100.0% (n=5); espeak-ng, everyday sentences 5.0% (n=20) |") in table
+    assert steps._confidence_rows({}, None).startswith("Not calibrated")
 
 
 def test_committed_card_is_what_the_generator_writes():

@@ -59,6 +59,38 @@ def templated() -> list[str]:
     return uniq
 
 
+def wider() -> list[str]:
+    """More sentences from the same words, in a fixed order: every template filled with every fitting word of
+    its kind, and the slots of one template filled from another's (people and animals swap what they do,
+    things get colours, numbers count every noun). None is in ``all_sentences``. Training lines of them
+    (``recipes/default/steps.py voice-lines``) teach a recogniser words rather than 304 whole sentences; the
+    caller leaves out held-out sentences."""
+    plural = NOUNS + ("oranges",)
+    out: list[str] = []
+    out += [f"i have {n} {x}" for n in NUMBERS[2:] for x in plural]
+    out += [f"there are {n} {x} here" for n in NUMBERS[2:] for x in plural]
+    out += [f"{NUMBERS[a]} plus {NUMBERS[b]} is {NUMBERS[a + b]}" for a in range(1, 11) for b in range(1, 11)
+            if a + b <= 12]
+    out += [f"the {a} {d}" for a in ANIMALS for d in ANIMAL_DOING + PEOPLE_AT[:3]]
+    out += [f"{p} {d}" for p in PEOPLE for d in ANIMAL_DOING + PEOPLE_AT]
+    out += [f"{who} {verb} {f}" for who in ("i", "we") for verb in ("like", "do not like") for f in FOODS]
+    out += [f"do you like {f}" for f in FOODS]
+    out += [f"{who} going to the {p}" for who in ("we are", "i am", "my friend is", "the teacher is")
+            for p in PLACES]
+    out += [f"where is {w} {x}" for w in ("the", "my") for x in PLACES + THINGS]
+    out += [f"please {v} the {t}" for v in ("open", "close") for t in THINGS]
+    out += [f"{w} {t} is {c}" for w in ("the", "my") for t in THINGS + ANIMALS for c in COLOUR_WORDS]
+    out += [f"it is {w} {d}" for w in WEATHER for d in DAYS] + [f"see you {d}" for d in DAYS]
+    out += [f"{w} favourite colour is {c}" for w in ("my", "your") for c in COLOUR_WORDS]
+    out += [f"the number is {n}" for n in NUMBERS]
+    seen, uniq = set(all_sentences()), []
+    for s in out:
+        if s not in seen:
+            seen.add(s)
+            uniq.append(s)
+    return uniq
+
+
 def all_sentences() -> list[str]:
     return list(FIXED) + templated()
 

@@ -311,14 +311,17 @@ def _lm_metrics(build: str, stage: str = "lm") -> dict | None:
 
 
 def _voice_lines(path: str) -> dict | None:
-    """Lines and distinct voices of a ``voice-lines`` manifest, or None when there is none."""
+    """Lines of a ``voice-lines`` manifest, the distinct voices of its ASR and speech -> image lines and the new
+    sentences it speaks (its whole-sentence TTS lines), or None when there is none."""
     from aromni.core.corpus.build import read_manifest
 
     try:
         rows = read_manifest(path)
     except OSError:
         return None
-    return {"lines": len(rows), "voices": len({r["voice"] for r in rows})}
+    heard = [r for r in rows if r.get("task") in ("asr", "s2i")]
+    return {"lines": len(rows), "voices": len({r["voice"] for r in heard}),
+            "sentences": sum(r.get("task") == "tts" and not r.get("chunk") for r in rows)}
 
 
 def _count_lines(path: str) -> int | None:
@@ -373,9 +376,10 @@ def _machine() -> str:
 TARGETS = {
     "t2i": ("scp_accuracy", ">=", 0.80),  # shape, colour and position all recovered
     "t2i-1": ("attr_accuracy", ">=", 0.80),  # one candidate (eval_default.py's variant), every attribute
+    "t2i-16": ("attr_accuracy", ">=", None),  # best of 16 (the other variant): shown, no target of its own
     "caption": ("attr_accuracy", ">=", 0.80), "asr": ("wer", "<=", 0.10), "tts": ("wer", "<=", 0.15),
     "s2i": ("attr_accuracy", ">=", 0.70)}
-LABELS = {"t2i-1": "t2i, one candidate"}
+LABELS = {"t2i-1": "t2i, one candidate", "t2i-16": "t2i, best of 16"}
 ALSO = {"t2i": "attr_accuracy"}  # shown without a target: T2I with the size judged too
 # Tasks whose target is judged in one speaker group: the training voices; the held-out voice and all clips are
 # shown beside.
@@ -424,6 +428,7 @@ def collect_record(build: str, recipe: str) -> dict:
             selftrain["images"] = images
         if voice_lines:
             selftrain["voice_lines"] = voice_lines["lines"]
+            selftrain["new_sentences"] = voice_lines.get("sentences", 0)
     return {
         "format": RECORD_FORMAT,
         "ci": recipe.rstrip("/").endswith("ci"),
@@ -439,6 +444,7 @@ def collect_record(build: str, recipe: str) -> dict:
         "selftrain": selftrain,
         "voice_lines": voice_lines,
         "rerun": _read_json(os.path.join(build, "rerun.json")),
+        "confidence": _confidence(_read_json(os.path.join(build, "calibration.json"))),
         "notes": _read_json(os.path.join(build, "notes.json")) or [],  # how this build departs from the recipe
         "eval": {"machine": "build", "wall_s": row.get(EVAL_STAGE, {}).get("wall_s"), "reports": reports}
         if reports else None,
@@ -455,7 +461,8 @@ def _quality(reports: dict) -> list[str]:
         v = m.get(key)
         task = LABELS.get(name, name)
         if v is None:
-            rows.append(f"| {task} | {key} | not measured | {op} {100 * thr:.0f}% | - |")
+            if thr is not None:
+                rows.append(f"| {task} | {key} | not measured | {op} {100 * thr:.0f}% | - |")
             continue
         have = True
         best_of = int(rep.get("candidates") or 1)
@@ -464,6 +471,7 @@ def _quality(reports: dict) -> list[str]:
         target_group = TARGET_GROUP.get(name) if TARGET_GROUP.get(name) in groups else None
 
         def row(label: str, value: float, note: str, checked: bool, key=key, op=op, thr=thr) -> str:
+            checked = checked and thr is not None
             met = ("yes" if (value >= thr if op == ">=" else value <= thr) else "no") if checked else ""
             target = f"{op} {100 * thr:.0f}%" if checked else ""
             return f"| {label} | {key} | {100 * value:.1f}% ({note}) | {target} | {met} |"
@@ -504,6 +512,39 @@ def _ceilings(c: dict | None) -> str:
     elif sp.get("judge_error"):
         out.append(f"speech not judged ({sp['judge_error']})")
     return "; ".join(out) or "not measured"
+
+
+def _confidence(c: dict | None) -> dict | None:
+    """``{task: {group: [flagged, n]}}`` from calibration.json (scripts/confidence_calibration.py), or None."""
+    if not c:
+        return None
+    return {task: {g: [d.get("flagged"), d.get("n")] for g, d in (v.get("groups") or {}).items()}
+            for task, v in c.items() if isinstance(v, dict)}
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{100 * k / n:.1f}% (n={n})"
+
+
+def _confidence_rows(rules: dict, rates: dict | None) -> str:
+    """The card's low-confidence table: each task's rules (aromni.json) and how often they flag held-out
+    in-domain items (the half the thresholds were not set on) and out-of-domain ones."""
+    if not rules:
+        return "Not calibrated: answers carry their log-probabilities but are never flagged."
+    rows = ["| task | flagged when | in-domain flagged | out-of-domain flagged |", "|---|---|---|---|"]
+    for task, rs in rules.items():
+        groups = (rates or {}).get(task) or {}
+        ind = [(g, f, n) for g, (f, n) in groups.items() if g.startswith("in-domain")]
+        ood = [(g, f, n) for g, (f, n) in groups.items() if not g.startswith("in-domain") and n]
+        cell_in = "; ".join(_pct(f, n) for _, f, n in ind if n) or "-"
+        if ood:
+            f_all, n_all = sum(f for _, f, _ in ood), sum(n for *_, n in ood)
+            cell_out = f"**{_pct(f_all, n_all)}**: " + "; ".join(f"{g} {_pct(f, n)}" for g, f, n in ood)
+        else:
+            cell_out = "-"
+        when = " or ".join(f"`{m}` {op} {t:g}" for m, op, t in rs)
+        rows.append(f"| {task} | {when} | {cell_in} | {cell_out} |")
+    return "\n".join(rows)
 
 
 def _rerun(r: dict | None) -> str:
@@ -615,6 +656,27 @@ def _phrasings(corpus: dict) -> str:
     return f"; {100 * p:.0f}% of the {which} in free phrasings (\"draw ...\", \"show me ...\", synonyms, word orders)"
 
 
+def _one_drawing_default(d: dict) -> str:
+    """How one image task draws by default (its decoding defaults), as a phrase."""
+    n = int(d.get("candidates") or 1)
+    guided = f" with classifier-free guidance at text scale {d.get('cfg_text')}" if d.get("cfg") else ""
+    if n > 1:
+        return (f"the best of {n} drawings (argmax plus sampled ones at temperature {d.get('image_temperature', '-')})"
+                f"{guided}, the one its own captioner finds most likely to say the prompt: {n}x the decoding work")
+    streams = " (three streams decoded side by side, see docs/decoding.md)" if guided else ""
+    return f"one argmax drawing{guided}{streams}"
+
+
+def _drawing_default(t2i: dict, s2i: dict) -> str:
+    """The card's sentence on how the bundle draws by default (its t2i and speech -> image decoding defaults)."""
+    a, b = _one_drawing_default(t2i), _one_drawing_default(s2i)
+    says = (f"The bundle's default for t2i and speech -> image is {a}." if a == b
+            else f"The bundle's default for t2i is {a}; for speech -> image, {b}.")
+    return (f"{says} `--candidates N` draws N (argmax plus sampled ones at temperature "
+            f"{t2i.get('image_temperature', '-')}) and keeps the one its own captioner finds most likely to say the "
+            "prompt.")
+
+
 def card_fields(bundle: str, rec: dict) -> dict[str, str]:
     """The values the card template names, from the bundle's aromni.json, weights and build record."""
     meta = _read_json(os.path.join(bundle, "aromni.json")) or {}
@@ -637,7 +699,6 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
     heldout_voice = (asr_groups.get("held-out voice") or {}).get("wer")
     size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(bundle, "**"), recursive=True)
                if os.path.isfile(p) and os.path.basename(p) != "MODEL_CARD.md") / 1e6
-    candidates = int(t2i.get("candidates") or 1)
     judges = list(dict.fromkeys(j for r in reports.values() for j in ((r.get("metrics") or {}).get("judges") or {})))
     return {
         "ci_title": " (CI variant — not for use)" if rec.get("ci") else "",
@@ -684,8 +745,11 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
         "selftrain": (f"- Self-training: the LM's own TTS of {st.get('texts', '-')} training texts as ASR lines"
                       + (f" and {st['images']} of its own drawings of training requests, read right by its "
                          "captioner, as T2I lines" if st.get("images") is not None else "")
-                      + (f", with {st['voice_lines']} ASR and speech -> image lines of training texts said in "
-                         "espeak-ng voices the corpus does not use" if st.get("voice_lines") is not None else "")
+                      + (f", with {st['voice_lines']} lines in espeak-ng voices the corpus does not use (its "
+                         "training texts and spoken captions heard"
+                         + (f"; {st['new_sentences']} new sentences of its words heard, and spoken by its output "
+                            "voice" if st.get("new_sentences") else "") + ")"
+                         if st.get("voice_lines") is not None else "")
                       + f", then {st.get('step', '-')} more steps; final training loss {_fmt(st.get('loss'))} (NTP "
                       f"{_fmt(st.get('ntp'))}), held-out NTP {_fmt(st.get('val_ntp'))}.\n" if st else ""),
         "rerun": _rerun(rec.get("rerun")),
@@ -693,8 +757,8 @@ def card_fields(bundle: str, rec: dict) -> dict[str, str]:
         "quality": "\n".join(_quality(reports)),
         "eval_cmd": _eval_cmd(reports, judges),
         "eval_machine": str(machines.get(ev.get("machine"), ev.get("machine") or "-")),
-        "candidates": str(candidates),
-        "image_temperature": str(t2i.get("image_temperature", "-")),
+        "drawing_default": _drawing_default(t2i, decode.get("s2i") or {}),
+        "confidence": _confidence_rows(meta.get("confidence") or {}, rec.get("confidence")),
         "chunk_words": str(tts.get("chunk_words", "-")),
         "speech_pad": str(tts.get("speech_pad", 0)), "lead_in": str(tts.get("lead_in", 0)),
         "codec_wer": f"{100 * ceil:.0f}%" if ceil is not None else "some",
@@ -821,13 +885,15 @@ def write_self_asr(bundle: str, train: str, out: str, decode_yaml: str, limit: i
 
 
 def write_self_t2i(bundle: str, train: str, out: str, limit: int | None = None, candidates: int = 4,
-                   batch: int = 32) -> dict:
+                   batch: int = 32, cfg_text: float | None = None) -> dict:
     """T2I lines (``out``, next to ``train``) whose images are ``bundle``'s own drawings of training T2I requests
     (PNGs in selfimg/): per request the best of ``candidates`` (argmax, then sampled at the bundle's image
     temperature) by its captioner's likelihood of the scene's canonical caption, kept only when its own greedy
-    caption of the drawing names every attribute of the scene. Like self-asr, the LM then trains on what it
-    produces well, here so that its single drawing lands on the modes it can also recognise
-    (docs/default-model.md, "Recipe"). Returns counts."""
+    caption of the drawing names every attribute of the scene. ``cfg_text``: draw with classifier-free guidance
+    at this text scale (default: the bundle's own decoding defaults). Like self-asr, the LM then trains on what
+    it produces well, here so that its single drawing lands on the modes it can also recognise; drawn with
+    guidance, the lines also teach the unguided model what guidance adds (docs/default-model.md, "Recipe").
+    Returns counts."""
     import random
 
     from aromni.core import api, rerank, tasks
@@ -844,6 +910,7 @@ def write_self_t2i(bundle: str, train: str, out: str, limit: int | None = None, 
     rows = rows[:limit] if limit else rows
     omni = api.load(bundle)
     opts = tasks.model_options(omni, None, "t2i").replace(candidates=candidates, batch_size=batch)
+    opts = opts if cfg_text is None else opts.replace(cfg=True, cfg_text=cfg_text)
     v, ctx = omni.vocab, PromptContext.of(omni)
     root = os.path.dirname(os.path.abspath(out))
     os.makedirs(os.path.join(root, "selfimg"), exist_ok=True)
@@ -876,17 +943,21 @@ def voice_pool(heldout_variants: tuple[str, ...]) -> list[str]:
 
 
 def write_voice_lines(train: str, out: str, asr_per_text: int = 4, s2i_per_line: int = 2, limit: int | None = None,
-                      seed: int = 0, workers: int = 2) -> dict:
+                      seed: int = 0, workers: int = 2, wider: int = 0) -> dict:
     """ASR and speech -> image lines (``out``, next to ``train``) that say the corpus's training texts in many
     more voices: each distinct training ASR text (joined-piece lines left out) in ``asr_per_text`` voices and each
     training spoken caption in ``s2i_per_line`` more, every clip in a voice drawn at random from all of
     espeak-ng's English voices and variants (``voice_pool``; the held-out voice's variant excluded) at one of the
-    corpus's speeds. Clips go to the corpus's wav/ (content-addressed). A recogniser trained on six voices
-    hears an unfamiliar one badly (docs/default-model.md, "Recipe"). Returns counts."""
+    corpus's speeds. With ``wider`` > 0, each sentence of ``sentences.wider()`` (new sentences of the corpus's
+    words; none held out) is said in ``wider`` such voices and, as TTS lines, by the output voice, whole and in
+    the pieces of 1-3 words the bundle speaks in. Clips go to the corpus's wav/ (content-addressed). A recogniser
+    trained on six voices hears an unfamiliar one badly, and one trained on a few hundred sentences maps a new
+    one onto a sentence it knows (docs/default-model.md, "Recipe"). Returns counts."""
     import random
 
+    from aromni.core.corpus import sentences as T
     from aromni.core.corpus import speech as P
-    from aromni.core.corpus.build import read_manifest
+    from aromni.core.corpus.build import CHUNK_SIZES, read_manifest
 
     _beside(train, out, "voice-lines")
     rows = read_manifest(train)
@@ -906,18 +977,46 @@ def write_voice_lines(train: str, out: str, asr_per_text: int = 4, s2i_per_line:
     todo = [("asr", t, None, voice()) for t in texts for _ in range(asr_per_text)]
     todo += [("s2i", r["text"], r, voice()) for r in spoken for _ in range(s2i_per_line)]
     root = os.path.dirname(os.path.abspath(out))
-    sr = _read_json(os.path.join(root, "corpus.json"))["sample_rate"]
+    corpus = _read_json(os.path.join(root, "corpus.json"))
+    new = wider_sentences(T.wider(), rows, os.path.join(root, "heldout.jsonl")) if wider else []
+    rng.shuffle(new)
+    new = new[:limit] if limit else new
+    todo += [("asr", t, None, voice()) for t in new for _ in range(wider)]
+    written = float((corpus.get("config") or {}).get("written_prob", 0.3))
+    output = P.VOICE_SETS[(corpus.get("config") or {}).get("voices", "espeak")].output
+    pieces = []
+    for t in new:
+        todo.append(("tts", T.written(t) if rng.random() < written else t, None, output))
+        words = t.split()
+        while words:
+            k = rng.choices((1, 2, 3), weights=CHUNK_SIZES)[0]
+            pieces.append(" ".join(words[:k]))
+            words = words[k:]
+    todo += [("chunk", p, None, output) for p in pieces]
     jobs = [P.SpeechJob(text, v) for _, text, _, v in todo]
-    names = P.synthesize_many(jobs, os.path.join(root, "wav"), sr, workers=workers)
+    names = P.synthesize_many(jobs, os.path.join(root, "wav"), corpus["sample_rate"], workers=workers)
     lines = []
     for i, ((task, text, r, v), job) in enumerate(zip(todo, jobs)):
-        lines.append({"id": f"voices-{i:05d}", "task": task, "split": "train", "text": text,
-                      "image": r["image"] if r else None, "audio": "wav/" + names[job],
-                      "voice": v.name, "speed": v.speed, "attrs": r["attrs"] if r else None})
+        line = {"id": f"voices-{i:05d}", "task": "tts" if task == "chunk" else task, "split": "train",
+                "text": text, "image": r["image"] if r else None, "audio": "wav/" + names[job],
+                "voice": v.name, "speed": v.speed, "attrs": r["attrs"] if r else None}
+        lines.append(line | ({"chunk": True} if task == "chunk" else {}))
     _write_jsonl(out, lines)
-    return {"asr": sum(t == "asr" for t, *_ in todo), "s2i": sum(t == "s2i" for t, *_ in todo),
-            "voices": len({v.name for *_, v in todo}),
-            "pool": len(pool), "heldout_variants": list(held)}
+    count = {k: sum(t == k for t, *_ in todo) for k in ("asr", "s2i", "tts", "chunk")}
+    return count | {"wider": len(new), "voices": len({v.name for t, *_, v in todo if t in ("asr", "s2i")}),
+                    "pool": len(pool), "heldout_variants": list(held)}
+
+
+def wider_sentences(candidates: list[str], train_rows: list[dict], heldout: str) -> list[str]:
+    """``candidates`` that are no training text and hold no held-out text (``heldout``: the corpus's held-out
+    manifest, when it exists)."""
+    from aromni.core.corpus.build import read_manifest
+    from aromni.core.corpus.sentences import normalise
+
+    known = {normalise(r.get("text") or "") for r in train_rows}
+    held = {normalise(r.get("text") or "") for r in read_manifest(heldout)} if os.path.exists(heldout) else set()
+    held = {h for h in held if h}
+    return [c for c in candidates if c not in known and not any(f" {h} " in f" {c} " for h in held)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -952,12 +1051,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--limit", type=int, default=None, help="at most N requests (the first of a seeded shuffle)")
     p.add_argument("--candidates", type=int, default=4, help="drawings per request (the best is kept)")
+    p.add_argument("--cfg-text", type=float, default=None,
+                   help="draw with classifier-free guidance at this text scale (default: the bundle's own)")
     p = sub.add_parser("voice-lines", help="training texts and spoken captions said in many more espeak-ng voices")
     p.add_argument("train")
     p.add_argument("out")
     p.add_argument("--asr-per-text", type=int, default=4, help="voices per distinct training ASR text")
     p.add_argument("--s2i-per-line", type=int, default=2, help="voices per training spoken caption")
     p.add_argument("--limit", type=int, default=None, help="at most N texts and N spoken captions")
+    p.add_argument("--wider", type=int, default=0, metavar="N",
+                   help="also say each new sentence of the corpus's words (sentences.wider) in N voices and once, "
+                        "whole and in pieces, in the output voice (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("codec-corpus", help="many-voice, augmented training clips for the speech codec")
     p.add_argument("out")
@@ -992,9 +1096,10 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "self-asr":
         write_self_asr(a.bundle, a.train, a.out, a.decode, a.limit)
     elif a.cmd == "self-t2i":
-        print(json.dumps(write_self_t2i(a.bundle, a.train, a.out, a.limit, a.candidates)))
+        print(json.dumps(write_self_t2i(a.bundle, a.train, a.out, a.limit, a.candidates, cfg_text=a.cfg_text)))
     elif a.cmd == "voice-lines":
-        print(json.dumps(write_voice_lines(a.train, a.out, a.asr_per_text, a.s2i_per_line, a.limit, a.seed)))
+        print(json.dumps(write_voice_lines(a.train, a.out, a.asr_per_text, a.s2i_per_line, a.limit, a.seed,
+                                            wider=a.wider)))
     elif a.cmd == "codec-corpus":
         from aromni.core.corpus.codec_data import CodecCorpusConfig, write_codec_corpus
 
