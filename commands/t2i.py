@@ -50,7 +50,8 @@ def _png(img) -> bytes:
 def run(
     text: Annotated[Optional[str], typer.Argument(help="Prompt text; missing or - reads stdin.")] = None,
     output: Output = "-",
-    n: Annotated[int, typer.Option("--n", "-n", help="Images per prompt.")] = 1,
+    n: Annotated[int, typer.Option("--n", "-n", help="Images per prompt (sampled at the image temperature even "
+                                   "where the model draws argmax by default, unless --image-greedy).")] = 1,
     batch: Batch = None,
     out_dir: OutDir = None,
     candidates: Candidates = None,

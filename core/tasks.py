@@ -288,11 +288,15 @@ def caption_answers(omni: Omni, images: list, opts: DecodeOptions | None = None,
 # T2I, S2I
 # ----------------------------------------------------------------------------------------------
 def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = None, seed: int | None = None) -> list:
-    """Texts -> ``n`` PIL images each (prompt-major order); row ``i * n + j`` uses seed ``seed + i * n + j``."""
+    """Texts -> ``n`` PIL images each (prompt-major order); row ``i * n + j`` uses seed ``seed + i * n + j``.
+    With ``n > 1`` the images are sampled even where the model's own default is argmax (``n`` argmax drawings of
+    a prompt are one image ``n`` times); an explicit ``image_greedy`` keeps argmax."""
     _need(omni, "image", "t2i")
     _need(omni, "text", "t2i")
     check_number("n", n)
     opts = model_options(omni, opts, "t2i")
+    if n > 1 and opts.image_greedy and "image_greedy" not in opts.explicit:
+        opts = replace(opts, image_greedy=False)
     v, ctx = omni.vocab, PromptContext.of(omni)
     prompts = []
     limit = min(omni.model.cfg.max_seq_len, (opts.max_total_tokens or 1 << 30)) - (v.image_tokens + 1)
