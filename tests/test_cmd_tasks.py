@@ -225,8 +225,8 @@ def test_ordered_lines_stream_head_row_and_hold_the_rest():
 
 
 def test_bundle_decode_defaults_and_their_override(tiny_bundle, tmp_path):
-    """aromni.json "decode" makes t2i argmax (seed-independent); --image-sample restores sampling; a bad table
-    is one line and exit 2."""
+    """aromni.json "decode" makes t2i argmax (seed-independent); --image-sample restores sampling, and so does
+    --n > 1 unless --image-greedy; a bad table is one line and exit 2."""
     import shutil
 
     b = str(tmp_path / "b")
@@ -237,6 +237,11 @@ def test_bundle_decode_defaults_and_their_override(tiny_bundle, tmp_path):
     assert png[0] == png[1]
     sampled = [aromni(b, "t2i", "a red square", "--seed", s, "--image-sample").stdout for s in ("1", "2")]
     assert sampled[0] != sampled[1]
+    # several images of one prompt are sampled despite the argmax default; an explicit --image-greedy keeps argmax
+    aromni(b, "t2i", "a red square", "--n", "2", "--seed", "1", "-o", str(tmp_path / "n{i}.png"))
+    assert (tmp_path / "n0.png").read_bytes() != (tmp_path / "n1.png").read_bytes()
+    aromni(b, "t2i", "a red square", "--n", "2", "--seed", "1", "--image-greedy", "-o", str(tmp_path / "g{i}.png"))
+    assert (tmp_path / "g0.png").read_bytes() == (tmp_path / "g1.png").read_bytes()
     json.dump({**meta, "decode": {"t2i": {"beam": 4}}}, open(os.path.join(b, "aromni.json"), "w"))
     bad = aromni(b, "t2i", "a red square", check=False)
     err = bad.stderr.decode()
