@@ -38,6 +38,11 @@ def _judge_names(spec: str) -> str:
     return ",".join("self" if j == "model" else j.split(":")[0] for j in spec.split(","))
 
 
+def decoded_with(rep: dict, overrides: dict) -> bool:
+    """Whether the report ``rep`` was decoded with every option of ``overrides``."""
+    return all(rep.get("decoding", {}).get(k) == v for k, v in overrides.items())
+
+
 def finished_report(path: str, a: argparse.Namespace, task: str, model_dir: str,
                     overrides: dict | None = None) -> dict | None:
     """The report at ``path`` if it is of this run's model (unchanged since), data and settings (and decoding
@@ -56,7 +61,7 @@ def finished_report(path: str, a: argparse.Namespace, task: str, model_dir: str,
             and rep.get("seed") == a.seed and rep.get("batch_size") == a.batch_size
             and (task != "tts" or rep.get("settings", {}).get("judge") == _judge_names(a.judge))
             and not (task == "t2i" and a.clip_checkpoint)  # CLIPScore settings are not compared: run it again
-            and all(rep.get("decoding", {}).get(k) == v for k, v in overrides.items()))
+            and decoded_with(rep, overrides))
     return rep if same else None
 
 
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     done = dict(reports)
     for name, task, overrides in todo:
         base = done.get(task)
-        if overrides and base and all(base.get("decoding", {}).get(k) == v for k, v in overrides.items()):
+        if overrides and base and decoded_with(base, overrides):
             write_report(base, os.path.join(a.out, f"{name}.json"))  # the model's default is this variant
             reports.append((name, base))
             continue
