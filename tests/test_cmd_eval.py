@@ -351,3 +351,62 @@ def test_eval_default_script(tiny_bundle, corpus, tmp_path):
     assert all(os.path.getmtime(tmp_path / "ev" / f"{t}.json") == m for t, m in mtimes.items())
     err, _ = resume("--judge", "self", "--seed", "1")  # another seed: both run again
     assert "kept" not in err and all(os.path.getmtime(tmp_path / "ev" / f"{t}.json") > m for t, m in mtimes.items())
+
+
+def _tts_sentence_manifest(root) -> str:
+    """Training TTS lines: two whole sentences (one twice, one without audio), a caption, a piece, a short line."""
+    (root / "wav").mkdir(exist_ok=True)
+    for i in range(3):
+        _wav(root / "wav" / f"s{i}.wav", 0.5, i)
+    lines = [{"task": "tts", "split": "train", "text": "the cat is small", "audio": "wav/s0.wav"},
+             {"task": "tts", "split": "train", "text": "the cat is small", "audio": "wav/s1.wav"},
+             {"task": "tts", "split": "train", "text": "we like the park", "audio": None},
+             {"task": "tts", "split": "train", "text": "a small red circle", "audio": "wav/s2.wav",
+              "attrs": {"background": "white", "objects": []}},
+             {"task": "tts", "split": "train", "text": "the dog is", "audio": "wav/s2.wav", "chunk": [0, 3]},
+             {"task": "tts", "split": "train", "text": "hello there", "audio": "wav/s2.wav"},
+             {"task": "tts", "split": "heldout", "text": "the bird is happy", "audio": "wav/s2.wav"},
+             {"task": "asr", "split": "train", "text": "the fish is blue", "audio": "wav/s2.wav"}]
+    path = root / "train.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return str(path)
+
+
+def test_tts_sentences_picks_whole_training_sentences(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        from tts_sentences import pick_sentences
+    finally:
+        sys.path.pop(0)
+    path = _tts_sentence_manifest(tmp_path)
+    got = pick_sentences(path, "train", 10)
+    assert sorted(d["text"] for d in got) == ["the cat is small", "we like the park"]
+    assert next(d for d in got if d["audio"])["audio"] == str(tmp_path / "wav" / "s0.wav")  # the first line kept
+    assert [d["text"] for d in pick_sentences(path, "train", 1, seed=3)] == \
+        [d["text"] for d in pick_sentences(path, "train", 1, seed=3)]
+    assert pick_sentences(path, "train", 10, min_words=5) == []
+    assert [d["text"] for d in pick_sentences(path, "heldout", 10)] == ["the bird is happy"]
+
+
+@pytest.mark.slow
+def test_tts_sentences_script(tiny_bundle, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "ts" / "tts-sentences.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tts_sentences.py"), "--data",
+                        _tts_sentence_manifest(tmp_path), "--model", tiny_bundle, "--judge", "self", "--device", "cpu",
+                        "--out", str(out)], capture_output=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = r.stdout.decode().strip().splitlines()
+    assert rows[0].startswith("| judge | model TTS WER (2 sentences) | teacher WER (1) |")
+    assert rows[2].startswith("| self |")
+    res = json.loads(out.read_text())
+    assert res["n"] == 2 and res["teacher_n"] == 1 and set(res["model"]) == set(res["teacher"]) == {"self"}
+    assert all(0 <= res[k]["self"] for k in ("model", "teacher"))
+    report = json.loads((tmp_path / "ts" / "tts-sentences.eval.json").read_text())
+    assert report["task"] == "tts" and report["data"]["n"] == 2
+    assert len((tmp_path / "ts" / "tts-sentences.jsonl").read_text().splitlines()) == 2
+    # nothing to pick: one line on stderr, exit 2
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tts_sentences.py"), "--data",
+                        str(tmp_path / "train.jsonl"), "--split", "none", "--model", tiny_bundle],
+                       capture_output=True, env=env, timeout=600)
+    assert r.returncode == 2 and r.stderr.decode().startswith("error: no whole-sentence TTS lines")
