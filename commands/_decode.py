@@ -36,7 +36,7 @@ Candidates = Annotated[Optional[int], typer.Option(
                          "(default 1, or the model's own).")]
 ChunkWords = Annotated[Optional[int], typer.Option(
     "--chunk-words", help="Speak each sentence in pieces of at most N words, one decode each, each at most "
-                          "0.5 s + 0.5 s per word long (0: whole sentences; default 0, or the model's own).")]
+                          "0.5 s + N x 0.5 s long (0: whole sentences; default 0, or the model's own).")]
 SpeechPad = Annotated[Optional[int], typer.Option(
     "--speech-pad", help="Decode N frames of the codec's silence code around each speech span as context, then "
                          "cut them off (the decoder blurs a span's first and last sounds; default 0, or the "

@@ -83,9 +83,10 @@ def speech_pieces(text: str, chunk_words: int = 0) -> list[str]:
 
 
 def piece_options(opts: DecodeOptions, codes_per_s: float) -> DecodeOptions:
-    """With ``chunk_words``, each piece's speech span is capped by its length in words, at ``opts.piece_seconds``
-    (base, per word) seconds (a piece that does not stop would otherwise run to ``max_speech_tokens``, 25 s),
-    unless the caller set ``max_speech_tokens``."""
+    """With ``chunk_words``, every piece's speech span is capped at ``opts.piece_seconds`` (base, per word)
+    seconds for a piece of ``chunk_words`` words, the longest a piece can be (a piece that does not stop would
+    otherwise run to ``max_speech_tokens``, 25 s), unless the caller set ``max_speech_tokens``. Caps of this
+    size or tighter change little (docs/default-model.md, D12)."""
     if not opts.chunk_words or "max_speech_tokens" in opts.explicit:
         return opts
     base, per_word = opts.piece_seconds
