@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -33,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from aromni.core.threads import cpu_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -42,16 +42,6 @@ TEXTS = ["A red circle on a blue background.", "The cat sat on the mat.", "Good 
          "One two three four.", "A yellow triangle.", "The dog runs fast.", "I like warm tea.",
          "See you tomorrow.", "Read me a story.", "The sky is blue.", "A small white house.", "Thank you very much."]
 KINDS = ("tts", "asr", "t2i", "caption", "chat")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def free_port() -> int:

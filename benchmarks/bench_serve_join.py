@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import threading
 import time
 
 import httpx
+from aromni.core.threads import cpu_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["A red circle on a blue background.", "The cat sat on the mat.", "Good morning to you.",
@@ -35,16 +35,6 @@ TEXTS = ["A red circle on a blue background.", "The cat sat on the mat.", "Good 
 BATCH_LEVEL = ("import functools, sys; import aromni.core.serve.registry as r, aromni.core.serve.batcher as b; "
                "r.Batcher = functools.partial(b.Batcher, join='batch'); from aromni.app import main; "
                "main(sys.argv[1:])")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def start(mode: str) -> tuple[subprocess.Popen, str]:

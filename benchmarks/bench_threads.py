@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from aromni.core.threads import cores, cpu_name
 
 TTS_TEXT = "a large red circle on the left"
 CANDIDATES = ("all", "one", "free", "passive", "default")
@@ -49,21 +50,6 @@ with torch.inference_mode():
         ts.append((time.perf_counter() - t0) / 40)
 print(sorted(ts)[len(ts) // 2] * 1000)
 """
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def setting(cand: str) -> tuple[str | None, dict]:

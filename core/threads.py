@@ -15,12 +15,28 @@ not import torch itself.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 
 from .errors import AromniError
 
 ENV = "AROMNI_THREADS"
 DEFAULT_THREADS = 1
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """This CPU's model name (``/proc/cpuinfo``, or ``cpuinfo`` text), else what ``platform`` says."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or "unknown CPU"
 
 
 def cores() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aromni.core.errors import AromniError
-from aromni.core.threads import DEFAULT_THREADS, ENV, cores, resolve_threads
+from aromni.core.threads import DEFAULT_THREADS, ENV, cores, cpu_name, resolve_threads
 
 
 def test_precedence_option_then_env_then_omp_then_default():
@@ -43,3 +43,10 @@ def test_every_command_takes_threads():
     for cmd in COMMANDS:
         r = aromni(cmd, "--help")
         assert r.returncode == 0 and "--threads" in r.stdout.decode(), cmd
+
+
+def test_cpu_name_reads_the_first_model_name():
+    info = "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t: avx2\n\nprocessor\t: 1\nmodel name\t: other\n"
+    assert cpu_name(info) == "AMD EPYC 9B14"
+    assert cpu_name("processor\t: 0\nmodel name\t:\n")  # no name given: platform's answer, never empty
+    assert cpu_name() == cpu_name()

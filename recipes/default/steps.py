@@ -20,7 +20,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import shutil
 import sys
 
@@ -354,21 +353,21 @@ def _params(bundle: str) -> dict[str, int]:
 
 def _machine() -> str:
     """This machine in a few words: CPU model, core count and its widest bf16-capable vector ISA."""
-    name, flags = "", set()
+    from aromni.core.threads import cpu_name
+
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() == "flags" and not flags:
+                if key.strip() == "flags":
                     flags = set(value.split())
+                    break
     except OSError:
         pass
     isa = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx2", "AVX2"))
                 if flag in flags), None)
-    return ", ".join(x for x in (name or platform.processor() or "unknown CPU", f"{os.cpu_count()} CPU cores", isa)
-                     if x)
+    return ", ".join(x for x in (cpu_name(), f"{os.cpu_count()} CPU cores", isa) if x)
 
 
 # Quality targets on the held-out split (unseen attribute combinations and sentences):
