@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import numpy as np
+
 from aromni.core.threads import cpu_name
 
 

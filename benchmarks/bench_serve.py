@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+
 from aromni.core.threads import cpu_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

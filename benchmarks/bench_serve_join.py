@@ -24,6 +24,7 @@ import threading
 import time
 
 import httpx
+
 from aromni.core.threads import cpu_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -82,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     refs = [d["text"] for d in voiced]
     res: dict = {"data": os.path.abspath(a.data), "split": a.split, "n": len(lines), "teacher_n": len(voiced),
                  "model": {}, "teacher": {}}
-    for spec in a.judge.split(","):
-        j = make_judge(spec, omni=omni, seed=a.seed)
-        name = next((k for k in judged if k == j.name or spec.startswith(k)), j.name)
-        res["model"][name] = judged[name]["wer"] if name in judged else None
-        res["teacher"][name] = corpus_wer(refs, j.transcribe(teacher, WHISPER_RATE)).wer if voiced else None
+    for spec in a.judge.split(","):  # the judges of the evaluation, again for the teacher's audio
+        j = make_judge(spec.strip(), omni=omni, device=str(omni.device), seed=a.seed)
+        res["model"][j.name] = judged[j.name]["wer"]
+        res["teacher"][j.name] = corpus_wer(refs, j.transcribe(teacher, WHISPER_RATE)).wer if voiced else None
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=2)
 
