@@ -43,11 +43,14 @@ def run(
     """Speech -> text: one line per input (JSON lines with --json). All inputs, and the windows of long
     inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
 
+    Audio without speech (silence, a tone, hum or steady noise: its level never rises and falls as syllables do)
+    is not transcribed: its line is empty and stderr says "no speech" and why.
+
     With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
     first and lowest log-probability of the chosen tokens), codec_error (how badly the speech codec represents
-    the audio) and low_confidence. Without it, an answer below the model's calibrated threshold (the bundled
-    model's, or any model with rules in its aromni.json) gets a "low confidence" warning on stderr (the input may
-    be outside what the model knows).
+    the audio), low_confidence and no_speech (with why_no_speech when true). Without it, an answer below the
+    model's calibrated threshold (the bundled model's, or any model with rules in its aromni.json) gets a "low
+    confidence" warning on stderr (the input may be outside what the model knows).
 
     \b
     Examples:

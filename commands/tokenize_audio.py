@@ -38,8 +38,8 @@ def run(
         raise AromniError(f"{omni.source or 'model'}: has no speech tokenizer")
     layout = None if codes else omni.vocab.fingerprint
     streaming = output == "-"
-    if streaming and layout:
-        sys.stdout.buffer.write(f"#aromni-layout={layout}\n".encode())
+    # the layout header goes out with the first sequence: a first file that cannot be read leaves stdout empty
+    header = f"#aromni-layout={layout}\n" if streaming and layout else ""
     seqs: list[list[int]] = []
     bar = None
     if len(audio) > 1 and not quiet:
@@ -51,7 +51,8 @@ def run(
         c = tok.encode(wav).tolist()
         seq = c if codes else audio_block(c, omni.vocab)
         if streaming:
-            sys.stdout.buffer.write((" ".join(map(str, seq)) + "\n").encode())
+            sys.stdout.buffer.write((header + " ".join(map(str, seq)) + "\n").encode())
+            header = ""
             sys.stdout.buffer.flush()
         else:
             seqs.append(seq)

@@ -56,17 +56,28 @@ class Answer:
     text: str
     confidence: Confidence
     why_low: str = ""  # why the confidence is below the model's calibrated rule; "" if it is not
+    why_no_speech: str | None = None  # speech input: why it holds no speech ("" if it may); None: not speech
 
     @property
     def low(self) -> bool:
         return bool(self.why_low)
 
+    @property
+    def no_speech(self) -> bool:
+        """The input held no speech (silence, a tone, steady noise): the model was not asked, the text is empty."""
+        return bool(self.why_no_speech)
+
     def to_dict(self) -> dict:
         """The fields ``aromni asr --json``/``caption --json`` print after the input's name (and the server sends):
-        text, the confidence measures, low_confidence and, when low, why_low."""
+        text, the confidence measures, low_confidence and, when low, why_low; for speech also no_speech and, when
+        there was none, why_no_speech."""
         out = {"text": self.text, **self.confidence.to_dict(), "low_confidence": self.low}
         if self.low:
             out["why_low"] = self.why_low
+        if self.why_no_speech is not None:
+            out["no_speech"] = self.no_speech
+            if self.no_speech:
+                out["why_no_speech"] = self.why_no_speech
         return out
 
     @classmethod
@@ -78,7 +89,10 @@ class Answer:
         else:
             conf = Confidence(float(avg), float(first), float(least), tokens=int(d.get("tokens", 1)),
                               codec_error=d.get("codec_error"))
-        return cls(str(d["text"]), conf, str(d.get("why_low") or ""))
+        speech = None
+        if "no_speech" in d:
+            speech = str(d.get("why_no_speech") or ("no speech" if d["no_speech"] else ""))
+        return cls(str(d["text"]), conf, str(d.get("why_low") or ""), speech)
 
 
 def answer_logprobs(tokens: list[int], logprobs: list[float | None], vocab: VocabLayout) -> list[float]:

@@ -25,7 +25,7 @@ from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_
 from .rerank import best_of
 from .rows import base_seed, decode_rows, engine
 from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
-from .segmenting import split_at_pauses, split_sentences, split_words
+from .segmenting import no_speech, split_at_pauses, split_sentences, split_words
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
 
@@ -224,23 +224,34 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
                 window_s: float = ASR_WINDOW_S) -> list[Answer]:
     """Speech -> text with confidence, one answer per clip. Long clips are cut at silences into windows that are
     transcribed as one batch and joined; a clip's confidence covers the tokens of all its windows, its codec error
-    is the windows' mean weighted by their length."""
+    is the windows' mean weighted by their length. Windows without speech (``segmenting.no_speech``: silence, a
+    tone, steady noise) are not transcribed; a clip with none but those gets an empty text and ``no_speech``."""
     _need(omni, "speech", "asr")
     _need(omni, "text", "asr")
     opts = model_options(omni, opts, "asr")
     ctx = PromptContext.of(omni)
+    sr = omni.speech.sample_rate
     owner, prompts = [], []
     fit = np.zeros((len(wavs), 2))  # per clip: sum of window length * codec error, total length (0: no error)
+    silent = [""] * len(wavs)  # per clip: why it holds no speech ("" when some window may)
     for k, wav in enumerate(wavs):
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)
         if wav.size == 0:
             raise InputError(f"clip {k + 1} holds no samples")
-        for w in asr_windows(omni, wav, opts, window_s):
+        silent[k] = no_speech(wav, sr)
+        windows = [] if silent[k] else asr_windows(omni, wav, opts, window_s)
+        for w in windows:
+            why = no_speech(w, sr)
+            if why:
+                silent[k] = silent[k] or why
+                continue
             owner.append(k)
             codes, e = encode_with_error(omni.speech, w)
             prompts.append(asr_prompt(ctx, codes))
             if e is not None:
                 fit[k] += (w.size * e, w.size)
+    heard = set(owner)
+    silent = ["" if k in heard else why for k, why in enumerate(silent)]
     rows, gens = decode_rows(omni, prompts, opts, seed)
     texts: list[list[str]] = [[] for _ in wavs]
     lps: list[list[float]] = [[] for _ in wavs]
@@ -250,7 +261,8 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
             texts[o].append(t)
         lps[o] += answer_logprobs(r, lp, omni.vocab)
     errors = [float(a / n) if n else None for a, n in fit]
-    return _answers(omni, "asr", [" ".join(t) for t in texts], lps, errors)
+    answers = _answers(omni, "asr", [" ".join(t) for t in texts], lps, errors)
+    return [replace(a, why_no_speech=why) for a, why in zip(answers, silent)]
 
 
 def _row_logprobs(gens: list, rows: list[list[int]]) -> list[list[float | None]]:

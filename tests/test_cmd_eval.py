@@ -30,7 +30,9 @@ def ok_json(r) -> dict:
 def _wav(path, seconds, seed, sr=16000):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32), sr)
+    syllables = np.sin(2 * np.pi * 4 * t) > -0.3  # a level that rises and falls, as speech does (not "no speech")
+    wav = 0.3 * np.sin(2 * np.pi * 220 * t) * syllables + 0.02 * rng.standard_normal(t.size)
+    sf.write(path, wav.astype(np.float32), sr)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_cli_eval_asr_json_table_and_compare(tiny_bundle, corpus, tmp_path):
     # the confidence of each answer (as asr --json prints it) and its mean; a tiny test model is never flagged
     assert all(it["avg_logprob"] <= 0 and it["codec_error"] >= 0 and it["low_confidence"] is False
                for it in rep["items"] if it["avg_logprob"] is not None)
-    assert m["low_confidence_rate"] == 0 and "avg_logprob_mean" in m
+    assert m["low_confidence_rate"] == 0 and "avg_logprob_mean" in m and m["no_speech_rate"] == 0
     (tmp_path / "a.json").write_text(json.dumps(rep))
     # without --json the table goes to stdout; -o keeps the report
     r = aromni("eval", "asr", "--model", tiny_bundle, "--data", corpus / "manifest.jsonl", "--seed", 1,

@@ -114,6 +114,7 @@ def test_bad_inputs_exit_2_with_one_line(tiny_bundle, clips, tmp_path, case):
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert len(err.strip().splitlines()) == 1 and fragment.lower() in err.lower() and name in err, err
+    assert r.stdout == b""  # not even the layout header: a pipe downstream sees no stream at all
 
 
 def test_streamed_wav_header_is_not_truncation():

@@ -171,6 +171,34 @@ def test_asr_warns_on_real_human_speech():
     assert r.stdout.decode().strip()  # the transcript is still printed
 
 
+@pytest.mark.slow
+def test_asr_hears_no_speech_in_silence_beeps_and_hum(tmp_path):
+    """Silence and a beep from the Asterisk package and a synthetic mains hum come back as empty lines with a
+    "no speech" note on stderr (the model is never asked), next to speech that is still transcribed."""
+    import numpy as np
+
+    from aromni.core.audio_io import write_wav
+    from aromni.core.corpus import speech
+    from aromni.core.eval import real_speech
+
+    if speech.espeak_path() is None or real_speech.available():
+        pytest.skip("espeak-ng or the Asterisk sounds are not installed")
+    write_wav(str(tmp_path / "a.wav"), speech.synthesize("the cat is sleeping", speech.Voice("en-us+m3", 165),
+                                                         16000), 16000)
+    t = np.arange(32000) / 16000
+    write_wav(str(tmp_path / "hum.wav"), (0.2 * np.sin(2 * np.pi * 50 * t)).astype(np.float32), 16000)
+    silence, beep = (os.path.join(real_speech.ASTERISK_SOUNDS, f) for f in ("silence/2.wav", "beep.wav"))
+    inputs = [silence, str(tmp_path / "a.wav"), beep, str(tmp_path / "hum.wav")]
+    plain = cli("asr", *inputs)
+    assert plain.stdout.decode().splitlines() == ["", "the cat is sleeping", "", ""]
+    notes = [w for w in plain.stderr.decode().splitlines() if "no speech" in w]
+    assert [n.split(": ")[2] for n in notes] == [silence, beep, str(tmp_path / "hum.wav")], notes
+    lines = [json.loads(x) for x in cli("asr", "--json", *inputs).stdout.decode().splitlines()]
+    assert [x["no_speech"] for x in lines] == [True, False, True, True]
+    assert "silence" in lines[0]["why_no_speech"] and "steady" in lines[2]["why_no_speech"]
+    assert lines[0]["avg_logprob"] is None and lines[0]["low_confidence"] is False and "why_no_speech" not in lines[1]
+
+
 def test_codec_error_comes_with_the_same_codes():
     import numpy as np
 

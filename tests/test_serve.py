@@ -13,7 +13,9 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -178,6 +180,13 @@ def test_transcription_openai_client(oa, clip):
                                        extra_body={"seed": 0})
     assert v.text == r.text and v.duration > 0
     assert v.segments[0].avg_logprob == v.model_extra["aromni"]["answers"][0]["avg_logprob"] < 0
+    assert v.segments[0].no_speech_prob == 0.0
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
+    quiet = oa.audio.transcriptions.create(model="default", file=("quiet.wav", buf.getvalue()),
+                                           response_format="verbose_json")
+    assert quiet.text == "" and quiet.segments[0].no_speech_prob == 1.0
+    assert quiet.model_extra["aromni"]["answers"][0]["why_no_speech"].startswith("silence")
 
 
 def test_images_openai_client(oa):
@@ -384,22 +393,25 @@ def test_tts_batch_same_files_remote(server, tmp_path):
     assert outs["local"] == outs["remote"] and len(outs["local"]) == 2
 
 
-def test_low_confidence_warning_remote(server, tmp_path):
-    """Noise is outside what the bundled model knows: the warning on stderr and the JSON fields are the same
-    through the server."""
-    import numpy as np
-    import soundfile as sf
-
-    noise = tmp_path / "noise.wav"
-    sf.write(noise, np.random.default_rng(0).normal(0, 0.3, 32000).astype(np.float32), 16000)
-    for args in (["asr", "--seed", "1", str(noise)], ["asr", "--seed", "1", "--json", str(noise)]):
+def test_low_confidence_and_no_speech_remote(server, tmp_path):
+    """Noise in bursts is outside what the bundled model knows, steady noise holds no speech: the notes on stderr
+    and the JSON fields are the same through the server."""
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    noise, steady = tmp_path / "noise.wav", tmp_path / "steady.wav"
+    sf.write(noise, (rng.normal(0, 0.3, t.size) * (np.sin(2 * np.pi * 4 * t) > 0)).astype(np.float32), 16000)
+    sf.write(steady, rng.normal(0, 0.3, t.size).astype(np.float32), 16000)
+    files = [str(noise), str(steady)]
+    for args in (["asr", "--seed", "1", *files], ["asr", "--seed", "1", "--json", *files]):
         local, remote = aromni(*args, "-q"), aromni(*args, "-q", host=server)
         assert local.returncode == remote.returncode == 0, remote.stderr.decode()[-800:]
         assert remote.stdout == local.stdout
         assert remote.stderr == local.stderr
-    assert "low confidence" in aromni("asr", "--seed", "1", str(noise), "-q", host=server).stderr.decode()
-    line = json.loads(remote.stdout)
+    notes = aromni("asr", "--seed", "1", *files, "-q", host=server).stderr.decode().splitlines()
+    assert "low confidence" in notes[0] and "no speech" in notes[1] and len(notes) == 2
+    line, quiet = map(json.loads, remote.stdout.decode().splitlines())
     assert line["low_confidence"] is True and line["why_low"] and line["codec_error"] is not None
+    assert line["no_speech"] is False and quiet["no_speech"] is True and quiet["text"] == ""
 
 
 def test_unreachable_server_one_line():

@@ -121,13 +121,14 @@ def _asr_score(rows: list[dict]) -> dict:
 
 
 def _confidence(rows: list[dict]) -> dict:
-    """Mean average token log-probability of the rows' answers and the share flagged as low confidence
-    (core/confidence.py; {} when the rows carry none)."""
+    """Mean average token log-probability of the rows' answers, the share flagged as low confidence
+    (core/confidence.py) and, for speech, the share heard as no speech ({} when the rows carry none)."""
     lps = [r["avg_logprob"] for r in rows if r.get("avg_logprob") is not None]
-    flags = [r["low_confidence"] for r in rows if r.get("low_confidence") is not None]
     out = {"avg_logprob_mean": statistics.fmean(lps)} if lps else {}
-    if flags:
-        out["low_confidence_rate"] = sum(flags) / len(flags)
+    for key, rate in (("low_confidence", "low_confidence_rate"), ("no_speech", "no_speech_rate")):
+        flags = [r[key] for r in rows if r.get(key) is not None]
+        if flags:
+            out[rate] = sum(flags) / len(flags)
     return out
 
 

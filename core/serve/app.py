@@ -386,7 +386,8 @@ def create_app(cfg: ServeConfig, log=None, preload: bool = True) -> Gate:
         if fmt == "verbose_json":
             out.update(task="transcribe", language=fields.get("language") or "en", duration=secs[0],
                        segments=[{"id": 0, "start": 0.0, "end": secs[0], "text": texts[0],
-                                  "avg_logprob": answers[0].to_dict()["avg_logprob"]}])
+                                  "avg_logprob": answers[0].to_dict()["avg_logprob"],
+                                  "no_speech_prob": 1.0 if answers[0].no_speech else 0.0}])
         out["aromni"] = {"answers": [a.to_dict() for a in answers]}
         return out
 
