@@ -116,11 +116,19 @@ def open_image(src, source: str | None = None, exif_transpose: bool = False):
 # Meta's preprocessing and post-processing
 # ----------------------------------------------------------------------------------------------
 def whiten_transparency(img):
-    """Non-RGB -> RGB; pixels with alpha < 255 are blended onto white: ``(1-a)*255 + a*rgb``, truncated."""
+    """Non-RGB -> RGB; pixels with alpha < 255 are blended onto white: ``(1-a)*255 + a*rgb``, truncated.
+
+    16-bit grey images (PIL modes ``I;16*``, and ``I`` holding values above 255) are scaled to 8 bits first
+    (``round(v / 257)``): PIL's own conversion clips them, which turns almost every such picture white."""
     from PIL import Image
 
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        v = np.asarray(img, dtype=np.float64)
+        if img.mode != "I" or v.max(initial=0) > 255:
+            v = v / 257.0
+        img = Image.fromarray(np.clip(np.round(v), 0, 255).astype(np.uint8), "L")
     rgba = np.asarray(img.convert("RGBA"))
     if (rgba[:, :, 3] == 255).all():
         return img.convert("RGB")

@@ -176,6 +176,12 @@ def test_whiten_transparency_pinned_values():
     rgb = Image.new("RGB", (2, 2), (1, 2, 3))
     assert whiten_transparency(rgb) is rgb
     assert np.asarray(whiten_transparency(Image.new("L", (2, 2), 77))).tolist() == [[[77] * 3] * 2] * 2
+    # 16-bit grey (as a 16-bit PNG opens) is scaled to 8 bits, not clipped to white; 32-bit "I" holding 8-bit values
+    # is kept
+    grey16 = np.array([[0, 257 * 77], [40000, 65535]], dtype=np.uint16)
+    for img in (Image.fromarray(grey16), Image.fromarray(grey16.astype(np.int32), "I")):
+        assert np.asarray(whiten_transparency(img))[..., 0].tolist() == [[0, 77], [156, 255]], img.mode
+    assert np.asarray(whiten_transparency(Image.fromarray(np.full((1, 1), 77, np.int32), "I"))).tolist() == [[[77] * 3]]
     la = Image.new("LA", (1, 1), (100, 0))  # fully transparent grey -> white
     assert np.asarray(whiten_transparency(la)).tolist() == [[[255, 255, 255]]]
 
