@@ -32,6 +32,7 @@ def encode_with_error(speech, wav: np.ndarray) -> tuple[list[int], float | None]
         raise InputError("audio contains NaN or infinite samples")
     if w.size == 0:
         raise InputError("audio holds no samples")
+    w = speech.leveled(w) if hasattr(speech, "leveled") else w
     with torch.inference_mode():
         z = net.encode_latents(torch.from_numpy(w)[None].to(speech.device)).transpose(1, 2)[0]  # [L, D]
         codes = net.quantizer.nearest(z)

@@ -1,10 +1,11 @@
-"""Splitting long inputs: text into sentences and short pieces (TTS), audio into windows cut at silences (ASR);
-telling audio that holds no speech at all (silence, a tone, steady noise) from audio that may."""
+"""Splitting long inputs: text into sentences and short pieces (TTS), audio into windows cut at silences (ASR)."""
 from __future__ import annotations
 
 import re
 
 import numpy as np
+
+from .levels import frame_energy
 
 # sentence end: . ! ? … ; (and CJK full stops) followed by space/quote/end; CJK ones need no space
 _SENT_END = re.compile(r"(?<=[.!?…;])[\"')\]]*\s+|(?<=[。！？；])")
@@ -62,39 +63,6 @@ def split_words(text: str, max_words: int) -> list[str]:
         out.append(" ".join(words[i:i + size]))
         i += size
     return out
-
-
-def frame_energy(wav: np.ndarray, frame: int) -> np.ndarray:
-    """RMS per frame of ``frame`` samples (the last partial frame included)."""
-    n = -(-len(wav) // frame)
-    padded = np.zeros(n * frame, dtype=np.float32)
-    padded[: len(wav)] = wav
-    return np.sqrt((padded.reshape(n, frame) ** 2).mean(axis=1) + 1e-12)
-
-
-QUIET_DBFS = -60.0  # a window whose loud frames (95th percentile) are below this is silence
-STEADY_DB = 6.0  # a window whose loud and quiet frames (95th, 5th percentile) differ by less is a steady sound
-
-
-def no_speech(wav: np.ndarray, sample_rate: int, frame_s: float = 0.02, quiet_dbfs: float = QUIET_DBFS,
-              steady_db: float = STEADY_DB) -> str:
-    """Why ``wav`` holds no speech, or "" when it may hold some.
-
-    Speech comes in syllables: its 20 ms frames rise and fall by tens of dB, while a silent window stays near the
-    noise floor and a tone, a hum or steady noise keeps an even level. So a window is no speech when its loud
-    frames are below ``quiet_dbfs`` (dB full scale) or its loud and quiet frames are less than ``steady_db``
-    apart. How often that holds for speech (clean, telephone, under noise) and for other sounds:
-    docs/evaluation.md, "No speech"."""
-    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
-    if wav.size == 0:
-        return "no samples"
-    db = 20 * np.log10(frame_energy(wav, max(1, int(frame_s * sample_rate))))
-    loud, quiet = float(np.percentile(db, 95)), float(np.percentile(db, 5))
-    if loud < quiet_dbfs:
-        return f"silence (loudest frames {max(loud, -120.0):.0f} dBFS)"
-    if loud - quiet < steady_db:
-        return f"a steady sound (its level varies by {loud - quiet:.1f} dB)"
-    return ""
 
 
 def split_audio(wav: np.ndarray, sample_rate: int, max_s: float, min_s: float | None = None,

@@ -8,6 +8,7 @@ import torch
 
 from .bundle import register_tokenizer
 from .errors import CheckpointError, InputError
+from .levels import match_level
 from .resample import RESAMPLERS
 from .speech_stream import StreamConfig, StreamDecoder
 from .wavtokenizer import CONFIGS, WavTokenizerConfig, WavTokenizerNet, from_upstream
@@ -30,12 +31,19 @@ class WavTokenizer:
 
     ``resampler`` names how audio at other rates is brought to ``sample_rate`` before encoding ("soxr", or "sinc":
     torchaudio's Resample, as the reference front end): codes follow the resampler the codec's users were
-    trained with, so original WavTokenizer checkpoints use "sinc" and the project's own codecs "soxr"."""
+    trained with, so original WavTokenizer checkpoints use "sinc" and the project's own codecs "soxr".
 
-    def __init__(self, net: WavTokenizerNet, preset: str | None = None, resampler: str = "soxr"):
+    ``input_dbfs`` (the project's codecs: the typical level of their training clips, ``levels.typical_level``)
+    brings every clip to that level before it is encoded (``levels.match_level``): a codec that heard speech at
+    one level only maps quieter or louder speech to other codes. None (original checkpoints) encodes clips as
+    they are."""
+
+    def __init__(self, net: WavTokenizerNet, preset: str | None = None, resampler: str = "soxr",
+                 input_dbfs: float | None = None):
         if resampler not in RESAMPLERS:
             raise CheckpointError(f"unknown speech resampler {resampler!r} ({', '.join(RESAMPLERS)})")
         self.resampler = resampler
+        self.input_dbfs = input_dbfs
         self.net = net.eval()
         self.cfg: WavTokenizerConfig = net.cfg
         self.preset = preset
@@ -53,6 +61,11 @@ class WavTokenizer:
         return self
 
     # --- encode ---------------------------------------------------------------------------------
+    def leveled(self, wav: np.ndarray) -> np.ndarray:
+        """``wav`` (float32) as the encoder gets it: at ``input_dbfs`` when the codec names one, else as it is."""
+        x = _finite(wav)
+        return x if self.input_dbfs is None else match_level(x, self.sample_rate, self.input_dbfs)
+
     def encode(self, wav: np.ndarray) -> torch.Tensor:
         """wav [T] -> codes [ceil(T / hop)] (int64, on CPU)."""
         return self.encode_batch(np.asarray(wav, dtype=np.float32)[None])[0]
@@ -66,6 +79,8 @@ class WavTokenizer:
         wavs = _finite(wavs)
         if wavs.ndim != 2:
             raise ValueError(f"encode_batch expects [B, T], got shape {wavs.shape}")
+        if self.input_dbfs is not None and wavs.shape[1]:
+            wavs = np.stack([self.leveled(w) for w in wavs])
         n = -(-wavs.shape[1] // self.hop)
         if n == 0:
             return torch.zeros(wavs.shape[0], 0, dtype=torch.long)
@@ -99,7 +114,7 @@ class WavTokenizer:
     def autoencode(self, wav: np.ndarray) -> np.ndarray:
         """wav [T] -> the decoder's output for the encoder's latents, not quantised ([ceil(T / hop) * hop]). Set
         beside ``decode(encode(wav))`` it tells what the codebook loses from what encoder and decoder lose."""
-        x = _finite(wav)
+        x = self.leveled(np.asarray(wav, dtype=np.float32).reshape(-1))
         if x.size == 0:
             return np.zeros(0, dtype=np.float32)
         with torch.inference_mode():
@@ -144,8 +159,11 @@ class WavTokenizer:
         tmp = os.path.join(root, FILE + ".tmp")
         save_file(state, tmp, metadata={"format": "aromni-wavtokenizer"})
         os.replace(tmp, os.path.join(root, FILE))
-        return {"type": TYPE, "file": FILE, "preset": self.preset, "config": self.cfg.to_dict(),
-                "resampler": self.resampler}
+        spec: dict = {"type": TYPE, "file": FILE, "preset": self.preset, "config": self.cfg.to_dict(),
+                      "resampler": self.resampler}
+        if self.input_dbfs is not None:
+            spec["input_dbfs"] = self.input_dbfs
+        return spec
 
 
 def build_speech_tokenizer(preset: str = "tiny", seed: int = 0, device="cpu") -> WavTokenizer:
@@ -178,7 +196,7 @@ def _load_state(net: WavTokenizerNet, state: dict, source: str) -> None:
 def load_from_spec(spec: dict, root: str, device="cpu") -> WavTokenizer:
     """Bundle loader: a native safetensors file (``file`` + ``config``), or an original ``yaml`` + ``ckpt`` pair.
     ``resampler`` (optional): "soxr" (default for native files, as the project's codecs were trained) or "sinc"
-    (default for an original pair)."""
+    (default for an original pair). ``input_dbfs`` (optional): the level clips are brought to before encoding."""
     if "ckpt" in spec:
         tok = load_wavtokenizer(os.path.join(root, spec["yaml"]), os.path.join(root, spec["ckpt"]), device)
         return WavTokenizer(tok.net, tok.preset, spec["resampler"]) if "resampler" in spec else tok
@@ -195,7 +213,11 @@ def load_from_spec(spec: dict, root: str, device="cpu") -> WavTokenizer:
     with torch.device("meta"):
         net = WavTokenizerNet(cfg)
     _load_state(net, state, path)
-    return WavTokenizer(net.to(device), spec.get("preset"), spec.get("resampler", "soxr"))
+    level = spec.get("input_dbfs")
+    if level is not None and not isinstance(level, (int, float)):
+        raise CheckpointError(f"{root}: speech tokenizer input_dbfs must be a number, not {level!r}")
+    return WavTokenizer(net.to(device), spec.get("preset"), spec.get("resampler", "soxr"),
+                        None if level is None else float(level))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_
 from .rerank import best_of
 from .rows import base_seed, decode_rows, engine
 from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
-from .segmenting import no_speech, split_at_pauses, split_sentences, split_words
+from .levels import no_speech
+from .segmenting import split_at_pauses, split_sentences, split_words
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
 

@@ -1,4 +1,4 @@
-"""How often `aromni asr`'s no-speech check (core/segmenting.py ``no_speech``) fires, on speech and on sounds that
+"""How often `aromni asr`'s no-speech check (core/levels.py ``no_speech``) fires, on speech and on sounds that
 are not speech.
 
     python scripts/no_speech_check.py [--data corpus/heldout.jsonl] [--n 300] [--snr 20,10,6,3,0] [--seed 0]
@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from aromni.core.eval import real_speech
-from aromni.core.segmenting import no_speech
+from aromni.core.levels import no_speech
 
 SR = 16000
 

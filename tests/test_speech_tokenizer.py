@@ -221,6 +221,27 @@ def test_bundle_roundtrip(tiny, tmp_path):
     assert (back.sample_rate, back.hop, back.codebook_size) == (tiny.sample_rate, tiny.hop, tiny.codebook_size)
 
 
+def test_input_level_brings_clips_to_the_codecs_level(tiny, tmp_path):
+    from aromni.core.codec_fit import encode_with_error
+    from aromni.core.levels import loud_level
+
+    t = np.arange(8000) / tiny.sample_rate
+    wav = (0.3 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+    quiet, offset = wav * 0.05, wav + 0.2
+    assert not torch.equal(tiny.encode(quiet), tiny.encode(wav))  # no level named: clips are encoded as they are
+    tok = WavTokenizer(tiny.net, tiny.preset, input_dbfs=round(loud_level(wav, tiny.sample_rate), 1))
+    for x in (quiet, offset):
+        assert torch.equal(tok.encode(x), tok.encode(wav))
+        assert encode_with_error(tok, x)[0] == encode_with_error(tok, wav)[0]
+    assert torch.equal(tok.encode_batch(np.stack([quiet, wav]))[0], tok.encode(wav))
+    spec = tok.save(str(tmp_path))
+    assert spec["input_dbfs"] == tok.input_dbfs and "input_dbfs" not in tiny.save(str(tmp_path / "plain"))
+    back = load_tokenizer("speech", spec, str(tmp_path))
+    assert back.input_dbfs == tok.input_dbfs and torch.equal(back.encode(quiet), tok.encode(wav))
+    with pytest.raises(CheckpointError, match="input_dbfs"):
+        load_tokenizer("speech", {**spec, "input_dbfs": "loud"}, str(tmp_path))
+
+
 def test_protocol():
     from aromni.core.protocols import SpeechTokenizer
     assert isinstance(build_speech_tokenizer("tiny"), SpeechTokenizer)

@@ -222,7 +222,9 @@ def test_tokenizer_stages_then_lm_from_scratch(tmp_path):
     for kind in ("bpe", "image_vq", "codec"):
         res = run(load_config(str(cfg), [f"kind={kind}"]), quiet=True)
         assert res["tokenizer"] == {"bpe": "text", "image_vq": "image", "codec": "speech"}[kind]
-    assert sorted(read_tokenizer_specs(str(tmp_path / "toks"))) == ["image", "speech", "text"]
+    specs = read_tokenizer_specs(str(tmp_path / "toks"))
+    assert sorted(specs) == ["image", "speech", "text"]
+    assert -60 < specs["speech"]["input_dbfs"] < 0  # the level of the clips it heard (levels.typical_level)
 
     lm = tmp_path / "lm.yaml"
     lm.write_text(f"kind: lm\nout_dir: {tmp_path / 'lm'}\nmodel: {{config: tiny, tokenizers: {tmp_path / 'toks'}, "

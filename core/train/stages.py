@@ -232,6 +232,7 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
         spec, kind = tok.save(out), "image"
     elif cfg.kind == "codec":
         from ..audio_io import load_audio
+        from ..levels import typical_level
         from .codec import fit_codec
 
         opts = _fit_options(cfg, fit_codec)  # a config error, before any data is read
@@ -244,6 +245,7 @@ def train_tokenizer(cfg: TrainConfig, *, quiet: bool = False, on_step=None) -> d
         bar, cb = _progress(steps, "codec", quiet, on_step)
         with bar:
             metrics = fit_codec(tok, wavs, steps=steps, batch_size=bs, lr=lr, seed=cfg.seed, on_step=cb, **opts)
+        tok.input_dbfs = typical_level(wavs, tok.sample_rate)  # the level it heard: clips are brought to it
         spec, kind = tok.save(out), "speech"
     else:
         raise AromniError(f"unknown kind {cfg.kind!r}")
