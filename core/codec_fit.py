@@ -1,7 +1,7 @@
 """How well a speech codec's codebook covers a clip: the relative quantisation error of its encoder's latents.
 
 A codec trained on a few synthetic voices represents those voices' frames closely and real human speech badly:
-for the bundled model the median error is about 0.011 on its held-out corpus clips and 0.026-0.037 on real
+for the bundled model the median error is about 0.011 on its held-out corpus clips and 0.023-0.038 on real
 recordings (docs/evaluation.md, "Confidence"). ASR uses it as its "outside what the model knows" signal for
 audio, beside the transcript's token log-probabilities.
 """
