@@ -11,16 +11,7 @@ import soundfile as sf
 
 from aromni.core.levels import loud_level, match_level, no_speech, typical_level
 
-SR = 16000
-
-
-def tone(s: float, f: float = 220.0) -> np.ndarray:
-    t = np.arange(int(s * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)
-
-
-def gap(s: float) -> np.ndarray:
-    return np.zeros(int(s * SR), dtype=np.float32)
+from test_long_asr import SR, gap, tone
 
 
 def speechlike(s: float, seed: int = 0) -> np.ndarray:
