@@ -62,7 +62,7 @@ def match_level(wav: np.ndarray, sample_rate: int, dbfs: float) -> np.ndarray:
     wav = wav - wav.mean()
     loud = loud_level(wav, sample_rate)
     if loud < QUIET_DBFS:
-        return wav.astype(np.float32)
+        return wav
     gain = min(dbfs - loud, MAX_GAIN_DB)
     return (wav * np.float32(10 ** (gain / 20))).astype(np.float32)
 

@@ -19,13 +19,13 @@ from .confidence import Answer, answer_logprobs, rules, summarize, why_low
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
 from .errors import AromniError, InputError
+from .levels import no_speech
 from .media import decode_images as _decode_images, image_codes as _image_codes, need as _need
 from .media import speech_codes as _speech_codes
 from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_prompt, tts_prompt
 from .rerank import best_of
 from .rows import base_seed, decode_rows, engine
 from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
-from .levels import no_speech
 from .segmenting import split_at_pauses, split_sentences, split_words
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
@@ -225,7 +225,7 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
                 window_s: float = ASR_WINDOW_S) -> list[Answer]:
     """Speech -> text with confidence, one answer per clip. Long clips are cut at silences into windows that are
     transcribed as one batch and joined; a clip's confidence covers the tokens of all its windows, its codec error
-    is the windows' mean weighted by their length. Windows without speech (``segmenting.no_speech``: silence, a
+    is the windows' mean weighted by their length. Windows without speech (``levels.no_speech``: silence, a
     tone, steady noise) are not transcribed; a clip with none but those gets an empty text and ``no_speech``."""
     _need(omni, "speech", "asr")
     _need(omni, "text", "asr")
@@ -242,7 +242,7 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
         silent[k] = no_speech(wav, sr)
         windows = [] if silent[k] else asr_windows(omni, wav, opts, window_s)
         for w in windows:
-            why = no_speech(w, sr)
+            why = no_speech(w, sr) if w.size < wav.size else ""  # the whole clip was checked above
             if why:
                 silent[k] = silent[k] or why
                 continue

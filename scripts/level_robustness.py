@@ -24,16 +24,21 @@ from aromni.core.api import load
 from aromni.core.eval.runner import EvalConfig, evaluate
 
 
-def shifted_manifest(data: str, split: str, gain_db: float, out: str) -> str:
-    """A manifest of ``data``'s ASR lines of ``split`` whose clips are scaled by ``gain_db`` (written under out)."""
+def asr_rows(data: str, split: str) -> list[dict]:
+    """The ASR lines of ``split`` ("all": every split) in the manifest ``data``."""
+    with open(data, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r.get("task") == "asr" and (split == "all" or r.get("split") == split)]
+
+
+def shifted_manifest(data: str, rows: list[dict], gain_db: float, out: str) -> str:
+    """A manifest of ``rows`` (lines of the manifest ``data``) whose clips are scaled by ``gain_db``, clipped to
+    [-1, 1] and written under ``out``."""
     root = os.path.dirname(os.path.abspath(data))
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "manifest.jsonl")
-    with open(data, encoding="utf-8") as f, open(path, "w", encoding="utf-8") as w:
-        for line in f:
-            row = json.loads(line)
-            if row.get("task") != "asr" or (split != "all" and row.get("split") != split):
-                continue
+    with open(path, "w", encoding="utf-8") as w:
+        for row in rows:
             x, sr = sf.read(os.path.join(root, row["audio"]), dtype="float32", always_2d=True)
             y = np.clip(x.mean(axis=1) * 10 ** (gain_db / 20), -1, 1)
             clip = os.path.join(out, f"{row['id']}.wav")
@@ -59,6 +64,10 @@ def main() -> int:
     if not os.path.isfile(a.data):
         print(f"level_robustness: --data: no such file: {a.data}", file=sys.stderr)
         return 2
+    rows = asr_rows(a.data, a.split)
+    if not rows:
+        print(f"level_robustness: {a.data} holds no {a.split} ASR lines", file=sys.stderr)
+        return 2
     omni = load(a.model)
     if omni.speech is None:
         print("level_robustness: the model has no speech tokenizer", file=sys.stderr)
@@ -67,7 +76,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for g in gains:
-            data = shifted_manifest(a.data, a.split, g, os.path.join(tmp, f"{g:g}"))
+            data = shifted_manifest(a.data, rows, g, os.path.join(tmp, f"{g:g}"))
             for mode, dbfs in (("leveled", level), ("as given", None)):
                 if mode == "leveled" and level is None:
                     continue
@@ -78,9 +87,6 @@ def main() -> int:
                 results.append({"gain_db": g, "input": mode, "n": m["n"], "wer": m["wer"],
                                 **{f"wer {k}": v["wer"] for k, v in sorted((m.get("by_group") or {}).items())}})
             omni.speech.input_dbfs = level
-    if not results or not results[0]["n"]:
-        print(f"level_robustness: {a.data} holds no {a.split} ASR lines", file=sys.stderr)
-        return 2
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump({"input_dbfs": level, "results": results}, f, indent=1)

@@ -116,3 +116,7 @@ def test_level_robustness_script(tiny_bundle, tmp_path):
     bad = subprocess.run([sys.executable, script, "--data", str(tmp_path / "m.jsonl"), "--gains", "x"],
                          capture_output=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.decode().strip().splitlines()) == 1
+    none = subprocess.run([sys.executable, script, "--data", str(tmp_path / "m.jsonl"), "--split", "train"],
+                          capture_output=True, timeout=60)
+    err = none.stderr.decode().strip()
+    assert none.returncode == 2 and len(err.splitlines()) == 1 and "no train ASR lines" in err, err
