@@ -84,8 +84,9 @@ def test_no_speech_check_script(tmp_path):
     for g, row in rows.items():
         if "(speech)" in g and "0 dB" not in g:
             assert row["flagged"] == 0, g
-    bad = subprocess.run([sys.executable, script, "--snr", "ten"], capture_output=True, timeout=60)
-    assert bad.returncode == 2 and len(bad.stderr.decode().strip().splitlines()) == 1
+    for args in (["--snr", "ten"], ["--data", str(tmp_path / "missing.jsonl")]):
+        bad = subprocess.run([sys.executable, script, *args], capture_output=True, timeout=60)
+        assert bad.returncode == 2 and len(bad.stderr.decode().strip().splitlines()) == 1, args
 
 
 def test_level_robustness_script(tiny_bundle, tmp_path):
@@ -116,6 +117,10 @@ def test_level_robustness_script(tiny_bundle, tmp_path):
     bad = subprocess.run([sys.executable, script, "--data", str(tmp_path / "m.jsonl"), "--gains", "x"],
                          capture_output=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.decode().strip().splitlines()) == 1
+    missing = subprocess.run([sys.executable, script, "--data", str(tmp_path / "missing.jsonl")],
+                             capture_output=True, timeout=60)
+    assert missing.returncode == 2 and "no such file" in missing.stderr.decode()
+    assert len(missing.stderr.decode().strip().splitlines()) == 1
     none = subprocess.run([sys.executable, script, "--data", str(tmp_path / "m.jsonl"), "--split", "train"],
                           capture_output=True, timeout=60)
     err = none.stderr.decode().strip()
