@@ -26,7 +26,10 @@ def media(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("chat_media")
     t = np.arange(8000) / 8000
-    sf.write(d / "speech.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 8000)
+    syllables = np.sin(np.pi * 4 * t) ** 2  # a tone that rises and falls four times a second, like syllables
+    sf.write(d / "speech.wav", (0.3 * syllables * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 8000)
+    sf.write(d / "hum.wav", (0.3 * np.sin(2 * np.pi * 50 * t)).astype(np.float32), 8000)
+    sf.write(d / "silence.wav", np.zeros(8000, np.float32), 8000)
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "img.png")
     return d
 
@@ -122,6 +125,16 @@ def test_repl_goes_on_after_a_bad_command_and_exits_non_zero(tiny_bundle, media,
     assert "<stdin> line 2: /save needs a path" in err and "<stdin> line 3:" in err and "nope.png" in err
     assert "<stdin> line 4: unknown command /frobnicate" in err and "3 input line(s) failed" in err
     assert [t["text"] for t in json.loads((tmp_path / "c.jsonl").read_text())["turns"]] == ["hello", "still here"]
+
+
+def test_audio_without_speech_is_refused_not_answered(tiny_bundle, media, tmp_path):
+    script = f"/audio {media / 'silence.wav'}\n/audio {media / 'hum.wav'}\n/audio {media / 'speech.wav'}\n"
+    r = aromni(tiny_bundle, "chat", "--out-dir", str(tmp_path), "--seed", "2", "--max-new-tokens", "20",
+               input=script.encode())
+    assert r.returncode == 2 and len(r.stdout.decode().splitlines()) == 1  # only the speech-like turn is answered
+    err = r.stderr.decode()
+    assert "<stdin> line 1: the turn's audio holds no speech: silence" in err
+    assert "<stdin> line 2: the turn's audio holds no speech: a steady sound" in err
 
 
 def test_slash_commands_are_a_table_and_help_lists_them():

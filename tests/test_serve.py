@@ -187,6 +187,10 @@ def test_transcription_openai_client(oa, clip):
                                            response_format="verbose_json")
     assert quiet.text == "" and quiet.segments[0].no_speech_prob == 1.0
     assert quiet.model_extra["aromni"]["answers"][0]["why_no_speech"].startswith("silence")
+    with pytest.raises(openai.BadRequestError, match="holds no speech: silence"):  # a chat turn is refused
+        oa.chat.completions.create(model="default", messages=[{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(),
+                                                    "format": "wav"}}]}])
 
 
 def test_images_openai_client(oa):
