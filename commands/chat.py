@@ -445,15 +445,16 @@ def run(
 ) -> None:
     """Multi-turn chat. Interactive: type text, /image PATH, /audio PATH, /save, /reset (/help); replies are
     printed, images and speech saved to --out-dir (default: the current directory). Lines piped on stdin are
-    read as the same commands; a line that fails is reported on stderr with its line number and the next one
+    read as the same commands; a line that fails (an audio turn whose clip holds no speech, silence or a steady
+    sound, is refused) is reported on stderr with its line number and the next one
     is read, and the exit status is 2 at the end.
 
     --batch dialogs.jsonl: one dialog per line, {"dialog_id", "turns": [{"text" | "wav_path" | "audio",
     "image_paths" | "images", "reset"} or {"role": "assistant", "text"}]}; turns of all dialogs are decoded
     together; one JSON result per dialog line on stdout (with its "line"), files in --out-dir (default
-    chat_out). A bad line (invalid JSON, a malformed dialog, a missing image or clip, a turn too long for the
-    context) is reported with its line number, its result holds "error", the other dialogs run, and the exit
-    status is 2 at the end.
+    chat_out). A bad line (invalid JSON, a malformed dialog, a missing image or clip, a clip without speech, a
+    turn too long for the context) is reported with its line number, its result holds "error", the other
+    dialogs run, and the exit status is 2 at the end.
 
     With --host or $AROMNI_HOST a running 'aromni serve' decodes the turns: each request carries the whole
     conversation (with the replies' token ids), so the replies and files are the same as in-process for the
