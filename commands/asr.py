@@ -43,8 +43,9 @@ def run(
     """Speech -> text: one line per input (JSON lines with --json). All inputs, and the windows of long
     inputs, are transcribed together in batches. --batch FILE.jsonl takes {"audio": path} per line.
 
-    Audio without speech (silence, a tone, hum or steady noise: its level never rises and falls as syllables do)
-    is not transcribed: its line is empty and stderr says "no speech" and why.
+    Audio without speech (silence, a tone, hum, steady noise or static in bursts: its level never rises and
+    falls as syllables do, or its spectrum is flat) is not transcribed: its line is empty and stderr says "no
+    speech" and why.
 
     With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
     first and lowest log-probability of the chosen tokens), codec_error (how badly the speech codec represents

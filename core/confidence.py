@@ -64,7 +64,7 @@ class Answer:
 
     @property
     def no_speech(self) -> bool:
-        """The input held no speech (silence, a tone, steady noise): the model was not asked, the text is empty."""
+        """The input held no speech (silence, a tone, noise): the model was not asked, the text is empty."""
         return bool(self.why_no_speech)
 
     def to_dict(self) -> dict:

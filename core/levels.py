@@ -1,11 +1,13 @@
-"""Audio levels: frame energies, telling audio without speech (silence, a tone, steady noise) from audio that may
-hold some, and bringing speech to the level a speech codec was trained at."""
+"""Audio levels: frame energies, telling audio without speech (silence, a tone, steady noise, bursts of noise) from
+audio that may hold some, and bringing speech to the level a speech codec was trained at."""
 from __future__ import annotations
 
 import numpy as np
 
 QUIET_DBFS = -60.0  # a clip whose loud frames (95th percentile) are below this is silence
 STEADY_DB = 6.0  # a clip whose loud and quiet frames (95th, 5th percentile) differ by less is a steady sound
+NOISE_FLATNESS = 0.52  # loud frames whose spectrum is flatter than this (white noise: about 0.56) are noise
+FLAT_BAND_HZ = (100.0, 4000.0)  # where flatness is measured (voiced speech: harmonics and formants)
 FRAME_S = 0.02
 MAX_GAIN_DB = 40.0  # match_level never raises a clip by more than this
 
@@ -32,14 +34,36 @@ def loud_level(wav: np.ndarray, sample_rate: int) -> float:
     return float(np.percentile(_frame_db(wav, sample_rate), 95))
 
 
-def no_speech(wav: np.ndarray, sample_rate: int, quiet_dbfs: float = QUIET_DBFS, steady_db: float = STEADY_DB) -> str:
+def loud_flatness(wav: np.ndarray, sample_rate: int, band: tuple[float, float] = FLAT_BAND_HZ,
+                  near_db: float = 10.0) -> float:
+    """Median spectral flatness (geometric over arithmetic mean of the power spectrum, within ``band``) of the
+    loud frames of ``wav``: those within ``near_db`` of its 95th-percentile frame. About 0.56 for white noise,
+    below 0.1 for clean speech, whose loud frames are voiced (harmonics under formants); 0.0 for a clip shorter
+    than one frame (~32 ms)."""
+    wav = np.asarray(wav, dtype=np.float64).reshape(-1)
+    n = 1 << int(np.ceil(np.log2(0.032 * sample_rate)))
+    if wav.size < n:
+        return 0.0
+    frames = np.lib.stride_tricks.sliding_window_view(wav - wav.mean(), n)[:: n // 2]
+    power = np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)) ** 2
+    f = np.fft.rfftfreq(n, 1 / sample_rate)
+    power = power[:, (f >= band[0]) & (f <= min(band[1], 0.45 * sample_rate))] + 1e-20
+    db = 10 * np.log10(power.mean(axis=1))
+    loud = power[db >= np.percentile(db, 95) - near_db]
+    return float(np.median(np.exp(np.log(loud).mean(axis=1)) / loud.mean(axis=1)))
+
+
+def no_speech(wav: np.ndarray, sample_rate: int, quiet_dbfs: float = QUIET_DBFS, steady_db: float = STEADY_DB,
+              noise_flatness: float = NOISE_FLATNESS) -> str:
     """Why ``wav`` holds no speech, or "" when it may hold some.
 
     Speech comes in syllables: its 20 ms frames rise and fall by tens of dB, while a silent clip stays near the
-    noise floor and a tone, a hum or steady noise keeps an even level. So a clip is no speech when its loud
-    frames are below ``quiet_dbfs`` (dB full scale) or its loud and quiet frames are less than ``steady_db``
-    apart (a DC offset is removed first). How often that holds for speech (clean, telephone, under noise) and for
-    other sounds: docs/evaluation.md, "No speech"."""
+    noise floor and a tone, a hum or steady noise keeps an even level. Its loud frames are voiced, so their
+    spectrum has peaks, where noise (steady or in bursts) is flat. So a clip is no speech when its loud frames
+    are below ``quiet_dbfs`` (dB full scale), when its loud and quiet frames are less than ``steady_db`` apart,
+    or when its loud frames are flatter than ``noise_flatness`` (``loud_flatness``; a DC offset is removed
+    first). How often that holds for speech (clean, telephone, under noise) and for other sounds:
+    docs/evaluation.md, "No speech"."""
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     if wav.size == 0:
         return "no samples"
@@ -49,6 +73,9 @@ def no_speech(wav: np.ndarray, sample_rate: int, quiet_dbfs: float = QUIET_DBFS,
         return f"silence (loudest frames {max(loud, -120.0):.0f} dBFS)"
     if loud - quiet < steady_db:
         return f"a steady sound (its level varies by {loud - quiet:.1f} dB)"
+    flat = loud_flatness(wav, sample_rate)
+    if flat > noise_flatness:
+        return f"noise (its loudest frames have a flat spectrum: flatness {flat:.2f})"
     return ""
 
 

@@ -226,7 +226,8 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
     """Speech -> text with confidence, one answer per clip. Long clips are cut at silences into windows that are
     transcribed as one batch and joined; a clip's confidence covers the tokens of all its windows, its codec error
     is the windows' mean weighted by their length. Windows without speech (``levels.no_speech``: silence, a
-    tone, steady noise) are not transcribed; a clip with none but those gets an empty text and ``no_speech``."""
+    tone, steady noise, static in bursts) are not transcribed; a clip with none but those gets an empty text
+    and ``no_speech``."""
     _need(omni, "speech", "asr")
     _need(omni, "text", "asr")
     opts = model_options(omni, opts, "asr")

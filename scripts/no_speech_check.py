@@ -8,7 +8,8 @@ transcript gives words for (its ``silence/`` files and the sounds the transcript
 and monkeys, are counted apart, as non-speech) and the LibriVox clips of
 ``pocketsphinx-testdata`` (groups whose package is missing are left out with a note); then up to ``--n`` clips of
 the manifest and of the Asterisk words and prompts with white noise added at each signal-to-noise ratio of
-``--snr``. Non-speech: digital silence, hiss, steady static at three levels and mains hum, synthesised here.
+``--snr``. Non-speech: digital silence, hiss, steady static at three levels, mains hum, static in bursts (also
+from an 8 kHz 8-bit file) and low-passed static in bursts, synthesised here.
 Prints a Markdown table (group, clips, flagged as no speech, share); --json prints the rows as JSON instead.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import glob
 import gzip
+import io
 import json
 import os
 import sys
@@ -29,7 +31,7 @@ from aromni.core.levels import no_speech
 SR = 16000
 
 
-def _read(path: str) -> tuple[np.ndarray, int]:
+def _read(path: str | io.BytesIO) -> tuple[np.ndarray, int]:
     x, sr = sf.read(path, dtype="float32", always_2d=True)
     return x.mean(axis=1), sr
 
@@ -57,12 +59,36 @@ def _asterisk() -> tuple[list[str], list[str]]:
     return said, quiet
 
 
-def _synthetic(rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
-    t = np.arange(2 * SR) / SR
-    return {"digital silence (2 s)": [np.zeros(2 * SR, np.float32)],
-            "hiss, -60 dBFS": [1e-3 * rng.standard_normal(2 * SR)],
-            "static, -40 / -20 / -10 dBFS": [a * rng.standard_normal(2 * SR) for a in (0.01, 0.1, 0.3)],
-            "mains hum 50 / 60 Hz": [0.2 * np.sin(2 * np.pi * f * t) for f in (50, 60)]}
+def _u8(wav: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
+    """``wav`` as it reads back from an 8-bit (unsigned) WAV file."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1, 1), sr, format="WAV", subtype="PCM_U8")
+    buf.seek(0)
+    return _read(buf)
+
+
+def _bursts(n: int, sr: int, hz: float) -> np.ndarray:
+    """1 for the first half of each of ``hz`` periods a second, else 0 (``n`` samples)."""
+    return (np.sin(2 * np.pi * hz * np.arange(n) / sr) > 0).astype(np.float64)
+
+
+def _synthetic(rng: np.random.Generator) -> dict[str, list[tuple[np.ndarray, int]]]:
+    n, n8 = 2 * SR, 2 * 8000
+    t = np.arange(n) / SR
+    out = {"digital silence (2 s)": [np.zeros(n)],
+           "hiss, -60 dBFS": [1e-3 * rng.standard_normal(n)],
+           "static, -40 / -20 / -10 dBFS": [a * rng.standard_normal(n) for a in (0.01, 0.1, 0.3)],
+           "mains hum 50 / 60 Hz": [0.2 * np.sin(2 * np.pi * f * t) for f in (50, 60)],
+           "static in bursts, 2 / 4 / 7 a second, -26 / -10 dBFS": [a * rng.standard_normal(n) * _bursts(n, SR, hz)
+                                                                     for a in (0.05, 0.3) for hz in (2, 4, 7)]}
+    groups = {k: [(np.asarray(w, np.float32), SR) for w in v] for k, v in out.items()}
+    groups["static in bursts, 8 kHz 8-bit WAV"] = [_u8(0.3 * rng.standard_normal(n8) * _bursts(n8, 8000, hz), 8000)
+                                                   for hz in (2, 4, 7)]
+    smooth = np.ones(4) / 4  # a low-pass: the spectrum falls off above ~2 kHz
+    groups["low-passed static in bursts (passes: its spectrum is not flat)"] = [
+        (np.asarray(np.convolve(0.3 * rng.standard_normal(n), smooth, "same") * _bursts(n, SR, hz), np.float32), SR)
+        for hz in (2, 4, 7)]
+    return groups
 
 
 def _noisy(files: list[str], snr: float, rng: np.random.Generator) -> int:
@@ -105,8 +131,8 @@ def rows(data: str | None, n: int, snrs: list[float], seed: int) -> tuple[list[d
         for snr in snrs:
             out.append({"group": f"{group} + white noise at {snr:g} dB SNR (speech)", "clips": len(pick),
                         "flagged": _noisy(pick, snr, rng)})
-    for group, wavs in _synthetic(rng).items():
-        add(f"{group} (not speech)", [bool(no_speech(np.asarray(w, np.float32), SR)) for w in wavs])
+    for group, items in _synthetic(rng).items():
+        add(f"{group} (not speech)", [bool(no_speech(w, sr)) for w, sr in items])
     return out, notes
 
 
