@@ -40,17 +40,22 @@ def loud_flatness(wav: np.ndarray, sample_rate: int, band: tuple[float, float] =
     loud frames of ``wav``: those within ``near_db`` of its 95th-percentile frame. About 0.56 for white noise,
     below 0.1 for clean speech, whose loud frames are voiced (harmonics under formants); 0.0 for a clip shorter
     than one frame (~32 ms)."""
-    wav = np.asarray(wav, dtype=np.float64).reshape(-1)
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     n = 1 << int(np.ceil(np.log2(0.032 * sample_rate)))
     if wav.size < n:
         return 0.0
     frames = np.lib.stride_tricks.sliding_window_view(wav - wav.mean(), n)[:: n // 2]
-    power = np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)) ** 2
     f = np.fft.rfftfreq(n, 1 / sample_rate)
-    power = power[:, (f >= band[0]) & (f <= min(band[1], 0.45 * sample_rate))] + 1e-20
-    db = 10 * np.log10(power.mean(axis=1))
-    loud = power[db >= np.percentile(db, 95) - near_db]
-    return float(np.median(np.exp(np.log(loud).mean(axis=1)) / loud.mean(axis=1)))
+    keep = (f >= band[0]) & (f <= min(band[1], 0.45 * sample_rate))
+    window = np.hanning(n).astype(np.float32)
+    level, flat = [], []
+    for a in range(0, len(frames), 2048):  # in blocks: an hour of audio needs no more memory than a minute
+        power = np.abs(np.fft.rfft(frames[a:a + 2048] * window, axis=1))[:, keep].astype(np.float64) ** 2 + 1e-20
+        mean = power.mean(axis=1)
+        level.append(10 * np.log10(mean))
+        flat.append(np.exp(np.log(power).mean(axis=1)) / mean)
+    db, fl = np.concatenate(level), np.concatenate(flat)
+    return float(np.median(fl[db >= np.percentile(db, 95) - near_db]))
 
 
 def no_speech(wav: np.ndarray, sample_rate: int, quiet_dbfs: float = QUIET_DBFS, steady_db: float = STEADY_DB,
