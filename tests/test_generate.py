@@ -324,9 +324,12 @@ def test_caption_t2i_s2i(omni):
     caps = tasks.caption(omni, imgs, seed=0)
     assert len(caps) == 2 and all(isinstance(c, str) for c in caps)
     assert tasks.caption(omni, [imgs[1]], seed=0) == caps[1:]  # greedy, batch-invariant
-    wav = (np.random.default_rng(1).standard_normal(omni.speech.sample_rate) * 0.1).astype(np.float32)
+    t = np.arange(omni.speech.sample_rate) / omni.speech.sample_rate
+    wav = (0.1 * np.clip(np.sin(2 * np.pi * 4.1 * t), 0, None) * np.sin(2 * np.pi * 140 * t)).astype(np.float32)
     (text, img), = tasks.s2i(omni, [wav], seed=0)
     assert isinstance(text, str) and isinstance(img, Image.Image)
+    with pytest.raises(InputError, match="clip 2 holds no speech: silence"):
+        tasks.s2i(omni, [wav, np.zeros_like(wav)], seed=0)
 
 
 def test_t2i_long_prompt_is_cut_to_fit(omni):
