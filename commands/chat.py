@@ -445,8 +445,8 @@ def run(
 ) -> None:
     """Multi-turn chat. Interactive: type text, /image PATH, /audio PATH, /save, /reset (/help); replies are
     printed, images and speech saved to --out-dir (default: the current directory). Lines piped on stdin are
-    read as the same commands; a line that fails (an audio turn whose clip holds no speech, silence or a steady
-    sound, is refused) is reported on stderr with its line number and the next one
+    read as the same commands; a line that fails (an audio turn whose clip holds no speech, silence, a tone or
+    noise, is refused) is reported on stderr with its line number and the next one
     is read, and the exit status is 2 at the end.
 
     --batch dialogs.jsonl: one dialog per line, {"dialog_id", "turns": [{"text" | "wav_path" | "audio",

@@ -10,7 +10,6 @@ import numpy as np
 from .bundle import Omni
 from .decoding import DecodeOptions, options_for, with_model_defaults
 from .errors import AromniError, InputError
-from .levels import no_speech
 from .media import decode_images, image_codes, need, speech_codes
 from .prompts import PromptContext, chat_prompt, chat_turn
 from .rows import base_seed, engine
@@ -56,10 +55,7 @@ class ChatSession:
         codes = [c.tolist() for c in image_codes(self.omni, images)] if images else None
         if audio is not None:
             need(self.omni, "speech", "chat with audio")
-            why = no_speech(audio, self.omni.speech.sample_rate)
-            if why:  # the model would hear a sentence in it anyway (docs/evaluation.md, "No speech")
-                raise InputError(f"the turn's audio holds no speech: {why}")
-            return chat_turn(ctx, image_codes=codes, audio_codes=speech_codes(self.omni, audio),
+            return chat_turn(ctx, image_codes=codes, audio_codes=speech_codes(self.omni, audio, "the turn's audio"),
                              append=append if append is not None else text)
         return chat_turn(ctx, text=text, image_codes=codes)
 

@@ -7,6 +7,7 @@ import torch
 
 from .bundle import Omni
 from .errors import AromniError, InputError
+from .levels import no_speech
 
 
 def need(omni: Omni, kind: str, task: str):
@@ -34,11 +35,16 @@ def image_codes(omni: Omni, images: list) -> torch.Tensor:
     return codes
 
 
-def speech_codes(omni: Omni, wav: np.ndarray) -> list[int]:
-    """Mono audio at the codec's rate -> its codes."""
+def speech_codes(omni: Omni, wav: np.ndarray, name: str = "audio") -> list[int]:
+    """Mono audio at the codec's rate -> its codes for a prompt. Audio without speech (``levels.no_speech``) is
+    refused, ``name`` naming it: the model would hear a sentence in silence or noise anyway (docs/evaluation.md,
+    "No speech")."""
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     if wav.size == 0:
-        raise InputError("audio holds no samples")
+        raise InputError(f"{name} holds no samples")
+    why = no_speech(wav, omni.speech.sample_rate)
+    if why:
+        raise InputError(f"{name} holds no speech: {why}")
     return omni.speech.encode(wav).tolist()
 
 

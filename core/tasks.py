@@ -325,16 +325,13 @@ def t2i(omni: Omni, texts: list[str], n: int = 1, opts: DecodeOptions | None = N
 
 def s2i(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None = None, seed: int | None = None) -> list[tuple]:
     """Speech -> (transcript, image): ``<-Ins->`` transcript (greedy) ``<-Res->`` then an image (forced). A clip
-    without speech (``levels.no_speech``) is refused: the model would draw what it hears in silence anyway."""
+    without speech is refused (``media.speech_codes``)."""
     _need(omni, "speech", "s2i")
     _need(omni, "image", "s2i")
-    for k, w in enumerate(wavs):
-        why = no_speech(w, omni.speech.sample_rate)
-        if why:
-            raise InputError(f"clip {k + 1} holds no speech: {why}")
     opts = model_options(omni, opts, "s2i")
     v, ctx = omni.vocab, PromptContext.of(omni)
-    prompts = [s2i_prompt(ctx, _speech_codes(omni, w)) + ([] if opts.compat else [v.ins]) for w in wavs]
+    prompts = [s2i_prompt(ctx, _speech_codes(omni, w, f"clip {k + 1}")) + ([] if opts.compat else [v.ins])
+               for k, w in enumerate(wavs)]
     if not opts.compat and prompts:
         room = min(opts.max_new_tokens, omni.model.cfg.max_seq_len - max(len(p) for p in prompts))
         text_room = room - (v.image_tokens + 3)  # <-Res->, <boi>, codes, <eoi>
