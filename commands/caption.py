@@ -46,9 +46,11 @@ def run(
     --batch FILE.jsonl takes {"image": path} per line.
 
     With --json each line carries the model's confidence: avg_logprob, first_logprob and min_logprob (mean,
-    first and lowest log-probability of the chosen tokens) and low_confidence. Without it, a caption below the
-    model's calibrated threshold (the bundled model's, or any model with rules in its aromni.json) gets a "low
-    confidence" warning on stderr (the image may be outside what the model knows)."""
+    first and lowest log-probability of the chosen tokens), image_error where the model's rules use it (how far
+    the image tokenizer's decode of the picture is from the picture, RMS in 8-bit levels) and low_confidence.
+    Without it, a caption breaking the model's calibrated rules (the bundled model's, or any model with rules
+    in its aromni.json) gets a "low confidence" warning on stderr (the image may be outside what the model
+    knows)."""
     if batch is not None:
         if images:
             raise AromniError("give either image files or --batch, not both")

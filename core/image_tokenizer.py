@@ -237,6 +237,24 @@ class VQGANTokenizer:
                for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.n_tokens, dtype=torch.long)
 
+    @torch.inference_mode()
+    def round_trip_error(self, images) -> tuple[torch.Tensor, list[float] | None]:
+        """PIL images -> (codes as ``encode``, each image's round-trip error: the root-mean-square difference, in
+        8-bit levels (0-255), between the preprocessed image and the decode of its codes). The error is how well
+        the tokenizer covers a picture: one unlike its training images decodes far from itself. None for a
+        tokenizer without a decoder."""
+        images = list(images)
+        if not self.has_decoder:
+            return self.encode(images), None
+        codes, errors = [torch.zeros(0, self.n_tokens, dtype=torch.long)], []
+        for i in range(0, len(images), self.batch_size):
+            x = self.preprocess(images[i:i + self.batch_size])
+            c = self.encode_pixels(x)
+            y = self.decode_pixels(c).clamp(-1, 1)
+            codes.append(c)
+            errors += [127.5 * float(e) for e in (y - x).pow(2).flatten(1).mean(1).sqrt()]
+        return torch.cat(codes), errors
+
     # --- decode -------------------------------------------------------------------------------
     def _code_rows(self, codes) -> torch.Tensor:
         if isinstance(codes, torch.Tensor) and codes.ndim == 1:

@@ -23,12 +23,29 @@ def need(omni: Omni, kind: str, task: str):
 
 def image_codes(omni: Omni, images: list) -> torch.Tensor:
     """PIL images (or paths / bytes) -> codes [N, image_tokens]."""
+    return _checked(omni, omni.image.encode(_pil(images)))
+
+
+def image_codes_with_error(omni: Omni, images: list) -> tuple[torch.Tensor, list[float | None]]:
+    """PIL images (or paths / bytes) -> codes [N, image_tokens] and each image's tokenizer round-trip error
+    (``round_trip_error``; None per image for a tokenizer that cannot tell)."""
+    pil = _pil(images)
+    measure = getattr(omni.image, "round_trip_error", None)
+    if measure is None:
+        return _checked(omni, omni.image.encode(pil)), [None] * len(pil)
+    codes, errors = measure(pil)
+    return _checked(omni, codes), list(errors) if errors is not None else [None] * len(pil)
+
+
+def _pil(images: list) -> list:
     from PIL import Image
 
     from .image_tokenizer import open_image
 
-    pil = [im if isinstance(im, Image.Image) else open_image(im) for im in images]
-    codes = omni.image.encode(pil)
+    return [im if isinstance(im, Image.Image) else open_image(im) for im in images]
+
+
+def _checked(omni: Omni, codes: torch.Tensor) -> torch.Tensor:
     if codes.shape[1] != omni.vocab.image_tokens:
         raise AromniError(f"the image tokenizer makes {codes.shape[1]} codes per image but the model expects "
                           f"{omni.vocab.image_tokens}")

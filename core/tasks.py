@@ -20,7 +20,7 @@ from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
 from .errors import AromniError, InputError
 from .levels import no_speech
-from .media import decode_images as _decode_images, image_codes as _image_codes, need as _need
+from .media import decode_images as _decode_images, image_codes as _image_codes, image_codes_with_error, need as _need
 from .media import speech_codes as _speech_codes
 from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_prompt, tts_prompt
 from .rerank import best_of
@@ -263,7 +263,7 @@ def asr_answers(omni: Omni, wavs: list[np.ndarray], opts: DecodeOptions | None =
             texts[o].append(t)
         lps[o] += answer_logprobs(r, lp, omni.vocab)
     errors = [float(a / n) if n else None for a, n in fit]
-    answers = _answers(omni, "asr", [" ".join(t) for t in texts], lps, errors)
+    answers = _answers(omni, "asr", [" ".join(t) for t in texts], lps, [{"codec_error": e} for e in errors])
     return [replace(a, why_no_speech=why) for a, why in zip(answers, silent)]
 
 
@@ -274,29 +274,38 @@ def _row_logprobs(gens: list, rows: list[list[int]]) -> list[list[float | None]]
 
 
 def _answers(omni: Omni, task: str, texts: list[str], lps: list[list[float]],
-             codec_errors: list[float | None] | None = None) -> list[Answer]:
+             fits: list[dict[str, float | None]] | None = None) -> list[Answer]:
+    """Answers with confidence: ``fits`` per text the input's fit measures (``codec_error``, ``image_error``)."""
     limits = rules(task, omni.source)
-    errors = codec_errors or [None] * len(texts)
-    return [Answer(t, c, why_low(c, limits)) for t, c in zip(texts, map(summarize, lps, errors))]
+    fits = fits or [{} for _ in texts]
+    return [Answer(t, c, why_low(c, limits)) for t, c in
+            zip(texts, (summarize(lp, **f) for lp, f in zip(lps, fits)))]
 
 
 def caption(omni: Omni, images: list, opts: DecodeOptions | None = None, seed: int | None = None) -> list[str]:
     """Images (PIL, paths or bytes) -> one caption each."""
-    return [a.text for a in caption_answers(omni, images, opts, seed)]
+    return [a.text for a in caption_answers(omni, images, opts, seed, image_error=False)]
 
 
 def caption_answers(omni: Omni, images: list, opts: DecodeOptions | None = None,
-                    seed: int | None = None) -> list[Answer]:
-    """Images (PIL, paths or bytes) -> one caption each, with confidence."""
+                    seed: int | None = None, image_error: bool | None = None) -> list[Answer]:
+    """Images (PIL, paths or bytes) -> one caption each, with confidence. ``image_error``: measure each image's
+    tokenizer round-trip error (one decoder pass per image); None: where the model's calibrated rules use it."""
     _need(omni, "image", "caption")
     _need(omni, "text", "caption")
     opts = model_options(omni, opts, "caption")
     ctx = PromptContext.of(omni)
-    codes = _image_codes(omni, images)
+    if image_error is None:
+        image_error = any(m == "image_error" for m, _, _ in rules("caption", omni.source))
+    if image_error:
+        codes, errors = image_codes_with_error(omni, images)
+    else:
+        codes, errors = _image_codes(omni, images), [None] * len(images)
     prompts = [caption_prompt(ctx, c.tolist()) for c in codes]
     rows, gens = decode_rows(omni, prompts, opts, seed)
     lps = [answer_logprobs(r, lp, omni.vocab) for r, lp in zip(rows, _row_logprobs(gens, rows))]
-    return _answers(omni, "caption", [decode_text(omni, r) for r in rows], lps)
+    return _answers(omni, "caption", [decode_text(omni, r) for r in rows], lps,
+                    [{"image_error": e} for e in errors])
 
 
 # ----------------------------------------------------------------------------------------------

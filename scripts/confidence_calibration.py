@@ -29,7 +29,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from aromni.core.confidence import RULE_MEASURES, rules_entry, why_low
+from aromni.core.confidence import FIT_MEASURES, RULE_MEASURES, rules_entry, why_low
 from aromni.core.corpus import build as B
 from aromni.core.corpus import scenes as S
 from aromni.core.corpus import speech as P
@@ -153,7 +153,7 @@ def caption_sets(n: int, n_in: int, data: str | None = None) -> dict[str, list[t
             "procedural (noise, gradients, stripes, text)": [("", im) for im in procedural(min(n, 40), 5)]}
 
 
-MEASURES = ("avg_logprob", "first_logprob", "min_logprob", "codec_error")
+MEASURES = ("avg_logprob", "first_logprob", "min_logprob") + FIT_MEASURES
 
 
 def union_limits(task: str, cal: list, quantile: float) -> list[tuple[str, str, float]]:
@@ -183,7 +183,7 @@ def report(task: str, answers: dict, quantile: float) -> tuple[list[str], dict]:
 
     def score(a, key):  # higher = more confident
         x = getattr(a.confidence, key)
-        return None if x is None else (-x if key == "codec_error" else x)
+        return None if x is None else (-x if key in FIT_MEASURES else x)
 
     rows, limits = [], union_limits(task, cal, quantile)
     for measure, op, thr in limits:
@@ -235,7 +235,8 @@ def main() -> int:
             answers = {k: tasks.asr_answers(omni, [w for _, w in v], seed=0) for k, v in sets.items()}
         else:
             sets = caption_sets(a.n, a.n_in, a.data)
-            answers = {k: tasks.caption_answers(omni, [im for _, im in v], seed=0) for k, v in sets.items()}
+            answers = {k: tasks.caption_answers(omni, [im for _, im in v], seed=0, image_error=True)
+                       for k, v in sets.items()}
         r, out[task] = report(task, answers, a.quantile)
         rows += r
     print("\n".join(rows))

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from aromni.core.api import DEFAULT_DIR
-from aromni.core.confidence import RULE_MEASURES, answer_logprobs, rules, rules_entry, summarize, why_low
+from aromni.core.confidence import (RULE_MEASURES, Answer, answer_logprobs, rules, rules_entry, summarize,
+                                    why_low)
 from aromni.core.decoding import build_masks, options_for
 from aromni.core.generate import generate
 from aromni.core.model import build_model, get_config
@@ -87,9 +88,11 @@ def test_rules_are_the_models_own(tmp_path):
     meta = tmp_path / "aromni.json"
     meta.write_text(json.dumps({"format": "aromni-bundle"}))
     assert rules("asr", str(tmp_path)) == ()
-    meta.write_text(json.dumps({"confidence": rules_entry({"caption": (("avg_logprob", "<", -0.123456),)})}))
+    cap = (("avg_logprob", "<", -0.123456), ("image_error", ">", 6.54321))
+    meta.write_text(json.dumps({"confidence": rules_entry({"caption": cap})}))
     os.utime(meta, (1, 1))  # a different mtime from the first write, however fast the two follow each other
-    assert rules("caption", str(tmp_path)) == (("avg_logprob", "<", -0.1235),) and rules("asr", str(tmp_path)) == ()
+    assert rules("caption", str(tmp_path)) == (("avg_logprob", "<", -0.1235), ("image_error", ">", 6.5432))
+    assert rules("asr", str(tmp_path)) == ()
     with pytest.raises(ValueError, match="measures"):
         rules_entry({"asr": (("avg_logprob", "<", -1.0),)})
     (m1, op1, t1), (m2, op2, t2) = asr
@@ -102,6 +105,39 @@ def test_rules_are_the_models_own(tmp_path):
     assert why_low(summarize([], codec_error=2 * t2), asr).startswith("codec error")
     assert why_low(summarize([2 * t1]), ()) == ""
     assert summarize([-0.1], codec_error=0.01234).to_dict()["codec_error"] == 0.0123
+
+
+def test_caption_rules_use_the_image_error():
+    cap = rules("caption", DEFAULT_DIR)
+    (m1, op1, t1), (m2, op2, t2) = cap
+    assert (m1, op1, m2, op2) == ("avg_logprob", "<", "image_error", ">") and t1 < 0 < t2
+    assert why_low(summarize([t1 / 2], image_error=t2 / 2), cap) == ""
+    assert why_low(summarize([t1 / 2], image_error=2 * t2), cap).startswith("image tokenizer error")
+    # an input measure holds without a chosen token; a picture that was not measured holds no image rule
+    assert why_low(summarize([], image_error=2 * t2), cap).startswith("image tokenizer error")
+    assert why_low(summarize([t1 / 2]), cap) == ""
+    d = summarize([-0.1], image_error=3.45678).to_dict()
+    assert d["image_error"] == 3.4568 and "codec_error" not in d
+    assert Answer.from_dict({"text": "x", **d}).confidence.image_error == 3.4568
+
+
+def test_image_round_trip_error_sees_pictures_unlike_the_training_images(pictures):
+    """The bundled image tokenizer reconstructs a corpus scene closely and noise or a photograph badly; its codes
+    are those of encode()."""
+    import matplotlib
+    from PIL import Image
+
+    from aromni.core.api import load
+
+    tok = load(DEFAULT_DIR).image
+    photo = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    ims = [Image.open(pictures / "scene.png").convert("RGB"), Image.open(pictures / "noise.png").convert("RGB"),
+           Image.open(photo).convert("RGB")]
+    codes, errors = tok.round_trip_error(ims)
+    assert codes.tolist() == tok.encode(ims).tolist()
+    scene, noise, face = errors
+    limit = dict((m, t) for m, _, t in rules("caption", DEFAULT_DIR))["image_error"]
+    assert 0 < scene < limit < min(noise, face), errors
 
 
 # --- the bundled model through the CLI ----------------------------------------------------------
@@ -135,7 +171,7 @@ def test_caption_reports_confidence_and_warns_out_of_domain(pictures):
     lines = [json.loads(x) for x in cli("caption", "--json", scene, noise).stdout.decode().splitlines()]
     assert [x["input"] for x in lines] == [scene, noise]
     assert lines[0]["low_confidence"] is False and lines[1]["low_confidence"] is True
-    assert lines[0]["avg_logprob"] > lines[1]["avg_logprob"]
+    assert lines[0]["avg_logprob"] > lines[1]["avg_logprob"] and lines[0]["image_error"] < lines[1]["image_error"]
     assert all(x["min_logprob"] <= x["avg_logprob"] <= 0 for x in lines)
     plain = cli("caption", scene, noise)
     assert plain.stdout.decode().splitlines() == [" ".join(x["text"].split()) for x in lines]

@@ -207,7 +207,7 @@ def test_ci_recipe_end_to_end(tmp_path):
         assert meta.get(f"{kind}_tokenizer"), kind
     # the bundle's own low-confidence rules, calibrated on its held-out lines
     assert [[m, op] for m, op, _ in meta["confidence"]["asr"]] == [["first_logprob", "<"], ["codec_error", ">"]]
-    assert [[m, op] for m, op, _ in meta["confidence"]["caption"]] == [["avg_logprob", "<"]]
+    assert [[m, op] for m, op, _ in meta["confidence"]["caption"]] == [["avg_logprob", "<"], ["image_error", ">"]]
     assert "| calibrate |" in (bundle / "MODEL_CARD.md").read_text()
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Limits" in card and "| lm |" in card
