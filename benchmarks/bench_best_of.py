@@ -2,7 +2,8 @@
 
 Prints, for T2I prompts of the synthetic corpus: seconds per prompt with one argmax drawing (without CFG; and
 with CFG at text scale 1.5, the bundle's default) and with the best of 16 (unguided) at several ``--batch-size``
-values, plus the share of that time spent scoring candidates with the model's own captioner.
+values, plus the shares of that time spent scoring candidates with the model's own captioner (the prompt's
+caption score, and the candidates' own captions for their scene votes).
 
     .venv/bin/python benchmarks/bench_best_of.py [--prompts 8] [--batch-sizes 8,16,32,64]
 """
@@ -33,30 +34,35 @@ def main() -> None:
 
     omni = load(None, device="cpu", dtype="fp32")
     texts = (PROMPTS * (a.prompts // len(PROMPTS) + 1))[: a.prompts]
-    scoring = [0.0]
-    score = rerank.caption_scores
+    scoring = {"caption_scores": 0.0, "scene_votes": 0.0}
 
-    def timed_score(*args, **kw):
-        t = time.perf_counter()
-        out = score(*args, **kw)
-        scoring[0] += time.perf_counter() - t
-        return out
+    def timed(name):
+        real = getattr(rerank, name)
 
-    rerank.caption_scores = timed_score
+        def run(*args, **kw):
+            t = time.perf_counter()
+            out = real(*args, **kw)
+            scoring[name] += time.perf_counter() - t
+            return out
+        return run
+
+    for name in scoring:
+        setattr(rerank, name, timed(name))
     tasks.t2i(omni, texts[:1], opts=options_for("t2i", candidates=1), seed=0)  # warm-up
-    print(f"{'setting':34s} {'s/prompt':>9s} {'scoring':>8s}")
+    print(f"{'setting':34s} {'s/prompt':>9s} {'scoring':>8s} {'votes':>6s}")
     for name, kw in [("1 drawing, argmax, no CFG", dict(candidates=1, image_greedy=True, cfg=False)),
                      ("1 drawing, argmax, CFG 1.5", dict(candidates=1, image_greedy=True, cfg=True, cfg_text=1.5))]:
         t = time.perf_counter()
         tasks.t2i(omni, texts, opts=options_for("t2i", batch_size=8, **kw), seed=0)
-        print(f"{name:34s} {(time.perf_counter() - t) / len(texts):9.3f} {'-':>8s}")
+        print(f"{name:34s} {(time.perf_counter() - t) / len(texts):9.3f} {'-':>8s} {'-':>6s}")
     for bs in (int(b) for b in a.batch_sizes.split(",")):
-        scoring[0] = 0.0
+        scoring.update(caption_scores=0.0, scene_votes=0.0)
         t = time.perf_counter()
         tasks.t2i(omni, texts, opts=options_for("t2i", batch_size=bs, candidates=a.candidates, image_greedy=True,
                                                 image_temperature=0.7, cfg=False), seed=0)
         dt = time.perf_counter() - t
-        print(f"{f'best of {a.candidates}, --batch-size {bs}':34s} {dt / len(texts):9.3f} {scoring[0] / dt:8.0%}")
+        print(f"{f'best of {a.candidates}, --batch-size {bs}':34s} {dt / len(texts):9.3f} "
+              f"{scoring['caption_scores'] / dt:8.0%} {scoring['scene_votes'] / dt:6.0%}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ Cfg = Annotated[Optional[bool], typer.Option(
          "--cfg-text/--cfg-image imply --cfg).")]
 Candidates = Annotated[Optional[int], typer.Option(
     "--candidates", help="Best of N: draw N (the first as set, the rest sampled) and keep the one the model's own "
-                         "captioner (images) or recogniser (speech) finds most likely to say the prompt "
+                         "captioner (images) or recogniser (speech) finds most likely to say the prompt, an "
+                         "image's score raised by how many of the N its captioner describes alike "
                          "(default 1, or the model's own).")]
 ChunkWords = Annotated[Optional[int], typer.Option(
     "--chunk-words", help="Speak each sentence in pieces of at most N words, one decode each, each at most "

@@ -1,6 +1,9 @@
 """Best of N by the model's own inverse task: score drawn candidates by how likely the model finds the prompt's
 words given each candidate (an image's caption, each word's log-probability floored; a clip's transcript), as
-DALL-E ranks samples with CLIP but with no second model.
+DALL-E ranks samples with CLIP but with no second model. An image's score adds how many of the candidates show
+the same scene: the log of the share of candidates whose own caption is this one's (the candidates vote, as in
+self-consistency decoding), so a prompt phrased in words the captioner never says is still drawn as most of the
+candidates read it.
 
 ``--candidates N``: candidate 0 is decoded with the task's options as they are (so ``N = 1`` changes nothing),
 candidates 1..N-1 are sampled (images at ``image_temperature``, speech at ``temperature``); the one whose
@@ -15,10 +18,10 @@ from typing import Callable
 import torch
 
 from .bundle import Omni
-from .decoding import DecodeOptions
+from .decoding import DecodeOptions, options_for, with_model_defaults
 from .generate import Generation
-from .prompts import Example, PromptContext, build_example
-from .rows import base_seed, decode_rows
+from .prompts import Example, PromptContext, build_example, caption_prompt
+from .rows import base_seed, decode_rows, decode_text
 from .tokens import image_codes_of, parse_response, speech_codes_of
 
 Score = Callable[[int, list[list[int]]], list[float]]  # (prompt index, candidate responses) -> their scores
@@ -80,6 +83,15 @@ def caption_scores(omni, ctx: PromptContext, images: list[list[int]], text: str)
                              floor=CAPTION_TOKEN_FLOOR)
 
 
+def scene_votes(omni, ctx: PromptContext, images: list[list[int]]) -> list[float]:
+    """For each image, the log of the share of ``images`` whose greedy caption (the model's own, with its caption
+    defaults) is the same as this image's: how many of the candidates drew the same scene."""
+    opts = with_model_defaults(options_for("caption"), omni.decode)
+    rows, _ = decode_rows(omni, [caption_prompt(ctx, list(c)) for c in images], opts, 0)
+    said = [" ".join(decode_text(omni, r).split()) for r in rows]
+    return [math.log(said.count(s) / len(said)) for s in said]
+
+
 def transcript_scores(omni, ctx: PromptContext, clips: list[list[int]], text: str) -> list[float]:
     """log p(``text`` | speech) under the ASR template, for each clip's codes."""
     return response_logprobs(omni.model, [build_example(ctx, "asr", text=text, audio_codes=c) for c in clips])
@@ -132,15 +144,16 @@ def speech_scorer(omni: Omni, ctx: PromptContext, sentences: list[str]) -> Score
 
 
 def image_scorer(omni: Omni, ctx: PromptContext, texts: list[str | None]) -> Score:
-    """How likely the model's own captioner finds row i's text for each candidate's image (0 for all when row i
-    has no text)."""
+    """How likely the model's own captioner finds row i's text for each candidate's image, plus the candidates'
+    vote for its scene (``scene_votes``); 0 for all when row i has no text."""
     def score(i: int, cands: list[list[int]]) -> list[float]:
         text = texts[i]
         if not text:
             return [0.0] * len(cands)
         has = [any(omni.vocab.is_image(t) for t in c) for c in cands]
         images = [image_codes_of(c, omni.vocab) for c, h in zip(cands, has) if h]
-        return spread(has, caption_scores(omni, ctx, images, text))
+        fit = caption_scores(omni, ctx, images, text)
+        return spread(has, [f + v for f, v in zip(fit, scene_votes(omni, ctx, images))])
     return score
 
 

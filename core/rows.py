@@ -11,6 +11,7 @@ from typing import Callable
 from .bundle import Omni
 from .decoding import DecodeOptions
 from .generate import Generation, generate
+from .tokens import cut_at_stop
 
 
 def base_seed(seed: int | None) -> int:
@@ -41,3 +42,9 @@ def decode_rows(omni: Omni, prompts: list[list[int]], opts: DecodeOptions, seed:
         out += g.tokens
         gens.append(g)
     return out, gens
+
+
+def decode_text(omni: Omni, ids: list[int]) -> str:
+    """Text of a response: cut at the first ``</s>``/``<eom>``, only text ids, stripped."""
+    v = omni.vocab
+    return omni.text.decode([t for t in cut_at_stop(ids, v) if v.is_text(t)]).strip()

@@ -24,8 +24,8 @@ from .media import decode_images as _decode_images, image_codes as _image_codes,
 from .media import speech_codes as _speech_codes
 from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_prompt, tts_prompt
 from .rerank import best_of
-from .rows import base_seed, decode_rows, engine
-from .tokens import cut_at_stop, image_codes_of, parse_response, whole_image
+from .rows import base_seed, decode_rows, decode_text, engine
+from .tokens import image_codes_of, parse_response, whole_image
 from .segmenting import split_at_pauses, split_sentences, split_words
 
 ASR_WINDOW_S = 20.0  # longest audio window per ASR prompt (the context may force shorter ones)
@@ -65,12 +65,6 @@ def fit_prompt(build: Callable[[str], list[int]], text: str, limit: int) -> list
     if lo == 0 or len(build(cut)) > limit:
         raise InputError(f"the model's context ({limit} tokens) is too small for this prompt template")
     return build(cut)
-
-
-def decode_text(omni: Omni, ids: list[int]) -> str:
-    """Text of a response: cut at the first ``</s>``/``<eom>``, only text ids, stripped."""
-    v = omni.vocab
-    return omni.text.decode([t for t in cut_at_stop(ids, v) if v.is_text(t)]).strip()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -104,6 +104,20 @@ def test_t2i_follows_a_paraphrased_prompt(tmp_path):
 
 
 @pytest.mark.slow
+def test_best_of_n_follows_a_paraphrased_prompt(tmp_path):
+    """Best of 8 on the same paraphrases: the captioner's score of words it never says is noise, the candidates'
+    scene votes keep the pick on what the drawer read."""
+    from PIL import Image
+
+    right = []
+    for i, (prompt, caption) in enumerate(PARAPHRASES.items()):
+        aromni("t2i", prompt, "--seed", "0", "--candidates", "8", "--scale", "1", "-o", str(tmp_path / f"{i}.png"))
+        got = scenes.analyse(Image.open(tmp_path / f"{i}.png"))
+        right.append((prompt, got["objects"], scenes.attrs_match(got, scenes.parse_caption(caption))))
+    assert sum(ok for *_, ok in right) >= 3, right
+
+
+@pytest.mark.slow
 def test_asr_of_a_neural_voice_is_right_or_flagged(tmp_path):
     """A clip in a neural voice (hibari, Apache-2.0) of corpus sentences: each transcript is right or comes with
     the low-confidence warning, never confidently wrong (the bundled model has heard espeak-ng voices only: it

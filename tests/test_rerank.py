@@ -95,6 +95,31 @@ def test_best_of_keeps_the_highest_scoring_candidate(omni):
     assert one == first
 
 
+def test_scene_votes_count_the_candidates_that_show_the_same_scene(omni):
+    """Each image's vote is the log of the share of images whose greedy caption is its own; the image score is
+    the floored caption score of the prompt plus that vote."""
+    ctx = PromptContext.of(omni)
+    n = omni.vocab.image_tokens
+    a, b = [3] * n, list(range(n))
+    votes = rerank.scene_votes(omni, ctx, [a, a, b])
+    assert votes[0] == votes[1] >= math.log(2 / 3) and all(v <= 0 for v in votes)
+    shares = [3 * math.exp(v) for v in votes]  # how many of the three say each one's caption
+    assert all(abs(s - round(s)) < 1e-9 for s in shares) and round(sum(1 / s for s in shares)) in (1, 2)
+    v = omni.vocab
+    cands = [[v.boi] + [v.image_id(c) for c in img] + [v.eoi] for img in (a, a, b)] + [[v.eos]]
+    got = rerank.image_scorer(omni, ctx, ["a red square"])(0, cands)
+    want = [f + x for f, x in zip(rerank.caption_scores(omni, ctx, [a, a, b], "a red square"), votes)]
+    assert got[:3] == pytest.approx(want, abs=1e-4) and got[3] == -math.inf
+
+
+def test_scene_votes_are_log_shares_of_equal_captions(omni, monkeypatch):
+    said = ["a red square", "a blue circle", "a red  square ", "a red square"]
+    monkeypatch.setattr(rerank, "decode_rows", lambda o, prompts, opts, seed: (
+        [omni.text.encode(t) + [omni.vocab.eos] for t in said[: len(prompts)]], []))
+    votes = rerank.scene_votes(omni, PromptContext.of(omni), [[0] * omni.vocab.image_tokens] * 4)
+    assert votes == pytest.approx([math.log(3 / 4), math.log(1 / 4), math.log(3 / 4), math.log(3 / 4)])
+
+
 def test_tasks_with_candidates(omni):
     ctx = PromptContext.of(omni)
     imgs = tasks.t2i(omni, ["a red square"], seed=3, opts=options_for("t2i", candidates=3))

@@ -661,7 +661,8 @@ def _one_drawing_default(d: dict) -> str:
     guided = f" with classifier-free guidance at text scale {d.get('cfg_text')}" if d.get("cfg") else ""
     if n > 1:
         return (f"the best of {n} drawings (argmax plus sampled ones at temperature {d.get('image_temperature', '-')})"
-                f"{guided}, the one its own captioner finds most likely to say the prompt: {n}x the decoding work")
+                f"{guided}, the one its own captioner finds most likely to say the prompt, weighed with how many "
+                f"drawings it describes alike: {n}x the decoding work")
     streams = " (three streams decoded side by side, see docs/decoding.md)" if guided else ""
     return f"one argmax drawing{guided}{streams}"
 
@@ -673,7 +674,7 @@ def _drawing_default(t2i: dict, s2i: dict) -> str:
             else f"The bundle's default for t2i is {a}; for speech -> image, {b}.")
     return (f"{says} `--candidates N` draws N (argmax plus sampled ones at temperature "
             f"{t2i.get('image_temperature', '-')}) and keeps the one its own captioner finds most likely to say the "
-            "prompt.")
+            "prompt, weighed with how many drawings it describes alike.")
 
 
 def card_fields(bundle: str, rec: dict) -> dict[str, str]:
