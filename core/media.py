@@ -23,33 +23,25 @@ def need(omni: Omni, kind: str, task: str):
 
 def image_codes(omni: Omni, images: list) -> torch.Tensor:
     """PIL images (or paths / bytes) -> codes [N, image_tokens]."""
-    return _checked(omni, omni.image.encode(_pil(images)))
+    return image_codes_with_error(omni, images, measure=False)[0]
 
 
-def image_codes_with_error(omni: Omni, images: list) -> tuple[torch.Tensor, list[float | None]]:
-    """PIL images (or paths / bytes) -> codes [N, image_tokens] and each image's tokenizer round-trip error
-    (``round_trip_error``; None per image for a tokenizer that cannot tell)."""
-    pil = _pil(images)
-    measure = getattr(omni.image, "round_trip_error", None)
-    if measure is None:
-        return _checked(omni, omni.image.encode(pil)), [None] * len(pil)
-    codes, errors = measure(pil)
-    return _checked(omni, codes), list(errors) if errors is not None else [None] * len(pil)
-
-
-def _pil(images: list) -> list:
+def image_codes_with_error(omni: Omni, images: list,
+                           measure: bool = True) -> tuple[torch.Tensor, list[float | None]]:
+    """PIL images (or paths / bytes) -> codes [N, image_tokens] and, with ``measure``, each image's tokenizer
+    round-trip error (``round_trip_error``: one decoder pass per image); None per image without ``measure`` or for
+    a tokenizer that cannot tell."""
     from PIL import Image
 
     from .image_tokenizer import open_image
 
-    return [im if isinstance(im, Image.Image) else open_image(im) for im in images]
-
-
-def _checked(omni: Omni, codes: torch.Tensor) -> torch.Tensor:
+    pil = [im if isinstance(im, Image.Image) else open_image(im) for im in images]
+    tell = getattr(omni.image, "round_trip_error", None) if measure else None
+    codes, errors = tell(pil) if tell is not None else (omni.image.encode(pil), None)
     if codes.shape[1] != omni.vocab.image_tokens:
         raise AromniError(f"the image tokenizer makes {codes.shape[1]} codes per image but the model expects "
                           f"{omni.vocab.image_tokens}")
-    return codes
+    return codes, list(errors) if errors is not None else [None] * len(pil)
 
 
 def speech_codes(omni: Omni, wav: np.ndarray, name: str = "audio") -> list[int]:

@@ -20,7 +20,7 @@ from .decoding import DecodeOptions, options_for, with_model_defaults
 from .checks import check_number
 from .errors import AromniError, InputError
 from .levels import no_speech
-from .media import decode_images as _decode_images, image_codes as _image_codes, image_codes_with_error, need as _need
+from .media import decode_images as _decode_images, image_codes_with_error, need as _need
 from .media import speech_codes as _speech_codes
 from .prompts import PromptContext, asr_prompt, caption_prompt, s2i_prompt, t2i_prompt, tts_prompt
 from .rerank import best_of
@@ -291,10 +291,7 @@ def caption_answers(omni: Omni, images: list, opts: DecodeOptions | None = None,
     ctx = PromptContext.of(omni)
     if image_error is None:
         image_error = any(m == "image_error" for m, _, _ in rules("caption", omni.source))
-    if image_error:
-        codes, errors = image_codes_with_error(omni, images)
-    else:
-        codes, errors = _image_codes(omni, images), [None] * len(images)
+    codes, errors = image_codes_with_error(omni, images, measure=image_error)
     prompts = [caption_prompt(ctx, c.tolist()) for c in codes]
     rows, gens = decode_rows(omni, prompts, opts, seed)
     lps = [answer_logprobs(r, lp, omni.vocab) for r, lp in zip(rows, _row_logprobs(gens, rows))]
